@@ -1,0 +1,16 @@
+"""genenet: gene regulatory network dynamics as batched, differentiable PyTorch ODEs."""
+
+from .io import bundled_networks, load_network, read_network, read_topo, read_tsv, write_topo, write_tsv
+from .models import FunctionModel, Hill, Model, ParameterSpec
+from .network import Edge, Network
+from .simulate import simulate
+from .solvers import SolverError, Status
+from .trajectory import Trajectory
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Network", "Edge", "Model", "FunctionModel", "ParameterSpec", "Hill", "simulate", "Trajectory",
+    "Status", "SolverError", "load_network", "bundled_networks", "read_network", "read_topo", "read_tsv",
+    "write_topo", "write_tsv", "__version__",
+]

@@ -1,0 +1,6 @@
+"""Kinetic models: each is production(x) - degradation(x), batched over rows."""
+
+from .base import FunctionModel, Model, ParameterSpec
+from .hill import Hill
+
+__all__ = ["Model", "FunctionModel", "ParameterSpec", "Hill"]

@@ -1,0 +1,319 @@
+"""The Model protocol: production minus degradation, with named, constrained parameters.
+
+Every model writes its right-hand side as
+
+    dx/dt = production(t, x, p) - degradation(t, x, p)        x: (B, G)
+
+so perturbations (a production multiplier, an additive input, clamps) act on the
+split without knowing the kinetics. Parameters are named; each has a *scope*
+(``"gene"`` -> length G, ``"edge"`` -> length E, ``"global"`` -> length 1, or any
+fixed length) and *bounds*. They are stored unconstrained in ``model.raw`` so an
+optimizer can step freely:
+
+    lower bound only:  value = lo + exp(u)
+    upper bound only:  value = hi - exp(u)
+    both bounds:       value = lo + (hi - lo) * sigmoid(u)
+    unbounded:         value = u
+
+A model holds ``P`` parameter sets at once (an ensemble): every parameter tensor
+has shape ``(P_i, n)`` with ``P_i`` either 1 (shared) or ``P``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+__all__ = ["ParameterSpec", "Model", "FunctionModel"]
+
+Params = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """Definition of one named parameter.
+
+    Attributes
+    ----------
+    name : str
+    size : int
+        Entries per parameter set (G for per-gene, E for per-edge, 1 for global).
+    scope : str
+        ``"gene"``, ``"edge"``, ``"global"`` or ``"vector"``: which labels index it.
+    bounds : (float, float)
+        Closed domain of the value; ``(0, inf)`` is a positive parameter.
+    doc : str
+        One-line meaning, with symbol.
+    """
+
+    name: str
+    size: int
+    scope: str = "gene"
+    bounds: tuple[float, float] = (0.0, math.inf)
+    doc: str = ""
+
+    def to_unconstrained(self, value: Tensor) -> Tensor:
+        lo, hi = self.bounds
+        tiny = torch.finfo(value.dtype).tiny
+        if math.isfinite(lo) and math.isfinite(hi):
+            z = ((value - lo) / (hi - lo)).clamp(tiny, 1 - torch.finfo(value.dtype).eps)
+            return torch.log(z) - torch.log1p(-z)
+        if math.isfinite(lo):
+            return torch.log((value - lo).clamp_min(tiny))
+        if math.isfinite(hi):
+            return torch.log((hi - value).clamp_min(tiny))
+        return value
+
+    def to_constrained(self, u: Tensor) -> Tensor:
+        lo, hi = self.bounds
+        if math.isfinite(lo) and math.isfinite(hi):
+            return lo + (hi - lo) * torch.sigmoid(u)
+        if math.isfinite(lo):
+            return lo + torch.exp(u)
+        if math.isfinite(hi):
+            return hi - torch.exp(u)
+        return u
+
+    def check(self, value: Tensor) -> None:
+        lo, hi = self.bounds
+        v = value.detach()
+        if not torch.isfinite(v).all():
+            raise ValueError(f"parameter {self.name!r} has non-finite values {self._offenders(~torch.isfinite(v), v)}")
+        bad = (v < lo) | (v > hi)
+        if bad.any():
+            raise ValueError(f"parameter {self.name!r} must lie in [{lo}, {hi}]; "
+                             f"got {self._offenders(bad, v)}")
+
+    def _offenders(self, mask: Tensor, v: Tensor) -> str:
+        idx = torch.nonzero(mask)[:3].tolist()
+        return ", ".join(f"set {i[0]}, entry {i[1]}: {float(v[i[0], i[1]])}" for i in idx)
+
+
+class Model(nn.Module):
+    """Base of every kinetic model: ``dx/dt = production - degradation``.
+
+    Subclasses set ``self.genes`` and call :meth:`_init_params` with their
+    :class:`ParameterSpec` list and values, then implement :meth:`production`
+    and :meth:`degradation` for batched states ``x`` of shape ``(B, G)`` and
+    per-row parameters ``p[name]`` of shape ``(B, size)``.
+
+    Attributes
+    ----------
+    genes : tuple[str, ...]
+        State variable names (G).
+    specs : dict[str, ParameterSpec]
+    raw : nn.ParameterDict
+        Unconstrained storage, ``(P_i, size)`` per parameter.
+    """
+
+    genes: tuple[str, ...]
+
+    def _init_params(self, specs: Sequence[ParameterSpec], values: Mapping[str, Any]) -> None:
+        self.specs: dict[str, ParameterSpec] = {s.name: s for s in specs}
+        self.raw = nn.ParameterDict()
+        for spec in specs:
+            self.raw[spec.name] = nn.Parameter(spec.to_unconstrained(self._canonical(spec, values[spec.name])))
+        self._check_sets()
+
+    def _canonical(self, spec: ParameterSpec, value: Any) -> Tensor:
+        """Scalar, ``(size,)`` or ``(P, size)`` -> float64 ``(P, size)``, validated."""
+        if isinstance(value, Tensor):
+            t = value.detach().to(torch.float64).cpu()
+        else:
+            try:
+                t = torch.as_tensor(np.asarray(value, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise TypeError(f"parameter {spec.name!r} must be numeric, got {type(value).__name__}") from None
+        if t.ndim == 0:
+            t = t.expand(1, spec.size)
+        elif t.ndim == 1 and t.shape[0] == spec.size:
+            t = t[None]
+        elif t.ndim == 2 and t.shape[1] == spec.size:
+            pass
+        elif t.ndim == 1 and spec.size == 1:
+            t = t[:, None]
+        else:
+            per = {"gene": "per gene", "edge": "per edge"}.get(spec.scope, "entries")
+            raise ValueError(f"parameter {spec.name!r} has shape {tuple(t.shape)}; allowed: a scalar, "
+                             f"({spec.size},) ({per}) or (P, {spec.size}) for an ensemble of P sets")
+        t = t.clone()
+        spec.check(t)
+        return t
+
+    def _check_sets(self) -> None:
+        sizes = {k: v.shape[0] for k, v in self.raw.items()}
+        many = {s for s in sizes.values() if s > 1}
+        if len(many) > 1:
+            raise ValueError(f"parameter ensembles disagree on the number of sets P: {sizes}; each must be 1 or P")
+
+    # ------------------------------------------------------------ parameters
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def n_sets(self) -> int:
+        """Number of parameter sets P (1 unless an ensemble)."""
+        return max((v.shape[0] for v in self.raw.values()), default=1)
+
+    @property
+    def params(self) -> Params:
+        """Constrained parameter values, ``name -> (P_i, size)`` tensors (differentiable)."""
+        return {k: self.specs[k].to_constrained(u) for k, u in self.raw.items()}
+
+    def set_params(self, **values: Any) -> Model:
+        """Replace parameter values in place (scalar, ``(size,)`` or ``(P, size)``); returns self."""
+        for name, value in values.items():
+            spec = self._spec(name)
+            u = spec.to_unconstrained(self._canonical(spec, value)).to(self.raw[name].device)
+            self.raw[name] = nn.Parameter(u)
+        self._check_sets()
+        return self
+
+    def _spec(self, name: str) -> ParameterSpec:
+        if name not in self.specs:
+            raise KeyError(f"unknown parameter {name!r}; {type(self).__name__} has {list(self.specs)}")
+        return self.specs[name]
+
+    def labels(self, name: str) -> list[str]:
+        """Entry labels of parameter ``name``: gene names, edge strings, or indices."""
+        spec = self._spec(name)
+        if spec.scope == "gene":
+            return list(self.genes)
+        return [str(i) for i in range(spec.size)] if spec.size > 1 else [""]
+
+    def param_table(self) -> pd.DataFrame:
+        """Long table ``parameter_set, name, entry, value`` of every parameter."""
+        frames = []
+        for name, value in self.params.items():
+            v = value.detach().cpu().numpy()
+            labels = self.labels(name)
+            sets = np.repeat(np.arange(v.shape[0]), v.shape[1])
+            frames.append(pd.DataFrame({"parameter_set": sets, "name": name,
+                                        "entry": np.tile(labels, v.shape[0]), "value": v.reshape(-1)}))
+        return pd.concat(frames, ignore_index=True)
+
+    def row_params(self, index: Tensor | None, n_rows: int, *, device: torch.device,
+                   dtype: torch.dtype, overrides: Mapping[str, Any] | None = None) -> Params:
+        """Per-row parameters ``name -> (n_rows, size)``.
+
+        ``index`` (n_rows,) picks each row's parameter set (``None``: row i uses set
+        i, or set 0 when shared). Gradients flow back to ``self.raw``.
+        """
+        values = self.params
+        for name, value in (overrides or {}).items():
+            spec = self._spec(name)
+            if isinstance(value, Tensor) and value.requires_grad:
+                v = value.to(torch.float64)
+                v = v.expand(1, spec.size) if v.ndim == 0 else (v[None] if v.ndim == 1 else v)
+            else:
+                v = self._canonical(spec, value)
+            values[name] = v
+        out: Params = {}
+        for name, v in values.items():
+            v = v.to(device=device, dtype=dtype)
+            if v.shape[0] == 1:
+                out[name] = v.expand(n_rows, v.shape[1])
+            elif index is not None:
+                out[name] = v.index_select(0, index.to(device))
+            elif v.shape[0] == n_rows:
+                out[name] = v
+            else:
+                raise ValueError(f"parameter {name!r} has {v.shape[0]} sets but the batch has {n_rows} rows")
+        return out
+
+    # --------------------------------------------------------------- kinetics
+    def production(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """Production rates ``(B, G)``."""
+        raise NotImplementedError
+
+    def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """Degradation rates ``(B, G)``."""
+        raise NotImplementedError
+
+    def rhs(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``dx/dt = production - degradation``, ``(B, G)``."""
+        return self.production(t, x, p) - self.degradation(t, x, p)
+
+    def default_x0(self, n_rows: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Initial state when none is given: all zeros, ``(n_rows, G)``."""
+        return torch.zeros(n_rows, self.n_genes, device=device, dtype=dtype)
+
+    def forward(self, t: Tensor, x: Tensor, p: Params) -> Tensor:  # nn.Module protocol
+        return self.rhs(t, x, p)
+
+    def extra_repr(self) -> str:
+        return f"{self.n_genes} genes, {self.n_sets} parameter set(s), parameters {list(self.specs)}"
+
+    # ------------------------------------------------------------ user models
+    @staticmethod
+    def from_functions(
+        genes: Sequence[str],
+        production: Callable[[Tensor, Tensor, Params], Tensor],
+        degradation: Callable[[Tensor, Tensor, Params], Tensor],
+        params: Mapping[str, Any],
+        *,
+        bounds: Mapping[str, tuple[float, float]] | None = None,
+    ) -> FunctionModel:
+        """A model from two plain functions and a dict of parameter values.
+
+        Parameters
+        ----------
+        genes : sequence of str
+            State variable names (G).
+        production, degradation : callable ``(t (B,), x (B, G), p) -> (B, G)``
+            ``p[name]`` has shape ``(B, n)``: ``(B, 1)`` for a scalar parameter (so it
+            broadcasts against ``x``), ``(B, n)`` for a length-n vector.
+        params : dict name -> value
+            Scalar, 1-D ``(n,)`` or 2-D ``(P, n)`` (an ensemble of P sets).
+        bounds : dict name -> (lo, hi), optional
+            Domain per parameter; default ``(0, inf)`` (positive, stored as log).
+
+        Example
+        -------
+        >>> m = gn.Model.from_functions(["x"], lambda t, x, p: p["g"] + 0 * x,
+        ...                             lambda t, x, p: p["k"] * x, {"g": 2.0, "k": 0.5})
+        """
+        return FunctionModel(genes, production, degradation, params, bounds=bounds)
+
+
+class FunctionModel(Model):
+    """A :class:`Model` whose production and degradation are user functions."""
+
+    def __init__(self, genes: Sequence[str], production: Callable, degradation: Callable,
+                 params: Mapping[str, Any], *, bounds: Mapping[str, tuple[float, float]] | None = None) -> None:
+        super().__init__()
+        genes = tuple(str(g) for g in genes)
+        if not genes:
+            raise ValueError("a model needs at least one gene")
+        if len(set(genes)) != len(genes):
+            raise ValueError(f"duplicate gene names in {list(genes)}")
+        for name, fn in (("production", production), ("degradation", degradation)):
+            if not callable(fn):
+                raise TypeError(f"{name} must be callable (t, x, p) -> (B, G), got {type(fn).__name__}")
+        bounds = dict(bounds or {})
+        unknown = set(bounds) - set(params)
+        if unknown:
+            raise KeyError(f"bounds name unknown parameters {sorted(unknown)}; parameters are {list(params)}")
+        self.genes = genes
+        self._production, self._degradation = production, degradation
+        specs = []
+        for name, value in params.items():
+            arr = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=np.float64)
+            size = 1 if arr.ndim == 0 else arr.shape[-1]
+            scope = "global" if arr.ndim == 0 else ("gene" if size == len(genes) else "vector")
+            specs.append(ParameterSpec(name, size, scope, tuple(bounds.get(name, (0.0, math.inf)))))
+        self._init_params(specs, params)
+
+    def production(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        return self._production(t, x, p)
+
+    def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        return self._degradation(t, x, p)

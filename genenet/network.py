@@ -1,0 +1,230 @@
+"""Gene regulatory network topology: genes and signed regulatory edges.
+
+A :class:`Network` is immutable. Its ``edges`` order is the order in which
+per-edge parameters (threshold, hill coefficient, fold change) are stored, so it
+never changes once the network is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Edge", "Network", "parse_sign"]
+
+_SIGNS: dict[Any, int] = {
+    "+": 1, "-": -1, 1: 1, -1: -1,
+    "activation": 1, "repression": -1, "activator": 1, "repressor": -1,
+    "inhibition": -1, "act": 1, "rep": -1, "inh": -1,
+}
+_ALLOWED = "'+'/'-', 1/-1, 'activation'/'repression'"
+
+
+def parse_sign(sign: Any, *, edge: object = None) -> int:
+    """Map a user-given sign to ``+1`` (activation) or ``-1`` (repression).
+
+    Accepted: ``"+"``/``"-"``, ``1``/``-1`` (ints or floats equal to them) and
+    ``"activation"``/``"repression"`` (case-insensitive; also ``"inhibition"``).
+    """
+    key = sign.strip().lower() if isinstance(sign, str) else sign
+    if isinstance(key, (float, np.floating, np.integer)) and float(key) in (1.0, -1.0):
+        key = int(key)
+    if isinstance(key, bool) or key not in _SIGNS:
+        where = f" on edge {edge}" if edge is not None else ""
+        raise ValueError(f"unknown sign {sign!r}{where}; allowed: {_ALLOWED}")
+    return _SIGNS[key]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One regulation ``source -> target``; ``sign`` is +1 (activation) or -1 (repression)."""
+
+    source: str
+    target: str
+    sign: int
+
+    @property
+    def kind(self) -> str:
+        return "activation" if self.sign > 0 else "repression"
+
+    def __str__(self) -> str:
+        return f"{self.source} -{'>' if self.sign > 0 else '|'} {self.target}"
+
+
+@dataclass(frozen=True)
+class Network:
+    """A signed, directed gene regulatory network.
+
+    Attributes
+    ----------
+    genes : tuple[str, ...]
+        Gene names; the state vector of every model follows this order (``G`` genes).
+    edges : tuple[Edge, ...]
+        Regulations in a fixed order (``E`` edges); per-edge parameters follow it.
+
+    Build one with :meth:`from_edges`, :meth:`from_networkx` or the readers in
+    :mod:`genenet.io`. Self-loops (autoregulation) are allowed; duplicate
+    ``(source, target)`` pairs are not.
+    """
+
+    genes: tuple[str, ...]
+    edges: tuple[Edge, ...]
+    name: str = ""
+    _index: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.genes) == 0:
+            raise ValueError("empty network: a Network needs at least one gene")
+        index: dict[str, int] = {}
+        for g in self.genes:
+            if not isinstance(g, str) or not g:
+                raise ValueError(f"gene names must be non-empty strings, got {g!r}")
+            if g in index:
+                raise ValueError(f"duplicate gene {g!r} in genes")
+            index[g] = len(index)
+        seen: set[tuple[str, str]] = set()
+        for e in self.edges:
+            for end in (e.source, e.target):
+                if end not in index:
+                    raise KeyError(f"edge {e} names gene {end!r}, which is not in genes {list(self.genes)}")
+            if (e.source, e.target) in seen:
+                raise ValueError(f"duplicate edge {e.source!r} -> {e.target!r}")
+            seen.add((e.source, e.target))
+        object.__setattr__(self, "_index", index)
+
+    # ---------------------------------------------------------------- builders
+    @classmethod
+    def from_edges(
+        cls,
+        edges: Iterable[Sequence[Any]],
+        genes: Sequence[str] | None = None,
+        *,
+        name: str = "",
+    ) -> Network:
+        """Build a network from ``(source, target, sign)`` triples.
+
+        Parameters
+        ----------
+        edges : iterable of (source, target, sign)
+            ``sign`` is ``"+"``/``"-"``, ``1``/``-1`` or ``"activation"``/``"repression"``.
+        genes : sequence of str, optional
+            Fixes the gene order (and may add genes without edges). By default,
+            genes are ordered by first appearance in ``edges``.
+
+        Raises
+        ------
+        ValueError
+            Empty network, duplicate edge, malformed edge or unknown sign.
+        KeyError
+            An edge names a gene missing from an explicit ``genes`` list.
+        """
+        parsed: list[Edge] = []
+        for i, e in enumerate(edges):
+            if isinstance(e, Edge):
+                parsed.append(e)
+                continue
+            if isinstance(e, str) or len(e) != 3:
+                raise ValueError(f"edge #{i} {e!r} must be a (source, target, sign) triple")
+            s, t, sign = e
+            parsed.append(Edge(str(s), str(t), parse_sign(sign, edge=f"{s} -> {t}")))
+        if genes is None:
+            order: dict[str, None] = {}
+            for e in parsed:
+                order.setdefault(e.source)
+                order.setdefault(e.target)
+            genes = list(order)
+        return cls(tuple(str(g) for g in genes), tuple(parsed), name=name)
+
+    @classmethod
+    def from_networkx(cls, graph: Any, *, sign_attr: str = "sign", name: str = "") -> Network:
+        """Build from a ``networkx.DiGraph`` whose edges carry a ``sign`` attribute."""
+        edges = []
+        for s, t, d in graph.edges(data=True):
+            if sign_attr not in d:
+                raise ValueError(f"edge {s!r} -> {t!r} has no {sign_attr!r} attribute; allowed signs: {_ALLOWED}")
+            edges.append((s, t, d[sign_attr]))
+        return cls.from_edges(edges, genes=[str(n) for n in graph.nodes], name=name or str(graph.name or ""))
+
+    def to_networkx(self) -> Any:
+        """A ``networkx.DiGraph`` with edge attribute ``sign`` (+1/-1)."""
+        import networkx as nx
+
+        g = nx.DiGraph(name=self.name)
+        g.add_nodes_from(self.genes)
+        for e in self.edges:
+            g.add_edge(e.source, e.target, sign=e.sign)
+        return g
+
+    # ------------------------------------------------------------------ access
+    @property
+    def n_genes(self) -> int:
+        return len(self.genes)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    def index(self, gene: str) -> int:
+        """Position of ``gene`` in :attr:`genes`; ``KeyError`` naming it if unknown."""
+        try:
+            return self._index[gene]
+        except (KeyError, TypeError):
+            raise KeyError(f"unknown gene {gene!r}; genes are {list(self.genes)}") from None
+
+    def indices(self, genes: str | Iterable[str]) -> list[int]:
+        if isinstance(genes, str):
+            genes = [genes]
+        return [self.index(g) for g in genes]
+
+    def regulators(self, gene: str) -> list[tuple[str, int]]:
+        """``[(source, sign), ...]`` of the edges into ``gene``, in edge order."""
+        self.index(gene)
+        return [(e.source, e.sign) for e in self.edges if e.target == gene]
+
+    def targets(self, gene: str) -> list[tuple[str, int]]:
+        """``[(target, sign), ...]`` of the edges out of ``gene``, in edge order."""
+        self.index(gene)
+        return [(e.target, e.sign) for e in self.edges if e.source == gene]
+
+    def edge_index(self, source: str, target: str) -> int:
+        """Position of edge ``source -> target`` in :attr:`edges`."""
+        for i, e in enumerate(self.edges):
+            if e.source == source and e.target == target:
+                return i
+        self.index(source)
+        self.index(target)
+        raise KeyError(f"no edge {source!r} -> {target!r} in the network")
+
+    # tensors the kinetics need, as numpy (models move them to their device)
+    @property
+    def sources(self) -> np.ndarray:
+        return np.array([self._index[e.source] for e in self.edges], dtype=np.int64)
+
+    @property
+    def targets_idx(self) -> np.ndarray:
+        return np.array([self._index[e.target] for e in self.edges], dtype=np.int64)
+
+    @property
+    def signs(self) -> np.ndarray:
+        return np.array([e.sign for e in self.edges], dtype=np.int64)
+
+    def adjacency(self) -> np.ndarray:
+        """Signed adjacency ``A[source, target] = sign`` (G, G)."""
+        a = np.zeros((self.n_genes, self.n_genes), dtype=np.int64)
+        a[self.sources, self.targets_idx] = self.signs
+        return a
+
+    def __len__(self) -> int:
+        return self.n_genes
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        return f"Network({label}{self.n_genes} genes, {self.n_edges} edges)"
+
+    def summary(self) -> str:
+        act = int((self.signs > 0).sum())
+        return (f"{self!r}: {act} activations, {self.n_edges - act} repressions, "
+                f"{sum(e.source == e.target for e in self.edges)} self-loops")

@@ -1,0 +1,257 @@
+"""The batched, masked, per-row integration loop shared by every explicit method.
+
+Each row has its own time, step size, controller state, save pointer and stop
+pointer. A step is attempted for every active row at once; rows advance where
+``accept & running`` and every stateful tensor is merged by that row mask
+(torchode's pattern). A failed row is frozen with its status while the batch
+goes on. The host is consulted only every ``check_every`` steps (to stop, and to
+drop finished rows from the working batch so they cost nothing more).
+
+Saving: dense output at the requested times. Only a window of ``window`` save
+times after each row's pointer is considered per step, and a step never spans
+more than that window, so the work per step is O(B * window * S * G) whatever
+the number of save times.
+
+Stops: per-row times the step must land on exactly (the final time, and later
+the switching times of pulses); no step straddles one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .controller import PIController
+from .status import Status
+from .tableau import ExplicitRK
+
+__all__ = ["Solution", "integrate"]
+
+
+@dataclass(frozen=True)
+class Solution:
+    """Raw output of :func:`integrate`: ``y`` (B, T, G), per-row ``status`` and counters."""
+
+    y: Tensor
+    status: Tensor
+    n_steps: Tensor
+    n_accepted: Tensor
+    n_rejected: Tensor
+    n_rhs: Tensor
+
+
+def _rms_norm(v: Tensor) -> Tensor:
+    return v.pow(2).mean(dim=-1).sqrt()
+
+
+def initial_step(f: Callable, t0: Tensor, y0: Tensor, f0: Tensor, args: dict, order: int,
+                 rtol: Tensor, atol: Tensor, span: Tensor) -> Tensor:
+    """Hairer's starting step size (Solving ODEs I, II.4), per row (B,)."""
+    scale = atol + rtol * y0.abs()
+    d0 = _rms_norm(y0 / scale)
+    d1 = _rms_norm(f0 / scale)
+    h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
+    h0 = torch.minimum(h0, span)
+    f1 = f(t0 + h0, y0 + h0[:, None] * f0, args)
+    d2 = _rms_norm((f1 - f0) / scale) / h0
+    dmax = torch.maximum(d1, d2)
+    h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
+                     (0.01 / dmax.clamp_min(1e-300)).pow(1.0 / (order + 1)))
+    h = torch.minimum(100 * h0, h1)
+    h = torch.where(torch.isfinite(h) & (h > 0), h, torch.full_like(h, 1e-6))
+    return torch.minimum(h, span)
+
+
+def _prepare_stops(t_save: Tensor, stops: Tensor | None, B: int, include_saves: bool) -> Tensor:
+    """Per-row sorted, de-duplicated stop times in (t0, t_end], +inf padded, (B, S)."""
+    t0, t_end = t_save[0], t_save[-1]
+    parts = [t_end.expand(B, 1)]
+    if include_saves and t_save.numel() > 2:
+        parts.append(t_save[1:-1].expand(B, -1))
+    if stops is not None:
+        s = stops.to(t_save).reshape(B if stops.ndim == 2 else 1, -1).expand(B, -1)
+        parts.append(torch.where((s > t0) & (s < t_end), s, torch.full_like(s, float("inf"))))
+    s = torch.sort(torch.cat(parts, dim=1), dim=1).values
+    dup = torch.zeros_like(s, dtype=torch.bool)
+    dup[:, 1:] = s[:, 1:] == s[:, :-1]
+    s = torch.where(dup, torch.full_like(s, float("inf")), s)
+    s = torch.sort(s, dim=1).values
+    return torch.cat([s, torch.full_like(s[:, :1], float("inf"))], dim=1)
+
+
+def integrate(
+    f: Callable[[Tensor, Tensor, dict], Tensor],
+    x0: Tensor,
+    t_save: Tensor,
+    *,
+    method: ExplicitRK,
+    args: dict | None = None,
+    rtol: Tensor | float = 1e-6,
+    atol: Tensor | float = 1e-8,
+    dt: float | None = None,
+    first_step: float | None = None,
+    max_steps: int = 10_000,
+    stops: Tensor | None = None,
+    controller: PIController | None = None,
+    check_every: int = 8,
+    window: int = 8,
+    progress: Callable[[float], None] | None = None,
+) -> Solution:
+    """Integrate ``dx/dt = f(t, x, args)`` for a batch of rows, saving at ``t_save``.
+
+    Parameters
+    ----------
+    f : callable ``(t (B,), x (B, G), args) -> (B, G)``
+        ``args`` is a dict of per-row tensors (leading dim B); the loop indexes it
+        when it drops finished rows, so ``f`` sees matching rows.
+    x0 : (B, G) initial states at ``t_save[0]``.
+    t_save : (T,) strictly increasing save times.
+    method : an :class:`ExplicitRK`; adaptive if it has an error estimate, else fixed step ``dt``.
+    rtol, atol : scalars or (G,) tensors.
+    stops : (S,) or (B, S) times every step must land on (padding ``inf`` allowed).
+
+    Returns
+    -------
+    Solution with ``y`` (B, T, G) (NaN after the point where a row failed).
+    """
+    args = dict(args or {})
+    controller = controller or PIController()
+    B, G = x0.shape
+    T = t_save.numel()
+    dev, dtype = x0.device, x0.dtype
+    status_all = torch.full((B,), int(Status.SUCCESS), device=dev, dtype=torch.long)
+    counters_all = torch.zeros(4, B, device=dev, dtype=torch.long)  # steps, accepted, rejected, rhs
+    out = torch.full((B, T + 1, G), float("nan"), device=dev, dtype=dtype)  # slot T: sink for masked writes
+    out[:, 0] = x0
+    if T == 1:
+        return Solution(out[:, :1], status_all, *counters_all)
+
+    adaptive = method.adaptive
+    if not adaptive and (dt is None or not dt > 0):
+        raise ValueError(f"method={method.name!r} is fixed-step and needs dt > 0, got dt={dt!r}")
+    t_end = t_save[-1]
+    stop_table = _prepare_stops(t_save, stops, B, include_saves=not adaptive)
+    K = max(1, min(window, T - 1))
+    karange = torch.arange(K, device=dev)
+    eps = torch.finfo(dtype).eps
+    rows = torch.arange(B, device=dev)
+
+    t = t_save[0].expand(B).clone()
+    y = x0
+    f0 = f(t, y, args)
+    counters = torch.zeros(4, B, device=dev, dtype=torch.long)
+    counters[3] += 1
+    if adaptive:
+        if first_step is not None:
+            h = torch.full((B,), float(first_step), device=dev, dtype=dtype)
+        else:
+            h = initial_step(f, t, y.detach(), f0.detach(), args, method.tableau.error_order, rtol, atol,
+                             (t_end - t).detach())
+            counters[3] += 1
+    else:
+        h = torch.full((B,), float(dt), device=dev, dtype=dtype)
+    status = torch.full((B,), int(Status.RUNNING), device=dev, dtype=torch.long)
+    prev_err = torch.ones(B, device=dev, dtype=dtype)
+    rejected_before = torch.zeros(B, device=dev, dtype=torch.bool)
+    last_nonfinite = torch.zeros(B, device=dev, dtype=torch.bool)
+    save_ptr = torch.ones(B, device=dev, dtype=torch.long)
+    stop_ptr = torch.zeros(B, device=dev, dtype=torch.long)
+    rhs_per_step = method.rhs_per_step
+
+    def retire(keep: Tensor | None) -> None:
+        """Write status and counters of rows leaving the working batch."""
+        done = torch.ones_like(status, dtype=torch.bool) if keep is None else ~keep
+        idx = rows[done]
+        status_all[idx] = status[done]
+        counters_all[:, idx] = counters[:, done]
+
+    step = 0
+    while True:
+        if step % check_every == 0:
+            running = status == Status.RUNNING
+            n_running = int(running.sum())
+            if progress is not None and n_running:
+                progress(float(t[running].min()))
+            if n_running == 0:
+                break
+            if n_running < running.numel():  # drop finished rows: they would only cost
+                retire(running)
+                rows, t, y, f0, h = rows[running], t[running], y[running], f0[running], h[running]
+                status, prev_err, counters = status[running], prev_err[running], counters[:, running]
+                rejected_before, last_nonfinite = rejected_before[running], last_nonfinite[running]
+                save_ptr, stop_ptr, stop_table = save_ptr[running], stop_ptr[running], stop_table[running]
+                args = {k: v[running] for k, v in args.items()}
+        step += 1
+        running = status == Status.RUNNING
+
+        # --- land on the next stop, and never span more than the save window
+        next_stop = stop_table.gather(1, stop_ptr[:, None]).squeeze(1)
+        window_end = t_save[(save_ptr + K - 1).clamp(max=T - 1)]
+        target = torch.minimum(next_stop, window_end)
+        land = h * (1 + 1e-6) >= target - t  # stretch by <= 1e-6 rather than leave a sliver step
+        h_try = torch.where(land, target - t, h)
+        t1 = torch.where(land, target, t + h_try)
+
+        y1, err, ks, f1 = method.step(f, t, y, f0, h_try, args)
+        counters[3] += running * rhs_per_step
+        finite = torch.isfinite(y1).all(dim=-1)
+        if adaptive:
+            scale = atol + rtol * torch.maximum(y.detach().abs(), y1.detach().abs())
+            err_norm = _rms_norm(err.detach() / scale)
+            finite = finite & torch.isfinite(err_norm)
+            err_norm = torch.where(finite, err_norm, torch.full_like(err_norm, float("inf")))
+            accept = running & (err_norm <= 1.0)
+        else:
+            accept = running & finite
+        if f1 is not None:
+            finite = finite & torch.isfinite(f1).all(dim=-1)
+            accept = accept & finite
+
+        # --- dense output at the save times inside (t, t1] of accepted rows
+        sidx = save_ptr[:, None] + karange  # (B, K)
+        valid = sidx < T
+        sidx_c = sidx.clamp(max=T - 1)
+        ts = t_save[sidx_c]
+        inside = valid & (ts <= t1[:, None]) & accept[:, None]
+        h_div = torch.where(h_try > 0, h_try, torch.ones_like(h_try))  # finished rows: h_try may be 0
+        theta = ((ts - t[:, None]) / h_div[:, None]).clamp(0.0, 1.0)
+        values = method.interpolate(y, h_try, ks, theta)
+        values = torch.where((ts == t1[:, None])[..., None], y1[:, None, :], values)
+        dest = torch.where(inside, sidx_c, torch.full_like(sidx_c, T))
+        out.index_put_((rows[:, None].expand(-1, K), dest), values)
+        save_ptr = save_ptr + inside.sum(dim=1)
+
+        # --- merge accepted rows
+        t = torch.where(accept, t1, t)
+        y = torch.where(accept[:, None], y1, y)
+        if f1 is not None:
+            f0 = torch.where(accept[:, None], f1, f0)
+        stop_ptr = stop_ptr + (accept & land & (t1 == next_stop)).long()
+        counters[0] += running
+        counters[1] += accept
+        counters[2] += running & ~accept
+
+        # --- next step size and status
+        if adaptive:
+            h_new, prev_err = controller.propose(h_try, err_norm, prev_err, accept, rejected_before,
+                                                 method.tableau.error_order)
+            h_new = torch.where(accept & land, torch.maximum(h_new, h), h_new)  # a clipped step is no signal
+            rejected_before = torch.where(running, ~accept, rejected_before)
+            last_nonfinite = torch.where(running, ~finite, last_nonfinite)
+            h = torch.where(running, h_new, h)
+            tiny = 16 * eps * torch.maximum(t.abs(), t_end.abs().expand_as(t)).clamp_min(1.0)
+            underflow = running & ~accept & (h < tiny)
+            status = torch.where(underflow & last_nonfinite, int(Status.NONFINITE), status)
+            status = torch.where(underflow & ~last_nonfinite, int(Status.STEP_UNDERFLOW), status)
+        else:
+            status = torch.where(running & ~finite, int(Status.NONFINITE), status)
+        finished = accept & (t >= t_end)
+        status = torch.where(finished, int(Status.SUCCESS), status)
+        status = torch.where((status == Status.RUNNING) & (counters[0] >= max_steps), int(Status.MAX_STEPS),
+                             status)
+
+    retire(None)
+    return Solution(out[:, :T], status_all, *counters_all)

@@ -1,0 +1,161 @@
+"""Trajectory: the result of a simulation, as tensors with labels."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .solvers.status import Status, describe_failures
+
+__all__ = ["Trajectory"]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """Simulated time courses of a batch of rows (conditions x parameter sets).
+
+    Attributes
+    ----------
+    t : Tensor (T,)
+        Save times.
+    y : Tensor (B, T, G)
+        States; differentiable with respect to the model parameters and ``x0``.
+        Entries after the point where a row failed are NaN (its ``status`` says why).
+    genes : tuple[str, ...]
+        Gene (state) names, G.
+    labels : tuple[str, ...]
+        One label per row, B.
+    conditions : tuple[str, ...]
+        Condition label of each row (``"wild type"`` without perturbations).
+    parameter_sets : np.ndarray (B,)
+        Index of each row's parameter set in the model's ensemble.
+    status : np.ndarray (B,)
+        :class:`~genenet.solvers.Status` code per row (0 = success).
+    stats : dict[str, np.ndarray]
+        Per-row ``n_steps``, ``n_accepted``, ``n_rejected``, ``n_rhs`` (RHS evaluations).
+    method : str
+        Solver used.
+    """
+
+    t: Tensor
+    y: Tensor
+    genes: tuple[str, ...]
+    labels: tuple[str, ...]
+    conditions: tuple[str, ...]
+    parameter_sets: np.ndarray
+    status: np.ndarray
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    method: str = ""
+
+    # ---------------------------------------------------------------- summary
+    @property
+    def n_rows(self) -> int:
+        return self.y.shape[0]
+
+    @property
+    def success(self) -> bool:
+        """True when every row reached the final time."""
+        return bool((self.status == Status.SUCCESS).all())
+
+    @property
+    def failed(self) -> np.ndarray:
+        """Indices of rows that did not reach the final time."""
+        return np.nonzero(self.status != Status.SUCCESS)[0]
+
+    @property
+    def message(self) -> str:
+        if self.success:
+            return f"all {self.n_rows} rows reached t = {float(self.t[-1]):g}"
+        return describe_failures(self.status, self.labels)
+
+    @property
+    def final(self) -> Tensor:
+        """States at the last save time, (B, G)."""
+        return self.y[:, -1]
+
+    def summary(self) -> str:
+        """A few lines: rows, genes, times, solver work and status."""
+        steps = self.stats.get("n_steps", np.zeros(1))
+        rhs = self.stats.get("n_rhs", np.zeros(1))
+        lines = [
+            f"Trajectory: {self.n_rows} rows x {len(self.t)} times x {len(self.genes)} genes, "
+            f"t in [{float(self.t[0]):g}, {float(self.t[-1]):g}], method {self.method}",
+            f"  steps per row: median {np.median(steps):.0f}, max {steps.max():.0f}; "
+            f"rejected {int(self.stats.get('n_rejected', np.zeros(1)).sum())}; RHS evaluations {int(rhs.sum())}",
+            f"  status: {self.message}",
+        ]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"Trajectory(rows={self.n_rows}, times={len(self.t)}, genes={len(self.genes)}, "
+                f"method={self.method!r}, success={self.success})")
+
+    # ----------------------------------------------------------------- access
+    def index(self, gene: str) -> int:
+        try:
+            return self.genes.index(gene)
+        except ValueError:
+            raise KeyError(f"unknown gene {gene!r}; genes are {list(self.genes)}") from None
+
+    def __getitem__(self, gene: str) -> Tensor:
+        """``traj["GENE"]`` -> that gene's values, (B, T)."""
+        if not isinstance(gene, str):
+            raise TypeError(f"index a Trajectory by gene name, got {type(gene).__name__}")
+        return self.y[:, :, self.index(gene)]
+
+    def row_indices(self, rows: int | str | Sequence[int | str] | None) -> list[int]:
+        """Row indices from ints, row labels or condition labels (``None``: all)."""
+        if rows is None:
+            return list(range(self.n_rows))
+        if isinstance(rows, (int, np.integer, str)):
+            rows = [rows]
+        out: list[int] = []
+        for r in rows:
+            if isinstance(r, (int, np.integer)):
+                if not -self.n_rows <= r < self.n_rows:
+                    raise IndexError(f"row {r} out of range for {self.n_rows} rows")
+                out.append(int(r) % self.n_rows)
+            elif r in self.labels:
+                out.append(self.labels.index(r))
+            elif r in self.conditions:
+                out.extend(i for i, c in enumerate(self.conditions) if c == r)
+            else:
+                raise KeyError(f"unknown row {r!r}; rows are labelled {list(self.labels[:5])}...")
+        return out
+
+    def numpy(self) -> np.ndarray:
+        """``y`` as a numpy array (B, T, G)."""
+        return self.y.detach().cpu().numpy()
+
+    def to_frame(self, rows: Any = None) -> pd.DataFrame:
+        """Long table with columns ``row, condition, parameter_set, time, gene, value``."""
+        idx = self.row_indices(rows)
+        y = self.numpy()[idx]
+        B, T, G = y.shape
+        t = self.t.detach().cpu().numpy()
+        return pd.DataFrame({
+            "row": np.repeat(np.asarray(self.labels, dtype=object)[idx], T * G),
+            "condition": np.repeat(np.asarray(self.conditions, dtype=object)[idx], T * G),
+            "parameter_set": np.repeat(self.parameter_sets[idx], T * G),
+            "time": np.tile(np.repeat(t, G), B),
+            "gene": np.tile(np.asarray(self.genes, dtype=object), B * T),
+            "value": y.reshape(-1),
+        })
+
+    def to(self, device: str | torch.device) -> Trajectory:
+        """A copy with ``t`` and ``y`` on ``device``."""
+        from dataclasses import replace
+
+        return replace(self, t=self.t.to(device), y=self.y.to(device))
+
+    def plot(self, genes: str | Sequence[str] | None = None, rows: Any = None, ax: Any = None, **kwargs: Any):
+        """Time courses of ``genes`` (default all) for ``rows`` (default: up to 10); returns the Axes."""
+        from .plot import plot_trajectory
+
+        return plot_trajectory(self, genes=genes, rows=rows, ax=ax, **kwargs)
