@@ -61,12 +61,12 @@ class Hill(Model):
             ParameterSpec("hill", E, "edge", (0.0, math.inf), "hill coefficient n"),
             ParameterSpec("fold", E, "edge", (1.0, math.inf), "fold change lambda >= 1"),
         ]
-        if threshold is None:
-            g = np.broadcast_to(np.asarray(production, dtype=np.float64), (G,) if np.ndim(production) < 2
-                                else np.shape(production))
-            k = np.broadcast_to(np.asarray(degradation, dtype=np.float64), (G,) if np.ndim(degradation) < 2
-                                else np.shape(degradation))
-            threshold = (np.asarray(g) / np.asarray(k) / 2.0)[..., net.sources] if E else np.zeros(0)
+        if threshold is None:  # half the source's maximal level g/k, per set
+            g, k = self._canonical(specs[0], production), self._canonical(specs[1], degradation)
+            if g.shape[0] != k.shape[0] and min(g.shape[0], k.shape[0]) > 1:
+                raise ValueError(f"parameter ensembles disagree on the number of sets P: production has "
+                                 f"{g.shape[0]}, degradation {k.shape[0]}; each must be 1 or P")
+            threshold = (g / k / 2.0)[:, torch.as_tensor(net.sources)]
         self._init_params(specs, {"production": production, "degradation": degradation,
                                   "threshold": threshold, "hill": hill, "fold": fold})
         self._structure: dict[torch.device, tuple[Tensor, ...]] = {}
