@@ -148,8 +148,8 @@ def integrate(
         if first_step is not None:
             h = torch.full((B,), float(first_step), device=dev, dtype=dtype)
         else:
-            h = initial_step(f, t, y.detach(), f0.detach(), args, method.tableau.error_order, rtol, atol,
-                             (t_end - t).detach())
+            with torch.no_grad():  # step sizes are not differentiated (the controller acts on detached errors)
+                h = initial_step(f, t, y, f0, args, method.tableau.error_order, rtol, atol, t_end - t)
             counters[3] += 1
     else:
         h = torch.full((B,), float(dt), device=dev, dtype=dtype)
