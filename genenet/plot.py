@@ -48,14 +48,15 @@ def plot_trajectory(traj: Trajectory, genes: str | Sequence[str] | None = None, 
     y = traj.numpy()
     colours = [f"C{i % 10}" for i in range(len(names))]
     styles = ["-", "--", ":", "-."]
+    many = len(ridx) > len(styles)  # then rows share a style and fade instead
     for k, r in enumerate(ridx):
-        for j, (g, c) in enumerate(zip(names, colours)):
-            label = g if k == 0 else None
-            if len(ridx) > 1 and j == 0 and len(ridx) <= len(styles):
-                label = f"{g} ({traj.labels[r]})" if k else label
-            ax.plot(t, y[r, :, gidx[j]], color=c, linestyle=styles[k % len(styles)],
-                    alpha=1.0 if len(ridx) <= 4 else max(0.25, 1.0 / np.sqrt(len(ridx))),
-                    label=label, **line_kwargs)
+        for j, c in enumerate(colours):
+            ax.plot(t, y[r, :, gidx[j]], color=c, linestyle="-" if many else styles[k],
+                    alpha=max(0.25, 1.0 / np.sqrt(len(ridx))) if many else 1.0,
+                    label=names[j] if k == 0 else None, **line_kwargs)
+    if 1 < len(ridx) and not many and legend:  # proxy entries: which line style is which row
+        for k, r in enumerate(ridx):
+            ax.plot([], [], color="0.3", linestyle=styles[k], label=traj.labels[r])
     ax.set_xlabel("time")
     ax.set_ylabel("expression")
     title = traj.labels[ridx[0]] if len(ridx) == 1 else f"{len(ridx)} rows"

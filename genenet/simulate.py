@@ -153,7 +153,7 @@ def simulate(
     def report(t_now: float) -> None:
         bar.update(t_now - float(t_save[0]) - bar.n)
 
-    sol = integrate(model.rhs, x, t_save, method=solver, args=p, rtol=rtol_t, atol=atol_t, dt=dt,
+    sol = integrate(model.rhs, x, t_save, method=solver, args=model.prepare(p), rtol=rtol_t, atol=atol_t, dt=dt,
                     first_step=first_step, max_steps=int(max_steps), progress=report if bar else None)
     if bar is not None:
         bar.update(bar.total - bar.n)

@@ -23,9 +23,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device={device!r} is not a torch device; allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from None
+        raise ValueError(f"device={device!r} is not a torch device; "
+                         "allowed: 'auto', 'cpu', 'cuda', 'cuda:N'") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} asked for CUDA but torch.cuda.is_available() is False; use 'auto' or 'cpu'")
+        raise ValueError(f"device={device!r} asked for CUDA but torch.cuda.is_available() is False; "
+                         "use 'auto' or 'cpu'")
     return dev
 
 

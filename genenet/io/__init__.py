@@ -1,7 +1,8 @@
 """Reading and writing networks (and, later, data sets)."""
 
 from .bundled import bundled_networks, load_network
-from .params import apply_params, read_params
 from .edgelists import read_network, read_topo, read_tsv, write_topo, write_tsv
+from .params import apply_params, read_params
 
-__all__ = ["apply_params", "read_params", "bundled_networks", "load_network", "read_network", "read_topo", "read_tsv", "write_topo", "write_tsv"]
+__all__ = ["apply_params", "read_params", "bundled_networks", "load_network", "read_network", "read_topo",
+           "read_tsv", "write_topo", "write_tsv"]

@@ -238,6 +238,14 @@ class Model(nn.Module):
         """Degradation rates ``(B, G)``."""
         raise NotImplementedError
 
+    def prepare(self, p: Params) -> Params:
+        """Per-solve precomputation from per-row parameters (differentiable); identity by default.
+
+        ``simulate`` calls it once and passes the result to every RHS evaluation, so
+        quantities that depend only on parameters are not recomputed each stage.
+        """
+        return p
+
     def rhs(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``dx/dt = production - degradation``, ``(B, G)``."""
         return self.production(t, x, p) - self.degradation(t, x, p)

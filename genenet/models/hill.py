@@ -72,38 +72,72 @@ class Hill(Model):
         self._structure: dict[torch.device, tuple[Tensor, ...]] = {}
 
     # ------------------------------------------------------------ structure
-    def _tensors(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Edge source indices (E,), sign (E,), repression flag (E,), in-edge table (G, K)
-        padded with E (a slot holding H = 1), cached per device."""
+    def _slots(self, device: torch.device) -> tuple[Tensor, Tensor, int]:
+        """The regulation *slot* layout, cached per device.
+
+        Slot ``(k, i)`` (flattened as ``k * G + i``) holds the k-th regulator of gene
+        i, for k < K = max in-degree; unused slots point at a dummy edge (index E)
+        whose factor is exactly 1. The product over regulators is then a plain
+        reduction over the K axis of a (B, K, G) view, with no gather.
+        Returns ``slot_source`` (K*G,), ``slot_edge`` (K*G,) and K.
+        """
         if device not in self._structure:
             net = self.net
-            src = torch.as_tensor(net.sources, device=device)
-            sign = torch.as_tensor(net.signs, device=device)
+            G, E = net.n_genes, net.n_edges
             tgt = net.targets_idx
-            K = max((int((tgt == i).sum()) for i in range(net.n_genes)), default=0)
-            table = np.full((net.n_genes, K), net.n_edges, dtype=np.int64)
-            fill = np.zeros(net.n_genes, dtype=np.int64)
+            K = int(np.bincount(tgt, minlength=G).max()) if E else 0
+            slot_edge = np.full((K, G), E, dtype=np.int64)
+            fill = np.zeros(G, dtype=np.int64)
             for e, i in enumerate(tgt):
-                table[i, fill[i]] = e
+                slot_edge[fill[i], i] = e
                 fill[i] += 1
-            self._structure[device] = (src, sign, (sign < 0), torch.as_tensor(table, device=device))
+            slot_source = np.append(net.sources, 0)[slot_edge]
+            self._structure[device] = (torch.as_tensor(slot_source.ravel(), device=device),
+                                       torch.as_tensor(slot_edge.ravel(), device=device), K)
         return self._structure[device]
 
+    def prepare(self, p: Params) -> Params:
+        """Per-solve folding of the edge parameters into slot layout (B, K*G), so that
+        ``H = c0 + c1 * s`` with ``c0 = 1 + (1/λ - 1) r``, ``c1 = (1/λ - 1) σ``; also ``1/T`` and ``n``.
+        Dummy slots get ``c0 = 1, c1 = 0``."""
+        if "_c0" in p:
+            return p
+        device = p["fold"].device
+        _, slot_edge, _ = self._slots(device)
+        sign = torch.as_tensor(np.append(self.net.signs, 0), device=device)[slot_edge].to(p["fold"].dtype)
+        pad = torch.zeros_like(p["fold"][:, :1])
+
+        def slots(per_edge: Tensor, fill: float) -> Tensor:
+            return torch.cat([per_edge, pad + fill], dim=1).index_select(1, slot_edge)
+
+        a = slots(torch.reciprocal(p["fold"]) - 1.0, 0.0)
+        out = dict(p)
+        out["_c0"] = 1.0 + a * (sign < 0).to(a.dtype)
+        out["_c1"] = a * sign
+        out["_inv_threshold"] = slots(torch.reciprocal(p["threshold"]), 1.0)
+        out["_hill"] = slots(p["hill"], 1.0)
+        return out
+
     def regulation(self, x: Tensor, p: Params) -> Tensor:
-        """Per-edge shifted-Hill factors ``H_e(x_source)``, shape ``(B, E)``."""
-        src, sign, rep, _ = self._tensors(x.device)
-        xs = x.index_select(1, src).clamp_min(0.0)  # x < 0 only from round-off; (x/T)^n needs x >= 0
-        s = torch.reciprocal(1.0 + torch.pow(xs / p["threshold"], p["hill"]))
-        return 1.0 + (torch.reciprocal(p["fold"]) - 1.0) * (rep.to(x.dtype) + sign.to(x.dtype) * s)
+        """Per-edge shifted-Hill factors ``H_e(x_source)``, shape ``(B, E)`` in ``net.edges`` order."""
+        _, slot_edge, _ = self._slots(x.device)
+        H = self._slot_factors(x, self.prepare(p))
+        order = torch.argsort(slot_edge)[: self.net.n_edges]  # slot of each edge
+        return H.index_select(1, order)
+
+    def _slot_factors(self, x: Tensor, q: Params) -> Tensor:
+        slot_source, _, _ = self._slots(x.device)
+        xs = x.index_select(1, slot_source).clamp_min(0.0)  # x < 0 only from round-off; (x/T)^n needs x >= 0
+        s = torch.reciprocal(1.0 + torch.pow(xs * q["_inv_threshold"], q["_hill"]))
+        return torch.addcmul(q["_c0"], q["_c1"], s)
 
     def production(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``g_i * prod_e H_e``, shape ``(B, G)``."""
-        _, _, _, table = self._tensors(x.device)
-        if table.shape[1] == 0:
+        _, _, K = self._slots(x.device)
+        if K == 0:
             return p["production"].expand_as(x)
-        H = self.regulation(x, p)
-        H = torch.cat([H, H.new_ones(H.shape[0], 1)], dim=1)
-        return p["production"] * H[:, table].prod(dim=-1)
+        H = self._slot_factors(x, self.prepare(p))
+        return p["production"] * H.view(x.shape[0], K, x.shape[1]).prod(dim=1)
 
     def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``k_i * x_i``, shape ``(B, G)``."""

@@ -1,0 +1,231 @@
+"""Batched solve of a RACIPE Hill network: genenet vs torchdiffeq and torchode, side by side.
+
+Standard problem (issue 2/6): 100 genes, 300 edges (3 regulators per gene), one
+`gn.Hill.random` parameter set (seed 0), t in [0, 20], 21 save times; rows are
+wild type + all single + all double knockouts (a production mask; knocked-out
+genes start at 0), the first N of them. Every tool integrates the same
+right-hand side (genenet's Hill kinetics) with dopri5 at the same rtol/atol;
+each tool's max error against a tight float64 reference (scipy DOP853,
+rtol 1e-12 atol 1e-12, on the flattened batch) is reported next to its time.
+
+Times: median of --repeats calls after one warm-up call, forward only (no_grad).
+
+    python benchmarks/bench_solve.py                    # CPU, N = 1, 200, 1000, float32
+    python benchmarks/bench_solve.py --device cuda --sizes 1 1000 5050
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import itertools
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+
+import genenet as gn
+
+HERE = Path(__file__).resolve().parent
+
+
+def standard_network(n_genes: int = 100, regulators: int = 3, seed: int = 0) -> gn.Network:
+    rng = np.random.default_rng(seed)
+    genes = [f"G{i}" for i in range(n_genes)]
+    edges = []
+    for i in range(n_genes):
+        for j in rng.choice(n_genes, regulators, replace=False):
+            edges.append((genes[j], genes[i], "+" if rng.random() < 0.5 else "-"))
+    return gn.Network.from_edges(edges, genes=genes)
+
+
+def knockout_masks(n_genes: int, n_rows: int) -> np.ndarray:
+    """Rows: wild type, singles, doubles (in that order), the first n_rows; 1 = expressed."""
+    rows = [()] + [(i,) for i in range(n_genes)] + list(itertools.combinations(range(n_genes), 2))
+    if n_rows > len(rows):
+        rows = (rows * (n_rows // len(rows) + 1))[:n_rows]
+    mask = np.ones((n_rows, n_genes))
+    for r, ko in enumerate(rows[:n_rows]):
+        mask[r, list(ko)] = 0.0
+    return mask
+
+
+def problem(n_rows: int, device: torch.device, dtype: torch.dtype):
+    net = standard_network()
+    model = gn.Hill.random(net, n=1, seed=0)
+    mask = knockout_masks(net.n_genes, n_rows)
+    g = model.params["production"].detach().numpy() * mask
+    x0 = np.full((n_rows, net.n_genes), 1.0) * mask
+    p = model.row_params(None, n_rows, device=device, dtype=dtype, overrides={"production": g})
+    p = {k: v.detach().contiguous() for k, v in model.prepare(p).items()}  # peers get the same precomputation
+    t = torch.linspace(0.0, 20.0, 21, device=device, dtype=dtype)
+    return model, g, torch.as_tensor(x0, device=device, dtype=dtype), p, t
+
+
+def reference(n_rows: int) -> np.ndarray:
+    model, _, x0, p, t = problem(n_rows, torch.device("cpu"), torch.float64)
+    B, G = x0.shape
+
+    def f(_, flat):
+        with torch.no_grad():
+            return model.rhs(None, torch.from_numpy(flat).view(B, G), p).numpy().ravel()
+
+    sol = solve_ivp(f, (0.0, 20.0), x0.numpy().ravel(), method="DOP853", rtol=1e-12, atol=1e-12,
+                    t_eval=t.numpy())
+    assert sol.success, sol.message
+    return sol.y.T.reshape(len(t), B, G).transpose(1, 0, 2)
+
+
+def run_genenet(model, g, x0, p, t, rtol, atol, device, dtype):
+    traj = gn.simulate(model, t, x0=x0, params={"production": g}, rtol=rtol, atol=atol, device=device,
+                       dtype=dtype)
+    return traj.y
+
+
+def run_torchdiffeq(model, g, x0, p, t, rtol, atol, device, dtype):
+    from torchdiffeq import odeint
+
+    def f(_, x):
+        return model.rhs(None, x, p)
+
+    return odeint(f, x0, t, rtol=rtol, atol=atol, method="dopri5").transpose(0, 1)
+
+
+def run_torchode(model, g, x0, p, t, rtol, atol, device, dtype):
+    import torchode as to
+
+    def f(_, x):
+        return model.rhs(None, x, p)
+
+    term = to.ODETerm(f)
+    solver = to.AutoDiffAdjoint(to.Dopri5(term=term), to.IntegralController(atol=atol, rtol=rtol, term=term))
+    sol = solver.solve(to.InitialValueProblem(y0=x0, t_eval=t.expand(x0.shape[0], -1)))
+    return sol.ys
+
+
+TOOLS = {"genenet": run_genenet, "torchdiffeq": run_torchdiffeq, "torchode": run_torchode}
+
+
+def timeit(fn, repeats: int, device: torch.device):
+    with torch.no_grad():
+        out = fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), out
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "genenet": gn.__version__}
+    for mod in ("torchdiffeq", "torchode"):
+        try:
+            from importlib.metadata import version
+
+            out[mod] = version(mod)
+        except Exception:  # noqa: BLE001 - not installed
+            out[mod] = "not installed"
+    return out
+
+
+def machine(device: torch.device) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} logical CPUs, torch threads {torch.get_num_threads()}"
+    if device.type == "cuda":
+        desc += f", GPU {torch.cuda.get_device_name(device)}"
+    return desc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 200, 1000])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--rtol", type=float, default=1e-5)
+    parser.add_argument("--atol", type=float, default=1e-6)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tools", nargs="+", default=list(TOOLS))
+    parser.add_argument("--out", default=None,
+                        help="results file (default benchmarks/results/solve_<device>_<dtype>_<date>.md)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.float32 if args.dtype == "float32" else torch.float64
+
+    rows = []
+    for n in args.sizes:
+        ref = reference(n)
+        scale = np.abs(ref).max()
+        entry = {"N": n}
+        for tool in args.tools:
+            model, g, x0, p, t = problem(n, device, dtype)
+            try:
+                call = functools.partial(TOOLS[tool], model, g, x0, p, t, args.rtol, args.atol, device, dtype)
+                seconds, y = timeit(call, args.repeats, device)
+            except Exception as err:  # noqa: BLE001 - report, keep benchmarking the others
+                entry[tool] = {"error": f"{type(err).__name__}: {err}"}
+                continue
+            y = y.detach().double().cpu().numpy()
+            err_abs = float(np.abs(y - ref).max())
+            err_rel = float((np.abs(y - ref) / (np.abs(ref) + 1e-3 * scale)).max())
+            entry[tool] = {"seconds": seconds, "max_abs_err": err_abs, "max_rel_err": err_rel}
+            print(f"N={n:6d} {tool:12s} {seconds * 1e3:9.1f} ms   max abs err {err_abs:.2e}  rel {err_rel:.2e}",
+                  flush=True)
+        rows.append(entry)
+
+    today = dt.date.today().isoformat()
+    out = Path(args.out) if args.out else HERE / "results" / f"solve_{device.type}_{args.dtype}_{today}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Batched solve benchmark, {today}",
+        "",
+        f"- machine: {machine(device)}",
+        f"- versions: {json.dumps(versions())}",
+        f"- problem: 100 genes, 300 edges, Hill.random(seed=0), t in [0, 20], 21 save times, rows = WT + single + "
+        f"double knockouts (production mask), dopri5, {args.dtype}, rtol {args.rtol:g}, atol {args.atol:g}, "
+        f"device {device}",
+        f"- time: median of {args.repeats} calls after a warm-up call, forward only (torch.no_grad)",
+        "- error: vs scipy DOP853 float64 rtol=atol=1e-12 on the flattened batch; "
+        "rel = |y-ref|/(|ref| + 1e-3 max|ref|)",
+        "- command: `python benchmarks/bench_solve.py " + " ".join(
+            f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+            for k, v in vars(args).items() if k != "out") + "`",
+        "",
+        "| N | " + " | ".join(f"{tool} ms (max rel err)" for tool in args.tools) + " | "
+        + " | ".join(f"{tool} / genenet" for tool in args.tools if tool != "genenet") + " |",
+        "|---" * (1 + len(args.tools) + len(args.tools) - 1) + "|",
+    ]
+    for entry in rows:
+        cells = []
+        for tool in args.tools:
+            r = entry.get(tool, {})
+            cells.append(f"{r['seconds'] * 1e3:.1f} ({r['max_rel_err']:.1e})" if "seconds" in r
+                         else r.get("error", "-"))
+        base = entry.get("genenet", {}).get("seconds")
+        ratios = [f"{entry[tool]['seconds'] / base:.2f}x" if base and "seconds" in entry.get(tool, {}) else "-"
+                  for tool in args.tools if tool != "genenet"]
+        lines.append(f"| {entry['N']} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
