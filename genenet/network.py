@@ -8,8 +8,7 @@ never changes once the network is built.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,9 +37,11 @@ def parse_sign(sign: Any, *, edge: object = None) -> int:
     return _SIGNS[key]
 
 
-@dataclass(frozen=True)
-class Edge:
-    """One regulation ``source -> target``; ``sign`` is +1 (activation) or -1 (repression)."""
+class Edge(NamedTuple):
+    """One regulation ``source -> target``; ``sign`` is +1 (activation) or -1 (repression).
+
+    A named tuple, so ``source, target, sign = edge`` works.
+    """
 
     source: str
     target: str
@@ -48,52 +49,67 @@ class Edge:
 
     @property
     def kind(self) -> str:
+        """``"activation"`` or ``"repression"``."""
         return "activation" if self.sign > 0 else "repression"
 
     def __str__(self) -> str:
         return f"{self.source} -{'>' if self.sign > 0 else '|'} {self.target}"
 
 
-@dataclass(frozen=True)
 class Network:
-    """A signed, directed gene regulatory network.
+    """A signed, directed gene regulatory network (immutable).
 
     Attributes
     ----------
-    genes : tuple[str, ...]
+    genes : list[str]
         Gene names; the state vector of every model follows this order (``G`` genes).
-    edges : tuple[Edge, ...]
-        Regulations in a fixed order (``E`` edges); per-edge parameters follow it.
+    edges : list[Edge]
+        Regulations ``(source, target, sign)`` in a fixed order (``E`` edges);
+        per-edge parameters follow it.
 
     Build one with :meth:`from_edges`, :meth:`from_networkx` or the readers in
     :mod:`genenet.io`. Self-loops (autoregulation) are allowed; duplicate
     ``(source, target)`` pairs are not.
     """
 
-    genes: tuple[str, ...]
-    edges: tuple[Edge, ...]
-    name: str = ""
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if len(self.genes) == 0:
+    def __init__(self, genes: Sequence[str], edges: Sequence[Edge], name: str = "") -> None:
+        self._genes = tuple(genes)
+        self._edges = tuple(edges)
+        self.name = name
+        if len(self._genes) == 0:
             raise ValueError("empty network: a Network needs at least one gene")
         index: dict[str, int] = {}
-        for g in self.genes:
+        for g in self._genes:
             if not isinstance(g, str) or not g:
                 raise ValueError(f"gene names must be non-empty strings, got {g!r}")
             if g in index:
                 raise ValueError(f"duplicate gene {g!r} in genes")
             index[g] = len(index)
         seen: set[tuple[str, str]] = set()
-        for e in self.edges:
+        for e in self._edges:
             for end in (e.source, e.target):
                 if end not in index:
-                    raise KeyError(f"edge {e} names gene {end!r}, which is not in genes {list(self.genes)}")
+                    raise KeyError(f"edge {e} names gene {end!r}, which is not in genes {list(self._genes)}")
             if (e.source, e.target) in seen:
                 raise ValueError(f"duplicate edge {e.source!r} -> {e.target!r}")
             seen.add((e.source, e.target))
-        object.__setattr__(self, "_index", index)
+        self._index = index
+
+    @property
+    def genes(self) -> list[str]:
+        """Gene names in state order (a copy)."""
+        return list(self._genes)
+
+    @property
+    def edges(self) -> list[Edge]:
+        """Edges in parameter order (a copy)."""
+        return list(self._edges)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Network) and self._genes == other._genes and self._edges == other._edges
+
+    def __hash__(self) -> int:
+        return hash((self._genes, self._edges))
 
     # ---------------------------------------------------------------- builders
     @classmethod
@@ -136,7 +152,7 @@ class Network:
                 order.setdefault(e.source)
                 order.setdefault(e.target)
             genes = list(order)
-        return cls(tuple(str(g) for g in genes), tuple(parsed), name=name)
+        return cls([str(g) for g in genes], parsed, name=name)
 
     @classmethod
     def from_networkx(cls, graph: Any, *, sign_attr: str = "sign", name: str = "") -> Network:
@@ -153,45 +169,51 @@ class Network:
         import networkx as nx
 
         g = nx.DiGraph(name=self.name)
-        g.add_nodes_from(self.genes)
-        for e in self.edges:
+        g.add_nodes_from(self._genes)
+        for e in self._edges:
             g.add_edge(e.source, e.target, sign=e.sign)
         return g
 
     # ------------------------------------------------------------------ access
     @property
     def n_genes(self) -> int:
-        return len(self.genes)
+        """Number of genes G."""
+        return len(self._genes)
 
     @property
     def n_edges(self) -> int:
-        return len(self.edges)
+        """Number of edges E."""
+        return len(self._edges)
 
     def index(self, gene: str) -> int:
         """Position of ``gene`` in :attr:`genes`; ``KeyError`` naming it if unknown."""
         try:
             return self._index[gene]
         except (KeyError, TypeError):
-            raise KeyError(f"unknown gene {gene!r}; genes are {list(self.genes)}") from None
+            raise KeyError(f"unknown gene {gene!r}; genes are {list(self._genes)}") from None
 
     def indices(self, genes: str | Iterable[str]) -> list[int]:
         if isinstance(genes, str):
             genes = [genes]
         return [self.index(g) for g in genes]
 
-    def regulators(self, gene: str) -> list[tuple[str, int]]:
-        """``[(source, sign), ...]`` of the edges into ``gene``, in edge order."""
-        self.index(gene)
-        return [(e.source, e.sign) for e in self.edges if e.target == gene]
+    def regulators(self, gene: str) -> list[str]:
+        """Names of the genes regulating ``gene`` (edge sources into it), in edge order."""
+        return [e.source for e in self.in_edges(gene)]
 
-    def targets(self, gene: str) -> list[tuple[str, int]]:
-        """``[(target, sign), ...]`` of the edges out of ``gene``, in edge order."""
+    def in_edges(self, gene: str) -> list[Edge]:
+        """Edges into ``gene``, in edge order (with their signs)."""
         self.index(gene)
-        return [(e.target, e.sign) for e in self.edges if e.source == gene]
+        return [e for e in self._edges if e.target == gene]
+
+    def out_edges(self, gene: str) -> list[Edge]:
+        """Edges out of ``gene``, in edge order."""
+        self.index(gene)
+        return [e for e in self._edges if e.source == gene]
 
     def edge_index(self, source: str, target: str) -> int:
         """Position of edge ``source -> target`` in :attr:`edges`."""
-        for i, e in enumerate(self.edges):
+        for i, e in enumerate(self._edges):
             if e.source == source and e.target == target:
                 return i
         self.index(source)
@@ -201,15 +223,15 @@ class Network:
     # tensors the kinetics need, as numpy (models move them to their device)
     @property
     def sources(self) -> np.ndarray:
-        return np.array([self._index[e.source] for e in self.edges], dtype=np.int64)
+        return np.array([self._index[e.source] for e in self._edges], dtype=np.int64)
 
     @property
     def targets_idx(self) -> np.ndarray:
-        return np.array([self._index[e.target] for e in self.edges], dtype=np.int64)
+        return np.array([self._index[e.target] for e in self._edges], dtype=np.int64)
 
     @property
     def signs(self) -> np.ndarray:
-        return np.array([e.sign for e in self.edges], dtype=np.int64)
+        return np.array([e.sign for e in self._edges], dtype=np.int64)
 
     def adjacency(self) -> np.ndarray:
         """Signed adjacency ``A[source, target] = sign`` (G, G)."""
@@ -227,4 +249,4 @@ class Network:
     def summary(self) -> str:
         act = int((self.signs > 0).sum())
         return (f"{self!r}: {act} activations, {self.n_edges - act} repressions, "
-                f"{sum(e.source == e.target for e in self.edges)} self-loops")
+                f"{sum(e.source == e.target for e in self._edges)} self-loops")

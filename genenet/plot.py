@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
 
 if TYPE_CHECKING:
@@ -46,7 +47,8 @@ def plot_trajectory(traj: Trajectory, genes: str | Sequence[str] | None = None, 
     ridx = traj.row_indices(rows) if rows is not None else list(range(min(traj.n_rows, _MAX_DEFAULT_ROWS)))
     t = traj.t.detach().cpu().numpy()
     y = traj.numpy()
-    colours = [f"C{i % 10}" for i in range(len(names))]
+    colours = [f"C{i}" for i in range(len(names))] if len(names) <= 10 else \
+        [matplotlib.colormaps["tab20"](i % 20) for i in range(len(names))]
     styles = ["-", "--", ":", "-."]
     many = len(ridx) > len(styles)  # then rows share a style and fade instead
     for k, r in enumerate(ridx):

@@ -161,13 +161,10 @@ def simulate(
 
     sets = (index.cpu().numpy() if index is not None else
             (np.arange(B) if n_sets > 1 else np.zeros(B, dtype=np.int64)))
-    if B == 1:
-        labels = (WILD_TYPE,)
-    else:
-        labels = tuple(f"{WILD_TYPE} #{i}" for i in range(B))
+    labels = [WILD_TYPE] if B == 1 else [f"{WILD_TYPE} #{i}" for i in range(B)]
     status = sol.status.cpu().numpy()
     traj = Trajectory(
-        t=t_save, y=sol.y, genes=tuple(model.genes), labels=labels, conditions=(WILD_TYPE,) * B,
+        t=t_save, y=sol.y, genes=list(model.genes), labels=labels, conditions=[WILD_TYPE] * B,
         parameter_sets=sets, status=status,
         stats={"n_steps": sol.n_steps.cpu().numpy(), "n_accepted": sol.n_accepted.cpu().numpy(),
                "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy()},

@@ -27,11 +27,11 @@ class Trajectory:
     y : Tensor (B, T, G)
         States; differentiable with respect to the model parameters and ``x0``.
         Entries after the point where a row failed are NaN (its ``status`` says why).
-    genes : tuple[str, ...]
+    genes : list[str]
         Gene (state) names, G.
-    labels : tuple[str, ...]
+    labels : list[str]
         One label per row, B.
-    conditions : tuple[str, ...]
+    conditions : list[str]
         Condition label of each row (``"wild type"`` without perturbations).
     parameter_sets : np.ndarray (B,)
         Index of each row's parameter set in the model's ensemble.
@@ -45,9 +45,9 @@ class Trajectory:
 
     t: Tensor
     y: Tensor
-    genes: tuple[str, ...]
-    labels: tuple[str, ...]
-    conditions: tuple[str, ...]
+    genes: list[str]
+    labels: list[str]
+    conditions: list[str]
     parameter_sets: np.ndarray
     status: np.ndarray
     stats: dict[str, np.ndarray] = field(default_factory=dict)

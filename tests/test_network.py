@@ -8,17 +8,21 @@ import genenet as gn
 def test_from_edges_sign_forms_and_order():
     net = gn.Network.from_edges([("A", "B", "+"), ("B", "C", -1), ("C", "A", "repression"), ("A", "C", "activation"),
                                  ("C", "C", 1)])
-    assert net.genes == ("A", "B", "C")
+    assert net.genes == ["A", "B", "C"]
     assert [e.sign for e in net.edges] == [1, -1, -1, 1, 1]
     assert net.n_genes == 3 and net.n_edges == 5
-    assert net.regulators("C") == [("B", -1), ("A", 1), ("C", 1)]
-    assert net.regulators("B") == [("A", 1)]
+    assert net.regulators("C") == ["B", "A", "C"]
+    assert [e.sign for e in net.in_edges("C")] == [-1, 1, 1]
+    assert net.regulators("B") == ["A"]
+    source, target, sign = net.edges[1]
+    assert (source, target, sign) == ("B", "C", -1) and net.edges[1].kind == "repression"
+    assert [str(e) for e in net.out_edges("A")] == ["A -> B", "A -> C"]
     assert net.edge_index("A", "C") == 3
 
 
 def test_explicit_gene_order_and_isolated_gene():
     net = gn.Network.from_edges([("A", "B", "-")], genes=["B", "A", "Z"])
-    assert net.genes == ("B", "A", "Z")
+    assert net.genes == ["B", "A", "Z"]
     assert net.regulators("Z") == []
     assert net.adjacency()[1, 0] == -1
 

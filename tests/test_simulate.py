@@ -22,7 +22,7 @@ def test_trajectory_contract(toggle):
     t = np.linspace(0, 10, 11)
     traj = gn.simulate(toggle, t, x0={"A": 5.0})
     assert traj.y.shape == (1, 11, 2) and traj.t.shape == (11,)
-    assert traj.genes == ("A", "B") and traj.labels == ("wild type",)
+    assert traj.genes == ["A", "B"] and traj.labels == ["wild type"]
     assert traj.success and traj.status.tolist() == [0]
     assert set(traj.stats) == {"n_steps", "n_accepted", "n_rejected", "n_rhs"}
     assert traj.stats["n_rhs"][0] >= 6 * traj.stats["n_accepted"][0]

@@ -106,14 +106,14 @@ class Model(nn.Module):
 
     Attributes
     ----------
-    genes : tuple[str, ...]
+    genes : list[str]
         State variable names (G).
     specs : dict[str, ParameterSpec]
     raw : nn.ParameterDict
         Unconstrained storage, ``(P_i, size)`` per parameter.
     """
 
-    genes: tuple[str, ...]
+    genes: list[str]
 
     def _init_params(self, specs: Sequence[ParameterSpec], values: Mapping[str, Any]) -> None:
         self.specs: dict[str, ParameterSpec] = {s.name: s for s in specs}
@@ -298,7 +298,7 @@ class FunctionModel(Model):
     def __init__(self, genes: Sequence[str], production: Callable, degradation: Callable,
                  params: Mapping[str, Any], *, bounds: Mapping[str, tuple[float, float]] | None = None) -> None:
         super().__init__()
-        genes = tuple(str(g) for g in genes)
+        genes = [str(g) for g in genes]
         if not genes:
             raise ValueError("a model needs at least one gene")
         if len(set(genes)) != len(genes):
