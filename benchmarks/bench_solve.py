@@ -36,14 +36,8 @@ import genenet as gn
 HERE = Path(__file__).resolve().parent
 
 
-def standard_network(n_genes: int = 100, regulators: int = 3, seed: int = 0) -> gn.Network:
-    rng = np.random.default_rng(seed)
-    genes = [f"G{i}" for i in range(n_genes)]
-    edges = []
-    for i in range(n_genes):
-        for j in rng.choice(n_genes, regulators, replace=False):
-            edges.append((genes[j], genes[i], "+" if rng.random() < 0.5 else "-"))
-    return gn.Network.from_edges(edges, genes=genes)
+def standard_network() -> gn.Network:
+    return gn.Network.random(100, regulators=3, seed=0)
 
 
 def knockout_masks(n_genes: int, n_rows: int) -> np.ndarray:

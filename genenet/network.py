@@ -155,6 +155,31 @@ class Network:
         return cls([str(g) for g in genes], parsed, name=name)
 
     @classmethod
+    def random(cls, n_genes: int, regulators: int = 3, seed: int | None = 0, *,
+               p_activation: float = 0.5, self_loops: bool = True) -> Network:
+        """A random network in which every gene has exactly ``regulators`` distinct regulators.
+
+        Genes are ``G0 .. G{n-1}``; each gene draws its regulators uniformly without
+        replacement (itself included when ``self_loops``), each edge activating with
+        probability ``p_activation``. ``E = n_genes * regulators`` edges.
+        """
+        if isinstance(n_genes, bool) or not isinstance(n_genes, (int, np.integer)) or n_genes < 1:
+            raise ValueError(f"n_genes must be a positive integer, got {n_genes!r}")
+        pool = n_genes if self_loops else n_genes - 1
+        if not 0 <= regulators <= pool:
+            raise ValueError(f"regulators must lie in [0, {pool}] for {n_genes} genes, got {regulators!r}")
+        if not 0.0 <= p_activation <= 1.0:
+            raise ValueError(f"p_activation must lie in [0, 1], got {p_activation!r}")
+        rng = np.random.default_rng(seed)
+        genes = [f"G{i}" for i in range(n_genes)]
+        edges = []
+        for i in range(n_genes):
+            candidates = [j for j in range(n_genes) if self_loops or j != i]
+            for j in rng.choice(candidates, regulators, replace=False):
+                edges.append((genes[j], genes[i], 1 if rng.random() < p_activation else -1))
+        return cls.from_edges(edges, genes=genes, name=f"random_{n_genes}x{regulators}_seed{seed}")
+
+    @classmethod
     def from_networkx(cls, graph: Any, *, sign_attr: str = "sign", name: str = "") -> Network:
         """Build from a ``networkx.DiGraph`` whose edges carry a ``sign`` attribute."""
         edges = []

@@ -13,13 +13,7 @@ import genenet as gn
 
 
 def random_network(n_genes: int, regulators: int, seed: int) -> gn.Network:
-    rng = np.random.default_rng(seed)
-    genes = [f"g{i}" for i in range(n_genes)]
-    edges = []
-    for i in range(n_genes):
-        for j in rng.choice(n_genes, regulators, replace=False):
-            edges.append((genes[j], genes[i], "+" if rng.random() < 0.5 else "-"))
-    return gn.Network.from_edges(edges, genes=genes)
+    return gn.Network.random(n_genes, regulators, seed=seed)
 
 
 def hill_values(model: gn.Hill, s: int = 0) -> dict[str, np.ndarray]:

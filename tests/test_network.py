@@ -94,3 +94,14 @@ def test_bundled_networks():
     with pytest.raises(KeyError, match="unknown network 'nope'"):
         gn.load_network("nope")
     assert np.all(np.isin(tcim.signs, [-1, 1]))
+
+
+def test_random_network():
+    net = gn.Network.random(30, regulators=3, seed=4)
+    assert net.n_genes == 30 and net.n_edges == 90
+    assert all(len(net.regulators(g)) == 3 for g in net.genes)
+    assert gn.Network.random(30, 3, seed=4) == net and gn.Network.random(30, 3, seed=5) != net
+    no_loops = gn.Network.random(5, 4, seed=0, self_loops=False)
+    assert all(e.source != e.target for e in no_loops.edges)
+    with pytest.raises(ValueError, match="regulators must lie in"):
+        gn.Network.random(3, 4)
