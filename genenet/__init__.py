@@ -3,6 +3,19 @@
 from .io import bundled_networks, load_network, read_network, read_topo, read_tsv, write_topo, write_tsv
 from .models import FunctionModel, Hill, Model, ParameterSpec
 from .network import Edge, Network
+from .perturb import (
+    Clamp,
+    Condition,
+    Knockdown,
+    Knockout,
+    Overexpress,
+    Perturbation,
+    Pulse,
+    SetParameter,
+    knockdown_screen,
+    knockout_screen,
+)
+from .screen import screen_table
 from .simulate import simulate
 from .solvers import SolverError, Status
 from .trajectory import Trajectory
@@ -12,5 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Network", "Edge", "Model", "FunctionModel", "ParameterSpec", "Hill", "simulate", "Trajectory",
     "Status", "SolverError", "load_network", "bundled_networks", "read_network", "read_topo", "read_tsv",
-    "write_topo", "write_tsv", "__version__",
+    "write_topo", "write_tsv", "__version__", "Perturbation", "Knockout", "Knockdown", "Overexpress", "Clamp",
+    "SetParameter", "Pulse", "Condition", "knockout_screen", "knockdown_screen", "screen_table",
 ]

@@ -5,45 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
-from torch import Tensor
 
+from .batch import build_batch
 from .models.base import Model
 from .solvers import SolverError, get_method, integrate
 from .solvers.status import describe_failures
 from .trajectory import Trajectory
-from .validation import (
-    check_positive,
-    check_state,
-    check_times,
-    check_tolerance,
-    per_gene,
-    resolve_device,
-    resolve_dtype,
-)
+from .validation import check_positive, check_times, check_tolerance, resolve_device, resolve_dtype
 
 __all__ = ["simulate"]
-
-WILD_TYPE = "wild type"
-
-
-def _initial_states(model: Model, x0: Any, n_sets: int, *, device: torch.device,
-                    dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-    """``x0`` (B, G) and each row's parameter-set index (B,) (``None``: row i uses set i or 0)."""
-    if x0 is None:
-        return model.default_x0(n_sets, device=device, dtype=dtype), None
-    x = per_gene(x0, "x0", model.genes, device=device, dtype=dtype, rows=n_sets)
-    check_state(x, model.genes)
-    if x.ndim == 1:
-        return x.expand(n_sets, -1), None
-    n = x.shape[0]
-    if n == n_sets:
-        return x, None
-    if n_sets == 1:
-        return x, torch.zeros(n, dtype=torch.long, device=device)
-    raise ValueError(f"x0 has {n} rows but the model has {n_sets} parameter sets; "
-                     f"give x0 as ({model.n_genes},), (1, G) or ({n_sets}, {model.n_genes})")
 
 
 def simulate(
@@ -66,9 +37,10 @@ def simulate(
 ) -> Trajectory:
     r"""Integrate ``dx/dt = production(t, x) - degradation(t, x)`` for every row at once.
 
-    Rows are the model's P parameter sets (B = P), or, for a single parameter set,
-    the rows of ``x0`` (B = number of initial states). All rows advance in one
-    batched solve, each with its own adaptive step size.
+    Rows are conditions x the model's P parameter sets (B = C * P), or, for one
+    condition and one parameter set, the rows of ``x0``. All rows advance in one
+    batched solve, each with its own adaptive step size; pulses' switching times
+    are landed on exactly.
 
     **Main arguments**
 
@@ -76,10 +48,13 @@ def simulate(
         e.g. :class:`genenet.Hill`, or ``Model.from_functions(...)``.
     t : array (T,)
         Strictly increasing save times; ``t[0]`` is the initial time.
-    x0 : scalar, (G,), {gene: value}, or (B, G), optional
+    x0 : scalar, (G,), {gene: value}, (P, G) or (B, G), optional
         Initial states; default all zeros. A dict sets the named genes (others 0).
-    perturbations : reserved for knockouts/knockdowns/... (the perturbation issue);
-        must be ``None`` for now.
+        Knocked-out genes start at 0, clamped genes at their value.
+    perturbations : conditions to run, e.g. ``gn.Knockout("A")``, ``[gn.Knockout("A"),
+        [gn.Knockout("A"), gn.Knockout("B")]]``, ``gn.knockout_screen(net)`` or a dict
+        ``{label: perturbations}`` (see :func:`genenet.perturb.as_conditions`). Rows are
+        conditions x parameter sets, ``B = C * P``, condition-major.
 
     **Other arguments** (keyword-only)
 
@@ -112,15 +87,13 @@ def simulate(
     SolverError
         ``throw=True`` and a row failed; the message lists rows, reasons and fixes.
     """
-    if not isinstance(model, Model):
-        raise TypeError(f"model must be a genenet Model (e.g. gn.Hill), got {type(model).__name__}")
-    if perturbations is not None:
-        raise NotImplementedError("perturbations are not available yet; pass perturbations=None")
     solver = get_method(method)
     check_positive(max_steps, "max_steps", integer=True)
     dev = resolve_device(device)
     dtp = resolve_dtype(dtype, dev)
     t_save = check_times(t, device=dev, dtype=dtp)
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a genenet Model (e.g. gn.Hill), got {type(model).__name__}")
     rtol_t = check_tolerance(rtol, "rtol", model.genes, device=dev, dtype=dtp)
     atol_t = check_tolerance(atol, "atol", model.genes, device=dev, dtype=dtp)
     if ((rtol_t + atol_t) <= 0).any():
@@ -131,17 +104,8 @@ def simulate(
             check_positive(dt, "dt")
     if first_step is not None:
         check_positive(first_step, "first_step")
-
-    n_sets = model.n_sets
-    if params:
-        sizes = [np.shape(v)[0] for v in params.values() if np.ndim(v) == 2]
-        n_sets = max([n_sets, *sizes])
-    x, index = _initial_states(model, x0, n_sets, device=dev, dtype=dtp)
-    B = x.shape[0]
-    p = model.row_params(index, B, device=dev, dtype=dtp, overrides=params)
-    for name, v in p.items():
-        if not torch.isfinite(v.detach()).all():
-            raise ValueError(f"parameter {name!r} is not finite")
+    batch = build_batch(model, perturbations, x0, params, device=dev, dtype=dtp)
+    B = batch.n_rows
 
     bar = None
     if progress:
@@ -153,24 +117,23 @@ def simulate(
     def report(t_now: float) -> None:
         bar.update(t_now - float(t_save[0]) - bar.n)
 
-    sol = integrate(model.rhs, x, t_save, method=solver, args=model.prepare(p), rtol=rtol_t, atol=atol_t, dt=dt,
-                    first_step=first_step, max_steps=int(max_steps), progress=report if bar else None)
+    term = batch.term
+    sol = integrate(term.vf, batch.x0, t_save, method=solver, args=term.initial_args, rtol=rtol_t, atol=atol_t,
+                    dt=dt, first_step=first_step, max_steps=int(max_steps), stops=batch.stops,
+                    segment=term.segment, reset=term.reset, progress=report if bar else None)
     if bar is not None:
         bar.update(bar.total - bar.n)
         bar.close()
 
-    sets = (index.cpu().numpy() if index is not None else
-            (np.arange(B) if n_sets > 1 else np.zeros(B, dtype=np.int64)))
-    labels = [WILD_TYPE] if B == 1 else [f"{WILD_TYPE} #{i}" for i in range(B)]
     status = sol.status.cpu().numpy()
     traj = Trajectory(
-        t=t_save, y=sol.y, genes=list(model.genes), labels=labels, conditions=[WILD_TYPE] * B,
-        parameter_sets=sets, status=status,
+        t=t_save, y=sol.y, genes=list(model.genes), labels=batch.labels, conditions=batch.conditions,
+        parameter_sets=batch.parameter_sets, status=status,
         stats={"n_steps": sol.n_steps.cpu().numpy(), "n_accepted": sol.n_accepted.cpu().numpy(),
                "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy()},
         method=solver.name,
     )
     if throw and not traj.success:
         raise SolverError(f"{len(traj.failed)} of {B} rows failed (simulate(..., throw=False) returns them):\n"
-                          + describe_failures(status, labels), status=status)
+                          + describe_failures(status, batch.labels), status=status)
     return traj

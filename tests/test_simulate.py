@@ -55,7 +55,7 @@ def test_ensemble_rows_and_x0_batches(toggle):
     assert many.numpy()[0, -1, 0] > many.numpy()[0, -1, 1] and many.numpy()[1, -1, 1] > many.numpy()[1, -1, 0]
     frame = traj.to_frame(rows=[1])
     assert set(frame.parameter_set) == {1}
-    with pytest.raises(ValueError, match="x0 has 3 rows but the model has 4 parameter sets"):
+    with pytest.raises(ValueError, match=r"x0 has 3 rows; allowed: 1, 4 \(one per parameter set\)"):
         gn.simulate(ens, [0, 1], x0=np.ones((3, 2)))
 
 
@@ -108,7 +108,7 @@ def test_bad_inputs_name_the_culprit(toggle):
         gn.simulate(toggle, t, device="gpu0")
     with pytest.raises(KeyError, match="unknown parameter 'speed'"):
         gn.simulate(toggle, t, params={"speed": 1.0})
-    with pytest.raises(NotImplementedError, match="perturbations"):
+    with pytest.raises(TypeError, match="perturbations entry 'KO' is not a Perturbation"):
         gn.simulate(toggle, t, perturbations=["KO"])
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,6 +42,30 @@ class Solution:
     n_accepted: Tensor
     n_rejected: Tensor
     n_rhs: Tensor
+
+
+def tree_index(tree: Any, idx: Tensor) -> Any:
+    """Index every tensor of a nested dict/tuple of per-row tensors by rows ``idx``."""
+    if isinstance(tree, Tensor):
+        return tree[idx]
+    if isinstance(tree, dict):
+        return {k: tree_index(v, idx) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(tree_index(v, idx) for v in tree)
+    return tree
+
+
+def tree_where(mask: Tensor, new: Any, old: Any) -> Any:
+    """Row-wise ``where(mask, new, old)`` over a nested dict/tuple of per-row tensors."""
+    if isinstance(new, Tensor):
+        if new is old:
+            return new
+        return torch.where(mask.view(-1, *([1] * (new.ndim - 1))), new, old)
+    if isinstance(new, dict):
+        return {k: tree_where(mask, v, old[k]) if k in old else v for k, v in new.items()}
+    if isinstance(new, tuple):
+        return tuple(tree_where(mask, a, b) for a, b in zip(new, old))
+    return new
 
 
 def _rms_norm(v: Tensor) -> Tensor:
@@ -95,6 +120,8 @@ def integrate(
     first_step: float | None = None,
     max_steps: int = 10_000,
     stops: Tensor | None = None,
+    segment: Callable[[Tensor, dict], dict] | None = None,
+    reset: Callable[[Tensor, Tensor, dict], Tensor] | None = None,
     controller: PIController | None = None,
     check_every: int = 8,
     window: int = 8,
@@ -112,6 +139,9 @@ def integrate(
     method : an :class:`ExplicitRK`; adaptive if it has an error estimate, else fixed step ``dt``.
     rtol, atol : scalars or (G,) tensors.
     stops : (S,) or (B, S) times every step must land on (padding ``inf`` allowed).
+    segment : ``(t (B,), args) -> args``, the arguments valid from row times ``t`` on; called
+        at the initial time and when a row lands on an interior stop (a switching time).
+    reset : ``(t, x, args) -> x``, a state jump applied at those same moments (clamps).
 
     Returns
     -------
@@ -142,6 +172,11 @@ def integrate(
 
     t = t_save[0].expand(B).clone()
     y = x0
+    if segment is not None:
+        args = segment(t, args)
+    if reset is not None:
+        y = reset(t, y, args)
+        out[:, 0] = y
     f0 = f(t, y, args)
     counters = torch.zeros(4, B, device=dev, dtype=torch.long)
     counters[3] += 1
@@ -184,7 +219,7 @@ def integrate(
                 status, prev_err, counters = status[running], prev_err[running], counters[:, running]
                 rejected_before, last_nonfinite = rejected_before[running], last_nonfinite[running]
                 save_ptr, stop_ptr, stop_table = save_ptr[running], stop_ptr[running], stop_table[running]
-                args = {k: v[running] for k, v in args.items()}
+                args = tree_index(args, running)
         step += 1
         running = status == Status.RUNNING
 
@@ -231,7 +266,22 @@ def integrate(
         y = torch.where(accept[:, None], y1, y)
         if f1 is not None:
             f0 = torch.where(accept[:, None], f1, f0)
-        stop_ptr = stop_ptr + (accept & land & (t1 == next_stop)).long()
+        on_stop = accept & land & (t1 == next_stop)
+        stop_ptr = stop_ptr + on_stop.long()
+        if segment is not None:  # a new regime from the switching time on: effects, jumps, fresh FSAL
+            switch = on_stop & (t1 < t_end)
+            if on_cuda or bool(switch.any()):
+                args = tree_where(switch, segment(t, args), args)
+                if reset is not None:
+                    y_new = reset(t, y, args)
+                    y = torch.where(switch[:, None], y_new, y)
+                    # a save exactly at the switching time reports the state after the jump
+                    last = (save_ptr - 1).clamp(min=0)
+                    resave = switch & (t_save[last] == t)
+                    out.index_put_((rows, torch.where(resave, last, torch.full_like(last, T))), y)
+                if method.tableau.fsal:
+                    f0 = torch.where(switch[:, None], f(t, y, args), f0)
+                    counters[3] += switch
         counters[0] += running
         counters[1] += accept
         counters[2] += running & ~accept
