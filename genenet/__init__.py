@@ -16,6 +16,7 @@ from .perturb import (
     knockout_screen,
 )
 from .screen import screen_table
+from .steady import SteadyState, jacobian, steady_state, steady_state_sensitivity
 from .simulate import simulate
 from .solvers import SolverError, Status
 from .trajectory import Trajectory
@@ -27,4 +28,5 @@ __all__ = [
     "Status", "SolverError", "load_network", "bundled_networks", "read_network", "read_topo", "read_tsv",
     "write_topo", "write_tsv", "__version__", "Perturbation", "Knockout", "Knockdown", "Overexpress", "Clamp",
     "SetParameter", "Pulse", "Condition", "knockout_screen", "knockdown_screen", "screen_table",
+    "SteadyState", "steady_state", "jacobian", "steady_state_sensitivity",
 ]

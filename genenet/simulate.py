@@ -30,6 +30,7 @@ def simulate(
     dt: float | None = None,
     first_step: float | None = None,
     max_steps: int = 10_000,
+    steady_tol: float | None = None,
     throw: bool = True,
     device: str | torch.device = "auto",
     dtype: Any = None,
@@ -68,6 +69,8 @@ def simulate(
     dt : step for the fixed-step methods (default ``(t[-1] - t[0]) / 1000``).
     first_step : initial step of the adaptive methods (default: Hairer's estimate per row).
     max_steps : per row, accepted plus rejected.
+    steady_tol : stop each row early once ``max|dx/dt| <= steady_tol * (1 + max|x|)`` (and no
+        pulse switching time lies ahead); its remaining save times hold that steady state.
     throw : raise :class:`SolverError` if any row fails (default); with ``False`` the
         failed rows are returned with their ``status`` (and NaN after the failure).
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
@@ -120,7 +123,8 @@ def simulate(
     term = batch.term
     sol = integrate(term.vf, batch.x0, t_save, method=solver, args=term.initial_args, rtol=rtol_t, atol=atol_t,
                     dt=dt, first_step=first_step, max_steps=int(max_steps), stops=batch.stops,
-                    segment=term.segment, reset=term.reset, progress=report if bar else None)
+                    segment=term.segment, reset=term.reset, steady_tol=steady_tol,
+                    progress=report if bar else None)
     if bar is not None:
         bar.update(bar.total - bar.n)
         bar.close()

@@ -122,6 +122,7 @@ def integrate(
     stops: Tensor | None = None,
     segment: Callable[[Tensor, dict], dict] | None = None,
     reset: Callable[[Tensor, Tensor, dict], Tensor] | None = None,
+    steady_tol: float | None = None,
     controller: PIController | None = None,
     check_every: int = 8,
     window: int = 8,
@@ -142,6 +143,8 @@ def integrate(
     segment : ``(t (B,), args) -> args``, the arguments valid from row times ``t`` on; called
         at the initial time and when a row lands on an interior stop (a switching time).
     reset : ``(t, x, args) -> x``, a state jump applied at those same moments (clamps).
+    steady_tol : stop a row early once ``max|f| <= steady_tol * (1 + max|x|)`` and no
+        switching time is ahead; its remaining save times get the steady state.
 
     Returns
     -------
@@ -160,6 +163,8 @@ def integrate(
         return Solution(out[:, :1], status_all, *counters_all)
 
     adaptive = method.adaptive
+    if steady_tol is not None and not (adaptive and method.tableau.fsal):
+        raise ValueError(f"steady_tol needs an adaptive FSAL method (dopri5, tsit5), not {method.name!r}")
     if not adaptive and (dt is None or not dt > 0):
         raise ValueError(f"method={method.name!r} is fixed-step and needs dt > 0, got dt={dt!r}")
     t_end = t_save[-1]
@@ -285,6 +290,19 @@ def integrate(
         counters[0] += running
         counters[1] += accept
         counters[2] += running & ~accept
+
+        if steady_tol is not None:  # f0 is f(t, y) after an accepted FSAL step
+            ahead = stop_table.gather(1, stop_ptr[:, None]).squeeze(1) < t_end
+            size = 1.0 + y.detach().abs().amax(dim=-1)
+            steady = accept & ~ahead & (t < t_end) & (f0.detach().abs().amax(dim=-1) <= steady_tol * size)
+            if on_cuda or bool(steady.any()):
+                idx = torch.arange(T, device=dev)
+                fill = steady[:, None] & (idx[None, :] >= save_ptr[:, None])
+                dest = torch.where(fill, idx[None, :], torch.full_like(fill, T, dtype=torch.long))
+                out.index_put_((rows[:, None].expand(-1, T), dest), y[:, None, :].expand(-1, T, -1))
+                save_ptr = torch.where(steady, torch.full_like(save_ptr, T), save_ptr)
+                status = torch.where(steady, int(Status.SUCCESS), status)
+                t = torch.where(steady, t_end.expand_as(t), t)
 
         # --- next step size and status
         if adaptive:

@@ -1,0 +1,128 @@
+"""Steady states, Jacobians, stability and sensitivities against independent references."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+from scipy.optimize import fsolve
+
+import genenet as gn
+from reference import hill_rhs_numpy, hill_values, random_network, repressilator
+
+
+@pytest.fixture(scope="module")
+def toggle():
+    return gn.Hill(gn.load_network("toggle_switch"), production=10.0, degradation=1.0, threshold=2.0, hill=4.0,
+                   fold=100.0)
+
+
+def test_double_knockout_screen_matches_scipy():
+    net = random_network(10, 3, seed=22)
+    model = gn.Hill.random(net, n=1, seed=2)
+    screen = gn.knockout_screen(net, order=2)
+    x0 = np.full(10, 5.0)
+    ss = gn.steady_state(model, screen, x0=x0, method="integrate")
+    assert ss.converged.all() and ss.x.shape == (56, 10)
+    base = hill_values(model)
+    rng = np.random.default_rng(0)
+    for r in rng.choice(56, 12, replace=False):  # a sample of conditions keeps the reference quick
+        p = {k: v.copy() for k, v in base.items()}
+        ko = [net.index(g) for g in net.genes if f"KO({g})" in ss.conditions[r].split("+")]
+        p["production"][ko] = 0.0
+        start = x0.copy()
+        start[ko] = 0.0
+        f = hill_rhs_numpy(net, p)
+        end = solve_ivp(f, (0, 400), start, method="Radau", rtol=1e-10, atol=1e-12).y[:, -1]
+        ref = fsolve(lambda x: f(0, x), end, xtol=1e-13)
+        np.testing.assert_allclose(ss.x[r].numpy(), ref, rtol=1e-6, atol=1e-9, err_msg=ss.labels[r])
+
+
+def test_toggle_saddle_and_stable_states(toggle):
+    ss = gn.steady_state(toggle, x0=[[3.0, 3.0], [8.0, 0.5], [0.5, 8.0]])
+    assert ss.converged.all()
+    x = ss.x.numpy()
+    assert x[0, 0] == pytest.approx(x[0, 1])  # the symmetric start finds the saddle
+    assert not ss.stable[0] and ss.stable[1] and ss.stable[2]
+    ev = ss.jacobian_eigenvalues.numpy()
+    assert (ev[0].real > 0).sum() == 1  # a saddle: one unstable direction
+    assert x[1, 0] > 9 and x[1, 1] < 0.2 and x[2, 1] > 9
+    # each is a zero of the equations written independently
+    f = hill_rhs_numpy(toggle.net, hill_values(toggle))
+    for row in x:
+        assert np.abs(f(0, row)).max() < 1e-8
+    reached = gn.steady_state(toggle, x0=[3.0, 2.9], method="integrate")
+    assert reached.stable[0] and reached.x[0, 0] > reached.x[0, 1]
+
+
+def test_repressilator_has_one_unstable_steady_state():
+    ss = gn.steady_state(repressilator(), x0=[1.0, 2.0, 5.0])
+    assert ss.converged[0] and not ss.stable[0]
+    ev = ss.jacobian_eigenvalues[0].numpy()
+    assert np.any((ev.real > 0) & (np.abs(ev.imag) > 0))  # a Hopf-unstable focus: oscillation around it
+    x = ss.x[0].numpy()
+    assert np.allclose(x, x[0])  # by symmetry all three equal
+
+
+def test_jacobian_analytic_matches_finite_differences():
+    net = random_network(6, 3, seed=3)
+    model = gn.Hill.random(net, n=3, seed=1)
+    x = np.random.default_rng(2).uniform(0.5, 20, (3, 6))
+    J = gn.jacobian(model, x).detach().numpy()
+    assert J.shape == (3, 6, 6)
+    for s in range(3):
+        f = hill_rhs_numpy(net, hill_values(model, s))
+        fd = np.zeros((6, 6))
+        for j in range(6):
+            e = np.zeros(6)
+            e[j] = 1e-6 * max(1.0, x[s, j])
+            fd[:, j] = (f(0, x[s] + e) - f(0, x[s] - e)) / (2 * e[j])
+        np.testing.assert_allclose(J[s], fd, rtol=1e-6, atol=1e-7)
+    # user models fall back to autodiff and agree with the closed form
+    m = gn.Model.from_functions(["a", "b"], lambda t, x, p: p["g"] * x.flip(1) ** 2, lambda t, x, p: p["k"] * x,
+                                {"g": 2.0, "k": 0.5})
+    Jm = gn.jacobian(m, [1.0, 3.0])[0].detach().numpy()
+    np.testing.assert_allclose(Jm, [[-0.5, 2 * 2 * 3.0], [2 * 2 * 1.0, -0.5]])
+
+
+def test_steady_state_sensitivity_matches_finite_differences():
+    net = random_network(5, 2, seed=4)
+    model = gn.Hill.random(net, n=1, seed=3)
+    ss = gn.steady_state(model, x0=5.0, method="integrate")
+    assert ss.converged.all() and ss.stable.all()
+    S = gn.steady_state_sensitivity(model, ss)
+    base = {k: v.detach()[0].clone() for k, v in model.params.items()}
+    for name, entries in (("production", [0, 3]), ("degradation", [1]), ("threshold", [0, 5]), ("hill", [2]),
+                          ("fold", [7])):
+        for j in entries:
+            h = 1e-5 * max(1.0, abs(float(base[name][j])))
+            vals = []
+            for sign in (1, -1):
+                v = base[name].clone()
+                v[j] += sign * h
+                vals.append(gn.steady_state(model, x0=ss.x, params={name: v}, tol=1e-13).x[0].numpy())
+            fd = (vals[0] - vals[1]) / (2 * h)
+            np.testing.assert_allclose(S[name][0, :, j].numpy(), fd, rtol=1e-5, atol=1e-8, err_msg=f"{name}[{j}]")
+
+
+def test_clamped_gene_steady_state_and_stability(toggle):
+    ss = gn.steady_state(toggle, gn.Clamp("A", 1.0), x0=[1.0, 5.0], tol=1e-13)
+    assert ss.x[0, 0].item() == 1.0 and ss.stable[0]
+    b = 10.0 * (1 / 100 + (1 - 1 / 100) / (1 + (1.0 / 2.0) ** 4))
+    assert ss.x[0, 1].item() == pytest.approx(b, rel=1e-10)
+    assert sorted(ss.jacobian_eigenvalues[0].real.tolist()) == pytest.approx([-1.0, -1.0])
+
+
+def test_steady_state_table_and_bad_input(toggle):
+    screen = gn.knockout_screen(toggle.net, order=2)
+    ss = gn.steady_state(toggle, screen, x0=[6.0, 1.0], method="integrate")
+    assert ss.labels == ["wild type", "KO(A)", "KO(B)", "KO(A)+KO(B)"]
+    table = gn.screen_table(ss)
+    assert set(table.columns) >= {"condition", "gene", "value", "log2fc", "converged"}
+    ko_a = table[(table.condition == "KO(A)") & (table.gene == "B")]
+    assert ko_a.value.item() == pytest.approx(10.0, rel=1e-6)
+    assert len(ss.to_frame()) == 8 and "1 rows" not in ss.summary()
+    with pytest.raises(ValueError, match="Pulse"):
+        gn.steady_state(toggle, gn.Pulse(gn.Knockout("A"), 1.0, 2.0))
+    with pytest.raises(ValueError, match="unknown method 'euler'"):
+        gn.steady_state(toggle, method="euler")
+    torch.testing.assert_close(ss["B"], ss.x[:, 1])
