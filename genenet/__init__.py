@@ -2,6 +2,7 @@
 
 from .io import bundled_networks, load_network, read_network, read_topo, read_tsv, write_topo, write_tsv
 from .models import FunctionModel, Hill, Model, ParameterSpec
+from .multistability import SteadyStates, find_steady_states
 from .network import Edge, Network
 from .perturb import (
     Clamp,
@@ -16,9 +17,9 @@ from .perturb import (
     knockout_screen,
 )
 from .screen import screen_table
-from .steady import SteadyState, jacobian, steady_state, steady_state_sensitivity
 from .simulate import simulate
 from .solvers import SolverError, Status
+from .steady import SteadyState, jacobian, steady_state, steady_state_sensitivity
 from .trajectory import Trajectory
 
 __version__ = "0.1.0"
@@ -28,5 +29,5 @@ __all__ = [
     "Status", "SolverError", "load_network", "bundled_networks", "read_network", "read_topo", "read_tsv",
     "write_topo", "write_tsv", "__version__", "Perturbation", "Knockout", "Knockdown", "Overexpress", "Clamp",
     "SetParameter", "Pulse", "Condition", "knockout_screen", "knockdown_screen", "screen_table",
-    "SteadyState", "steady_state", "jacobian", "steady_state_sensitivity",
+    "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
 ]

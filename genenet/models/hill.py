@@ -169,6 +169,10 @@ class Hill(Model):
         """``diag(k)``, shape ``(B, G, G)``."""
         return torch.diag_embed(p["degradation"].expand_as(x))
 
+    def max_levels(self, p: Params) -> Tensor:
+        """Upper end of each gene's range, ``g / k`` (every Hill factor is <= 1), (B, G)."""
+        return p["production"] / p["degradation"]
+
     def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``k_i * x_i``, shape ``(B, G)``."""
         return p["degradation"] * x

@@ -1,0 +1,214 @@
+"""RACIPE-style multistability: many initial states per row, converged and clustered.
+
+For each row (condition x parameter set) ``n_initial`` initial states are drawn
+log-uniformly over each gene's range ``[1e-3 M, M]`` with ``M = (mult g + input) / k``
+the gene's maximal level (knocked-out genes start at 0). Every start is
+
+1. integrated until it is steady (dopri5, early stop per row, ``t_max``) and polished
+   by Newton: the states reached this way are the stable ones, and the share of
+   starts reaching each is its *basin fraction*;
+2. handed to Newton directly (with a few extra starts on the diagonal ``q M``):
+   this also finds unstable states (saddles, the focus inside an oscillation),
+   whose basin fraction is 0.
+
+Converged states are clustered per row (same state when every gene agrees within
+``cluster_rtol`` relative, or ``1e-9 + cluster_rtol * M`` absolute), then classified
+by the eigenvalues of the Jacobian.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .batch import build_batch
+from .models.base import Model
+from .solvers import get_method, integrate
+from .solvers.integrate import tree_index
+from .steady import newton, stability
+from .validation import check_positive, resolve_device, resolve_dtype
+
+__all__ = ["SteadyStates", "find_steady_states"]
+
+_DIAGONAL = (0.5, 0.25, 0.1, 0.03)
+
+
+@dataclass(frozen=True)
+class SteadyStates:
+    """Distinct steady states of each row.
+
+    Attributes
+    ----------
+    states : DataFrame
+        One line per distinct state: ``condition, parameter_set, state, stable,
+        basin_fraction, n_starts``, then one column per gene.
+    groups : DataFrame
+        One line per row: ``condition, parameter_set, n_states, n_stable, n_unstable,
+        unconverged_fraction`` (starts whose dynamics reached no steady state by ``t_max``:
+        oscillations or very slow transients).
+    genes : list[str]
+    """
+
+    states: pd.DataFrame
+    groups: pd.DataFrame
+    genes: list[str]
+
+    def multistability(self) -> pd.Series:
+        """How many rows have 0, 1, 2, ... stable states (RACIPE's mono/bi/tri-stable counts)."""
+        return self.groups["n_stable"].value_counts().sort_index().rename("rows")
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table of the states: one line per state and gene."""
+        return self.states.melt(id_vars=[c for c in self.states.columns if c not in self.genes],
+                                value_vars=self.genes, var_name="gene", value_name="value")
+
+    def summary(self) -> str:
+        counts = self.multistability()
+        names = {0: "no stable state", 1: "monostable", 2: "bistable", 3: "tristable"}
+        parts = [f"{n} {names.get(k, f'{k}-stable')}" for k, n in counts.items()]
+        return (f"SteadyStates: {len(self.groups)} rows, {len(self.states)} distinct states "
+                f"({int(self.states.stable.sum())} stable); " + ", ".join(parts))
+
+    def __repr__(self) -> str:
+        return f"SteadyStates(rows={len(self.groups)}, states={len(self.states)})"
+
+
+def _cluster(cands: Tensor, valid: Tensor, scale: Tensor, rtol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Greedy clustering per row. cands (R, N, G), valid (R, N), scale (R, G).
+
+    Returns representatives (R, K, G), their validity (R, K), and each candidate's
+    cluster id (R, N) (-1 for invalid). Vectorised over rows, a loop over candidates.
+    """
+    R, N, G = cands.shape
+    reps = cands.new_zeros(R, N, G)
+    used = torch.zeros(R, N, dtype=torch.bool, device=cands.device)
+    count = torch.zeros(R, dtype=torch.long, device=cands.device)
+    ids = torch.full((R, N), -1, dtype=torch.long, device=cands.device)
+    rows = torch.arange(R, device=cands.device)
+    atol = 1e-9 + rtol * scale  # (R, G)
+    for j in range(N):
+        x = cands[:, j]  # (R, G)
+        close = ((reps - x[:, None]).abs() <= rtol * torch.maximum(reps.abs(), x[:, None].abs())
+                 + atol[:, None]).all(dim=-1) & used  # (R, N)
+        match = close.any(dim=1)
+        first = close.float().argmax(dim=1)
+        new = valid[:, j] & ~match
+        slot = torch.where(new, count, first)
+        ids[:, j] = torch.where(valid[:, j], slot, -1)
+        reps[rows[new], count[new]] = x[new]
+        used[rows[new], count[new]] = True
+        count = count + new.long()
+    K = max(int(count.max()), 1)
+    return reps[:, :K], used[:, :K], ids
+
+
+def find_steady_states(
+    model: Model,
+    perturbations: Any = None,
+    n_initial: int = 500,
+    seed: int = 0,
+    *,
+    params: Any = None,
+    tol: float = 1e-9,
+    cluster_rtol: float = 1e-4,
+    t_max: float = 1e3,
+    max_steps: int = 5000,
+    device: str | torch.device = "auto",
+    dtype: Any = None,
+) -> SteadyStates:
+    """All distinct steady states of every row, with stability and basin fractions (see module doc).
+
+    **Arguments**
+
+    model : a model with ``max_levels(p)`` (Hill) to define the sampling ranges.
+    perturbations, params : as for :func:`genenet.simulate` (no pulses).
+    n_initial : random initial states per row.
+    seed : reproduces the initial states exactly.
+    tol : Newton convergence, ``max|f| <= tol (1 + max|x|)``.
+    cluster_rtol : relative tolerance under which two states are the same.
+    t_max, max_steps : integration horizon and step limit per start.
+
+    **Returns** :class:`SteadyStates` (``.states``, ``.groups``, ``.multistability()``).
+    """
+    check_positive(n_initial, "n_initial", integer=True)
+    check_positive(cluster_rtol, "cluster_rtol")
+    if not hasattr(model, "max_levels"):
+        raise TypeError(f"{type(model).__name__} has no max_levels(p); find_steady_states samples initial states "
+                        "in [1e-3 M, M] per gene and needs the model's maximal levels M")
+    dev = resolve_device(device)
+    dtp = resolve_dtype(dtype, dev)
+    tol = max(tol, 100 * torch.finfo(dtp).eps)
+    batch = build_batch(model, perturbations, None, params, device=dev, dtype=dtp)
+    if batch.term.pulsed:
+        raise ValueError("find_steady_states does not take Pulse perturbations")
+    term = batch.term
+    R, G, n = batch.n_rows, model.n_genes, int(n_initial)
+    with torch.no_grad():
+        args = term.segment(torch.zeros(R, dtype=dtp, device=dev), term.initial_args)
+        M = model.max_levels(args["p"])
+        if term.use_mult:
+            M = M * args["mult"]
+        if term.use_add:
+            M = M + args["add"] / args["p"]["degradation"] if "degradation" in args["p"] else M
+        M = M.expand(R, G)
+        rng = np.random.default_rng(seed)
+        u = torch.as_tensor(rng.uniform(-3.0, 0.0, size=(R, n, G)), dtype=dtp, device=dev)
+        starts = M[:, None, :] * torch.pow(10.0, u)  # log-uniform in [1e-3 M, M]
+        diag = M[:, None, :] * torch.as_tensor(_DIAGONAL, dtype=dtp, device=dev)[None, :, None]
+        all_starts = torch.cat([starts, diag], dim=1)  # (R, n + D, G)
+        N = all_starts.shape[1]
+
+        # 1. dynamics: integrate every random start until steady, then polish
+        rows_n = torch.arange(R, device=dev).repeat_interleave(n)
+        args_n = tree_index(args, rows_n)
+        x_start = term.reset(torch.zeros(R * n, dtype=dtp, device=dev), starts.reshape(R * n, G), args_n)
+        t = torch.tensor([0.0, float(t_max)], dtype=dtp, device=dev)
+        sol = integrate(term.vf, x_start, t, method=get_method("dopri5"), args=args_n, rtol=1e-6, atol=1e-9,
+                        max_steps=max_steps, steady_tol=1e-6)
+        end = sol.y[:, -1]
+        reached = torch.isfinite(end).all(dim=-1)
+        end = torch.where(reached[:, None], end, x_start)
+        x_int, conv_int, _ = newton(term, end, args_n, tol=tol, max_iter=50)
+        near = ((x_int - end).abs() <= 1e-3 * (end.abs() + M.index_select(0, rows_n))).all(dim=-1)
+        dyn_ok = reached & conv_int & near
+
+        # 2. Newton from every start (random and diagonal): unstable states too
+        rows_N = torch.arange(R, device=dev).repeat_interleave(N)
+        args_N = tree_index(args, rows_N)
+        x_newton, conv_newton, _ = newton(term, all_starts.reshape(R * N, G), args_N, tol=tol, max_iter=50)
+
+        cands = torch.cat([x_int.view(R, n, G), x_newton.view(R, N, G)], dim=1)
+        valid = torch.cat([dyn_ok.view(R, n), conv_newton.view(R, N)], dim=1)
+        reps, used, ids = _cluster(cands, valid, M, cluster_rtol)
+        K = reps.shape[1]
+        basin = torch.stack([(ids[:, :n] == k).sum(dim=1) for k in range(K)], dim=1)  # (R, K)
+        rows_K = torch.arange(R, device=dev).repeat_interleave(K)
+        ev, stable = stability(term, reps.reshape(R * K, G), tree_index(args, rows_K))
+        stable = stable.view(R, K) & used
+
+    used_np, stable_np = used.cpu().numpy(), stable.cpu().numpy()
+    reps_np, basin_np = reps.cpu().numpy(), basin.cpu().numpy()
+    r_idx, k_idx = np.nonzero(used_np)
+    states = pd.DataFrame({
+        "condition": np.asarray(batch.conditions, dtype=object)[r_idx],
+        "parameter_set": batch.parameter_sets[r_idx],
+        "state": k_idx,
+        "stable": stable_np[r_idx, k_idx],
+        "basin_fraction": basin_np[r_idx, k_idx] / n,
+        "n_starts": basin_np[r_idx, k_idx],
+    })
+    values = pd.DataFrame(reps_np[r_idx, k_idx], columns=list(model.genes))
+    states = pd.concat([states, values], axis=1)
+    n_stable = (stable_np & used_np).sum(axis=1)
+    n_states = used_np.sum(axis=1)
+    groups = pd.DataFrame({
+        "condition": batch.conditions, "parameter_set": batch.parameter_sets, "n_states": n_states,
+        "n_stable": n_stable, "n_unstable": n_states - n_stable,
+        "unconverged_fraction": 1.0 - dyn_ok.view(R, n).float().mean(dim=1).cpu().numpy(),
+    })
+    return SteadyStates(states=states, groups=groups, genes=list(model.genes))
