@@ -1,4 +1,4 @@
-"""Command line: ``genenet simulate | demo | networks``."""
+"""Command line: ``genenet simulate | screen | steady-state | demo | networks``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,118 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0 if traj.success else 2
 
 
+def _model(args: argparse.Namespace):
+    from .io import apply_params, load_network, read_params
+    from .models import Hill
+
+    net = load_network(args.network)
+    model = Hill.random(net, n=args.ensemble, seed=args.seed) if args.ensemble else Hill(net)
+    if args.params:
+        apply_params(model, read_params(args.params, model))
+    return net, model
+
+
+def _screen(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .perturb import knockdown_screen, knockout_screen
+    from .screen import screen_table
+    from .steady import steady_state
+
+    net, model = _model(args)
+    genes = args.genes.split(",") if args.genes else None
+    if args.knockdown is not None:
+        conditions = knockdown_screen(net, fraction=args.knockdown, order=args.order, genes=genes)
+    else:
+        conditions = knockout_screen(net, order=args.order, genes=genes)
+    wild, rest = conditions[0], conditions[1:]
+    chunks = [rest[i: i + args.chunk_size] for i in range(0, len(rest), args.chunk_size)] or [[]]
+    out = Path(args.out)
+    parts = out.with_name(out.name + ".parts")
+    manifest = {"network": str(args.network), "order": args.order, "knockdown": args.knockdown,
+                "genes": args.genes, "ensemble": args.ensemble, "seed": args.seed, "params": args.params,
+                "chunk_size": args.chunk_size, "n_conditions": len(conditions)}
+    if parts.exists() and not args.resume:
+        raise ValueError(f"{parts} exists from an earlier run; pass --resume to continue it or remove it")
+    parts.mkdir(parents=True, exist_ok=True)
+    mpath = parts / "manifest.json"
+    if mpath.exists() and json.loads(mpath.read_text()) != manifest:
+        raise ValueError(f"{parts} holds a different screen ({mpath}); remove it or rerun with the same options")
+    mpath.write_text(json.dumps(manifest, indent=1))
+
+    # the wild-type steady state is every condition's starting point and the fold-change reference
+    wt = steady_state(model, method="integrate", device=args.device)
+    x_wt = wt.x
+    done = 0
+    bar = tqdm(total=len(conditions), desc="screen", unit="condition", disable=args.quiet)
+    for i, chunk in enumerate(chunks):
+        part = parts / f"part_{i:05d}.csv"
+        if part.exists():  # finished in an earlier run: written atomically, never partial
+            done += len(chunk)
+            bar.update(len(chunk) + (1 if i == 0 else 0))
+            continue
+        ss = steady_state(model, [wild, *chunk], x0=x_wt, method="integrate", device=args.device)
+        table = screen_table(ss)
+        if i > 0:
+            table = table[table.condition != wild.label]
+        tmp = part.with_suffix(".tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, part)
+        done += len(chunk)
+        bar.update(len(chunk) + (1 if i == 0 else 0))
+    bar.close()
+    table = pd.concat([pd.read_csv(parts / f"part_{i:05d}.csv") for i in range(len(chunks))], ignore_index=True)
+    table.to_csv(out, index=False)
+    for f in parts.iterdir():
+        f.unlink()
+    parts.rmdir()
+    if not args.quiet:
+        n_conv = int(table.groupby(["condition", "parameter_set"]).converged.all().sum())
+        print(f"screen of {len(conditions)} conditions x {model.n_sets} parameter set(s): "
+              f"{n_conv} steady states converged; wrote {out}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .plot import plot_screen_heatmap
+
+        ax = plot_screen_heatmap(table, cluster=True)
+        ax.figure.set_size_inches(max(6, 0.12 * len(conditions) + 3), max(4, 0.25 * net.n_genes + 2))
+        ax.figure.tight_layout()
+        ax.figure.savefig(args.plot, dpi=120)
+        if not args.quiet:
+            print(f"wrote {args.plot}")
+    return 0
+
+
+def _steady(args: argparse.Namespace) -> int:
+    from .multistability import find_steady_states
+
+    _, model = _model(args)
+    res = find_steady_states(model, n_initial=args.initial, seed=args.seed, device=args.device)
+    if not args.quiet:
+        print(res.summary())
+    if args.out:
+        res.states.to_csv(args.out, index=False)
+        if not args.quiet:
+            print(f"wrote {args.out}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from .plot import plot_basins
+
+        ax = plot_basins(res)
+        ax.figure.tight_layout()
+        ax.figure.savefig(args.plot, dpi=120)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -58,6 +170,15 @@ def _networks(args: argparse.Namespace) -> int:
     for name in bundled_networks():
         print(f"{name:24s} {load_network(name).summary()}")
     return 0
+
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("network", help="path to .topo/.tsv/.graphml, or a bundled network name")
+    p.add_argument("--params", metavar="FILE", help="parameter file (JSON or CSV name,entry,value)")
+    p.add_argument("--ensemble", type=int, default=0, metavar="P", help="P random RACIPE parameter sets")
+    p.add_argument("--seed", type=int, default=0, help="seed of --ensemble and of random initial states")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing, show no progress bar")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +213,32 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--plot", metavar="PNG", help="write a plot of the trajectory")
     sim.add_argument("-q", "--quiet", action="store_true", help="print nothing, show no progress bar")
     sim.set_defaults(func=_simulate)
+
+    scr = sub.add_parser("screen", help="knockout/knockdown screen: steady states and log2 fold changes",
+                         description="Steady states of wild type and every knockout (or knockdown) of up to ORDER "
+                                     "genes, each started from the wild-type steady state, with log2 fold change "
+                                     "against wild type. Results are written in chunks as they finish; --resume "
+                                     "continues an interrupted screen without recomputing finished chunks.")
+    _model_options(scr)
+    scr.add_argument("--order", type=int, default=2, help="knock out up to ORDER genes at once (default 2)")
+    scr.add_argument("--knockdown", type=float, default=None, metavar="FRACTION",
+                     help="knock down by FRACTION (0..1) instead of knocking out")
+    scr.add_argument("--genes", default=None, help="comma-separated genes to screen (default all)")
+    scr.add_argument("--chunk-size", type=int, default=500, help="conditions per chunk (default 500)")
+    scr.add_argument("--resume", action="store_true", help="continue an interrupted screen writing to --out")
+    scr.add_argument("--out", required=True, metavar="CSV",
+                     help="tidy table: condition, parameter_set, gene, value, reference_value, log2fc, converged")
+    scr.add_argument("--plot", metavar="PNG", help="heatmap of log2 fold changes (genes x conditions)")
+    scr.set_defaults(func=_screen)
+
+    st = sub.add_parser("steady-state", help="all steady states from many initial states (RACIPE-style)",
+                        description="Find the distinct steady states of NETWORK (or of each parameter set of "
+                                    "--ensemble) from --initial random initial states: stability and basin fraction.")
+    _model_options(st)
+    st.add_argument("--initial", type=int, default=500, help="random initial states per parameter set (default 500)")
+    st.add_argument("--out", metavar="CSV", help="one line per state: stable, basin_fraction, gene levels")
+    st.add_argument("--plot", metavar="PNG", help="basin fractions / multistability histogram")
+    st.set_defaults(func=_steady)
 
     demo = sub.add_parser("demo", help="run the README demo on the bundled default network")
     demo.add_argument("--out-dir", default=".", help="where to write genenet_demo.png (default .)")

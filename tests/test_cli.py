@@ -47,3 +47,60 @@ def test_demo_runs(tmp_path, capsys, n):
     out = capsys.readouterr().out
     assert "Trajectory:" in out and "expression patterns" in out
     assert (tmp_path / "genenet_demo.png").stat().st_size > 1000
+
+
+def test_screen_writes_table_and_heatmap(tmp_path, capsys):
+    out, png = tmp_path / "screen.csv", tmp_path / "heat.png"
+    assert main(["screen", "toggle_switch", "--order", "2", "--out", str(out), "--plot", str(png), "-q"]) == 0
+    table = pd.read_csv(out)
+    assert list(table.condition.unique()) == ["wild type", "KO(A)", "KO(B)", "KO(A)+KO(B)"]
+    assert table.converged.all() and png.stat().st_size > 1000
+    kd = tmp_path / "kd.csv"
+    assert main(["screen", "toggle_switch", "--order", "1", "--knockdown", "0.5", "--out", str(kd), "-q"]) == 0
+    assert "KD(A,0.5)" in set(pd.read_csv(kd).condition)
+
+
+def test_screen_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
+    import genenet.steady as steady
+
+    args = ["screen", "myeloid", "--order", "2", "--chunk-size", "10", "-q"]
+    full = tmp_path / "full.csv"
+    assert main([*args, "--out", str(full)]) == 0
+
+    real = steady.steady_state
+    calls = {"n": 0}
+
+    def dies_on_fourth(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # WT + 2 chunks done, killed during the third
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    out = tmp_path / "resumed.csv"
+    monkeypatch.setattr(steady, "steady_state", dies_on_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, "--out", str(out)])
+    parts = sorted(p.name for p in (tmp_path / "resumed.csv.parts").glob("part_*.csv"))
+    assert parts == ["part_00000.csv", "part_00001.csv"] and not out.exists()
+    assert main([*args, "--out", str(out)]) == 1  # refuses to overwrite the unfinished run without --resume
+
+    calls["n"] = 0
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(steady, "steady_state", counting)
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    n_chunks = -(-66 // 10)
+    assert calls["n"] == 1 + n_chunks - 2  # WT reference + only the unfinished chunks
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(full))
+    assert not (tmp_path / "resumed.csv.parts").exists()
+
+
+def test_steady_state_command(tmp_path, capsys):
+    out = tmp_path / "states.csv"
+    assert main(["steady-state", "toggle_switch", "--initial", "100", "--out", str(out)]) == 0
+    assert "bistable" in capsys.readouterr().out
+    states = pd.read_csv(out)
+    assert states.stable.sum() == 2 and len(states) == 3

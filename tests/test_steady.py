@@ -33,7 +33,7 @@ def test_double_knockout_screen_matches_scipy():
         start[ko] = 0.0
         f = hill_rhs_numpy(net, p)
         end = solve_ivp(f, (0, 400), start, method="Radau", rtol=1e-10, atol=1e-12).y[:, -1]
-        ref = fsolve(lambda x: f(0, x), end, xtol=1e-13)
+        ref = fsolve(lambda x, f=f: f(0, x), end, xtol=1e-13)
         np.testing.assert_allclose(ss.x[r].numpy(), ref, rtol=1e-6, atol=1e-9, err_msg=ss.labels[r])
 
 
