@@ -16,7 +16,8 @@ from .perturb import (
     knockdown_screen,
     knockout_screen,
 )
-from .plot import plot_basins, plot_phase_portrait, plot_screen_heatmap, plot_trajectory
+from .continuation import Bifurcation, scan
+from .plot import plot_basins, plot_bifurcation, plot_phase_portrait, plot_screen_heatmap, plot_trajectory
 from .screen import screen_table
 from .simulate import simulate
 from .solvers import SolverError, Status
@@ -30,6 +31,7 @@ __all__ = [
     "Status", "SolverError", "load_network", "bundled_networks", "read_network", "read_topo", "read_tsv",
     "write_topo", "write_tsv", "__version__", "Perturbation", "Knockout", "Knockdown", "Overexpress", "Clamp",
     "SetParameter", "Pulse", "Condition", "knockout_screen", "knockdown_screen", "screen_table",
-    "plot_trajectory", "plot_screen_heatmap", "plot_phase_portrait", "plot_basins",
+    "plot_trajectory", "plot_screen_heatmap", "plot_phase_portrait", "plot_basins", "plot_bifurcation",
+    "scan", "Bifurcation",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
 ]

@@ -11,7 +11,7 @@ import numpy as np
 if TYPE_CHECKING:
     from .trajectory import Trajectory
 
-__all__ = ["plot_trajectory", "plot_screen_heatmap", "plot_phase_portrait", "plot_basins"]
+__all__ = ["plot_trajectory", "plot_screen_heatmap", "plot_phase_portrait", "plot_basins", "plot_bifurcation"]
 
 _MAX_DEFAULT_ROWS = 10
 
@@ -177,4 +177,31 @@ def plot_basins(result: Any, *, ax: Any = None, max_rows: int = 30) -> Any:
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize="small")
     ax.set_ylabel("basin fraction of each stable state")
     ax.set_ylim(0, 1)
+    return ax
+
+
+def plot_bifurcation(bif: Any, gene: str | None = None, *, ax: Any = None) -> Any:
+    """Bifurcation diagram: steady level of ``gene`` (default the first) against the parameter,
+    stable parts solid, unstable parts dashed, folds (saddle-node points) marked. Returns the Axes."""
+    ax = _axes(ax)
+    gene = gene or bif.genes[0]
+    if gene not in bif.genes:
+        raise KeyError(f"unknown gene {gene!r}; genes are {bif.genes}")
+    br = bif.branch
+    stable = br.stable.to_numpy()
+    cuts = np.nonzero(stable[1:] != stable[:-1])[0] + 1
+    first = {True: True, False: True}
+    for seg in np.split(np.arange(len(br)), cuts):
+        if len(seg) == 0:
+            continue
+        s = bool(stable[seg[0]])
+        idx = np.concatenate([[seg[0] - 1] if seg[0] > 0 else [], seg]).astype(int)
+        ax.plot(br.parameter.to_numpy()[idx], br[gene].to_numpy()[idx], color="k", linestyle="-" if s else "--",
+                label=("stable" if s else "unstable") if first[s] else None)
+        first[s] = False
+    if len(bif.folds):
+        ax.plot(bif.folds.parameter, bif.folds[gene], "o", color="C3", label="saddle-node")
+    ax.set_xlabel(bif.parameter)
+    ax.set_ylabel(f"steady {gene}")
+    ax.legend(fontsize="small", frameon=False)
     return ax
