@@ -1,5 +1,6 @@
 """genenet: gene regulatory network dynamics as batched, differentiable PyTorch ODEs."""
 
+from .continuation import Bifurcation, scan
 from .io import bundled_networks, load_network, read_network, read_topo, read_tsv, write_topo, write_tsv
 from .models import FunctionModel, Hill, Model, ParameterSpec
 from .multistability import SteadyStates, find_steady_states
@@ -16,7 +17,6 @@ from .perturb import (
     knockdown_screen,
     knockout_screen,
 )
-from .continuation import Bifurcation, scan
 from .plot import plot_basins, plot_bifurcation, plot_phase_portrait, plot_screen_heatmap, plot_trajectory
 from .screen import screen_table
 from .simulate import simulate

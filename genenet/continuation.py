@@ -8,7 +8,8 @@ and corrects with Newton on
 
 so the branch is followed around folds (saddle-node points), where ``λ`` turns
 back. A step is halved when Newton needs many iterations or the tangent turns by
-more than about 8 degrees, and grows by 1.3 after easy steps (up to 5x the initial). A fold lies where the ``λ``-component of the tangent changes sign; its
+more than about 8 degrees, and grows by 1.3 after easy steps (up to 5x the initial).
+A fold lies where the ``λ``-component of the tangent changes sign; its
 location is refined by linear interpolation of that component. Stability at
 every point comes from the eigenvalues of ``J = ∂f/∂x``.
 """
@@ -146,8 +147,9 @@ def scan(model: Model, parameter: str, values: Any, gene: str | None = None, edg
     while len(points) < max_points:
         pred = u + step * tau
         v = pred.clone()
-        ok = False
-        for it in range(12):
+        ok, n_it = False, 0
+        while n_it < 12:
+            n_it += 1
             f, Jv = jac(v)
             A = torch.cat([Jv, tau[None]], dim=0)
             r = torch.cat([f, (tau * (v - pred)).sum()[None]])
@@ -169,7 +171,7 @@ def scan(model: Model, parameter: str, values: Any, gene: str | None = None, edg
         u, tau = v, new_tau
         points.append(u.clone())
         taus.append(tau.clone())
-        step = min(step * (1.3 if it < 4 else 1.0), step_max)
+        step = min(step * (1.3 if n_it <= 4 else 1.0), step_max)
         if not lo - 1e-12 <= float(u[G]) <= hi + 1e-12:
             break
 
