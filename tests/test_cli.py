@@ -104,3 +104,27 @@ def test_steady_state_command(tmp_path, capsys):
     assert "bistable" in capsys.readouterr().out
     states = pd.read_csv(out)
     assert states.stable.sum() == 2 and len(states) == 3
+
+
+def test_screen_resume_after_sigkill(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "killed.csv"
+    parts = tmp_path / "killed.csv.parts"
+    args = ["screen", "myeloid", "--order", "2", "--chunk-size", "5", "-q"]
+    proc = subprocess.Popen([sys.executable, "-m", "genenet.cli", *args, "--out", str(out)])
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if len(list(parts.glob("part_*.csv"))) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the screen finished before it could be killed"
+    finished = sorted(parts.glob("part_*.csv"))
+    assert 2 <= len(finished) < 14 and not out.exists()
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    full = tmp_path / "full.csv"
+    assert main([*args, "--out", str(full)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(full))

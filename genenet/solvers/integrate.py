@@ -172,7 +172,9 @@ def integrate(
     K = max(1, min(window, T - 1))
     karange = torch.arange(K, device=dev)
     eps = torch.finfo(dtype).eps
+    tiny = 16 * eps * max(abs(float(t_save[0])), abs(float(t_end)), 1.0)  # step underflow threshold
     on_cuda = dev.type == "cuda"
+    switching = segment is not None and stops is not None  # interior switching times exist
     rows = torch.arange(B, device=dev)
 
     t = t_save[0].expand(B).clone()
@@ -207,6 +209,7 @@ def integrate(
         done = torch.ones_like(status, dtype=torch.bool) if keep is None else ~keep
         idx = rows[done]
         status_all[idx] = status[done]
+        counters[2] = counters[0] - counters[1]  # rejected = attempted - accepted
         counters_all[:, idx] = counters[:, done]
 
     step = 0
@@ -273,7 +276,7 @@ def integrate(
             f0 = torch.where(accept[:, None], f1, f0)
         on_stop = accept & land & (t1 == next_stop)
         stop_ptr = stop_ptr + on_stop.long()
-        if segment is not None:  # a new regime from the switching time on: effects, jumps, fresh FSAL
+        if switching:  # a new regime from the switching time on: effects, jumps, fresh FSAL
             switch = on_stop & (t1 < t_end)
             if on_cuda or bool(switch.any()):
                 args = tree_where(switch, segment(t, args), args)
@@ -289,7 +292,6 @@ def integrate(
                     counters[3] += switch
         counters[0] += running
         counters[1] += accept
-        counters[2] += running & ~accept
 
         if steady_tol is not None:  # f0 is f(t, y) after an accepted FSAL step
             ahead = stop_table.gather(1, stop_ptr[:, None]).squeeze(1) < t_end
@@ -312,7 +314,6 @@ def integrate(
             rejected_before = torch.where(running, ~accept, rejected_before)
             last_nonfinite = torch.where(running, ~finite, last_nonfinite)
             h = torch.where(running, h_new, h)
-            tiny = 16 * eps * torch.maximum(t.abs(), t_end.abs().expand_as(t)).clamp_min(1.0)
             underflow = running & ~accept & (h < tiny)
             status = torch.where(underflow & last_nonfinite, int(Status.NONFINITE), status)
             status = torch.where(underflow & ~last_nonfinite, int(Status.STEP_UNDERFLOW), status)
