@@ -44,13 +44,14 @@ class Batch:
 
 
 def _n_sets(model: Model, params: Mapping[str, Any] | None) -> int:
-    n = model.n_sets
+    """Parameter sets after overrides: each parameter has 1 or P sets."""
+    counts = {name: int(v.shape[0]) for name, v in model.raw.items()}
     for name, v in (params or {}).items():
-        if np.ndim(v) == 2 and np.shape(v)[0] > 1:
-            if n > 1 and np.shape(v)[0] != n:
-                raise ValueError(f"params[{name!r}] has {np.shape(v)[0]} sets but the model has {n}")
-            n = np.shape(v)[0]
-    return n
+        counts[name] = int(np.shape(v)[0]) if np.ndim(v) == 2 else 1
+    many = {c for c in counts.values() if c > 1}
+    if len(many) > 1:
+        raise ValueError(f"parameter sets disagree after overrides: {counts}; each must be 1 or P")
+    return max(many, default=1)
 
 
 def build_batch(model: Model, perturbations: Any, x0: Any, params: Mapping[str, Any] | None, *,

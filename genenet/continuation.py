@@ -86,6 +86,7 @@ def scan(model: Model, parameter: str, values: Any, gene: str | None = None, edg
         ``values[0]``).
     x0 : where to look for the first steady state (followed by the dynamics from there).
     perturbations : one condition (e.g. a knockout) under which to scan.
+    parameter_set : which set of an ensemble model to scan (one branch per call).
     ds : arclength step (default 1/200 of the range); it adapts to Newton's effort.
 
     Returns
@@ -97,17 +98,19 @@ def scan(model: Model, parameter: str, values: Any, gene: str | None = None, edg
         raise ValueError("values must hold at least two finite parameter values")
     lo, hi = float(values.min()), float(values.max())
     entry, label = _entry(model, parameter, gene, edge)
-    base = model.params[parameter].detach()[min(parameter_set, model.n_sets - 1)].clone()
+    if not 0 <= parameter_set < model.n_sets:
+        raise ValueError(f"parameter_set={parameter_set} out of range for {model.n_sets} parameter set(s)")
+    one_set = {k: v.detach()[min(parameter_set, v.shape[0] - 1)].clone() for k, v in model.params.items()}
 
     def with_value(v: float) -> dict[str, Tensor]:
-        b = base.clone()
+        b = one_set[parameter].clone()
         b[entry] = v
-        return {parameter: b}
+        return {**one_set, parameter: b}
 
     start = steady_state(model, perturbations, x0=x0, params=with_value(float(values[0])), method="integrate",
                          tol=tol, device=device, dtype=dtype)
     if start.n_rows != 1:
-        raise ValueError("scan follows one row: give one condition and pick a parameter set with parameter_set=")
+        raise ValueError("scan follows one row: give one condition (perturbations=) and one x0")
     batch, args, dev, dtp = _prepare(model, perturbations, start.x, with_value(float(values[0])), device, dtype)
     term = batch.term
     G = model.n_genes

@@ -37,3 +37,13 @@ def test_scan_bad_input():
         gn.scan(toggle, "production", [1.0, 2.0], gene="Z")
     with pytest.raises(KeyError, match="unknown parameter 'speed'"):
         gn.scan(toggle, "speed", [1.0, 2.0])
+
+
+def test_scan_one_set_of_an_ensemble():
+    ens = gn.Hill(gn.load_network("toggle_switch"), production=np.array([[10.0, 10.0], [10.0, 3.0]]),
+                  degradation=1.0, threshold=2.0, hill=4.0, fold=100.0)
+    a = gn.scan(ens, "production", [0.5, 400.0], gene="A", x0=[0.1, 10.0], parameter_set=0)
+    b = gn.scan(ens, "production", [0.5, 400.0], gene="A", x0=[0.1, 10.0], parameter_set=1)
+    assert len(a.folds) == 2 and a.bistable_window() != b.bistable_window()
+    with pytest.raises(ValueError, match="parameter_set=2 out of range"):
+        gn.scan(ens, "production", [0.5, 4.0], gene="A", parameter_set=2)
