@@ -1,6 +1,8 @@
 """genenet: gene regulatory network dynamics as batched, differentiable PyTorch ODEs."""
 
 from .continuation import Bifurcation, scan
+from .data import ExpressionData
+from .fit import FitProblem, FitResult, fit
 from .io import bundled_networks, load_network, read_network, read_topo, read_tsv, write_topo, write_tsv
 from .models import FunctionModel, Hill, Model, ParameterSpec
 from .multistability import SteadyStates, find_steady_states
@@ -33,5 +35,6 @@ __all__ = [
     "SetParameter", "Pulse", "Condition", "knockout_screen", "knockdown_screen", "screen_table",
     "plot_trajectory", "plot_screen_heatmap", "plot_phase_portrait", "plot_basins", "plot_bifurcation",
     "scan", "Bifurcation",
+    "ExpressionData", "fit", "FitProblem", "FitResult",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
 ]

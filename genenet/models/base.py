@@ -210,9 +210,12 @@ class Model(nn.Module):
         values = self.params
         for name, value in (overrides or {}).items():
             spec = self._spec(name)
-            if isinstance(value, Tensor) and value.requires_grad:
-                v = value.to(torch.float64)
-                v = v.expand(1, spec.size) if v.ndim == 0 else (v[None] if v.ndim == 1 else v)
+            if isinstance(value, Tensor):  # keeps its autograd graph (or forward-mode tangent)
+                v = value.expand(1, spec.size) if value.ndim == 0 else (value[None] if value.ndim == 1 else value)
+                if v.ndim != 2 or v.shape[1] != spec.size:
+                    raise ValueError(f"parameter {name!r} override has shape {tuple(value.shape)}; allowed: a "
+                                     f"scalar, ({spec.size},) or (P, {spec.size})")
+                spec.check(v.detach())
             else:
                 v = self._canonical(spec, value)
             values[name] = v

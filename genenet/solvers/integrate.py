@@ -192,7 +192,7 @@ def integrate(
             h = torch.full((B,), float(first_step), device=dev, dtype=dtype)
         else:
             with torch.no_grad():  # step sizes are not differentiated (the controller acts on detached errors)
-                h = initial_step(f, t, y, f0, args, method.tableau.error_order, rtol, atol, t_end - t)
+                h = initial_step(f, t, y, f0, args, method.tableau.error_order, rtol, atol, t_end - t).detach()
             counters[3] += 1
     else:
         h = torch.full((B,), float(dt), device=dev, dtype=dtype)

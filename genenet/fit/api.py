@@ -1,0 +1,157 @@
+"""gn.fit(): build the problem, draw starts, run one optimizer over all starts, collect the result."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..data import ExpressionData
+from ..models.base import Model
+from .optimizers import levenberg_marquardt, torch_optimizer, trust_ncg
+from .problem import FitProblem
+from .result import FitResult
+
+__all__ = ["fit", "latin_hypercube_starts"]
+
+METHODS = ("lm", "trust-ncg", "lbfgs", "adam")
+
+
+def latin_hypercube_starts(problem: FitProblem, n: int, seed: int = 0, spread: float = 10.0) -> Tensor:
+    """``n`` starts (n, d): the current values first, then a Latin hypercube around them.
+
+    Positive (log-stored) entries are sampled log-uniformly within ``[value / spread,
+    value * spread]``, clipped to their bounds; box-bounded entries over their whole range
+    in logit space (``±4``); unbounded ones ``± spread``; observation scales and initial
+    states within a factor 3.
+    """
+    from scipy.stats import qmc
+
+    theta0 = problem.theta0
+    d = problem.n
+    if n == 1 or d == 0:
+        return theta0[None].clone()
+    half = []
+    for name, _ in problem.entry_labels:
+        if name in problem.model.specs:
+            lo, hi = problem.model.specs[name].bounds
+            half.append(4.0 if math.isfinite(lo) and math.isfinite(hi) else
+                        (math.log(spread) if (math.isfinite(lo) or math.isfinite(hi)) else spread))
+        else:
+            half.append(math.log(3.0))
+    half_t = torch.as_tensor(half, dtype=theta0.dtype, device=theta0.device)
+    u = qmc.LatinHypercube(d=d, seed=seed).random(n - 1)
+    draws = theta0 + (2 * torch.as_tensor(u, dtype=theta0.dtype, device=theta0.device) - 1) * half_t
+    return torch.cat([theta0[None], draws])
+
+
+def fit(
+    model: Model,
+    data: ExpressionData | pd.DataFrame,
+    free: Sequence[str] | Mapping[str, Any] = ("production",),
+    method: str = "lm",
+    x0: Any = None,
+    multistart: int = 1,
+    seed: int = 0,
+    max_iter: int = 100,
+    progress: bool = True,
+    *,
+    conditions: Mapping[str, Any] | None = None,
+    noise: str = "gaussian",
+    scale: bool = False,
+    offset: bool = False,
+    l2: float = 0.0,
+    l1: float = 0.0,
+    starts: Tensor | np.ndarray | None = None,
+    start_spread: float = 10.0,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    device: str | torch.device = "cpu",
+    dtype: Any = None,
+) -> FitResult:
+    r"""Estimate free parameters of ``model`` from expression ``data``.
+
+    **Main arguments**
+
+    model : Model whose current values are the start (and the fixed values).
+    data : ExpressionData (or a long DataFrame ``condition, time, gene, value[, sd]``).
+    free : names to estimate (all entries), or ``{name: entries}``; add ``"x0"`` to estimate
+        the initial states (by default they are the data at the first time point).
+    method : ``"lm"`` (batched Levenberg-Marquardt with the exact residual Jacobian),
+        ``"trust-ncg"`` (trust-region Newton-CG with exact Hessian-vector products),
+        ``"lbfgs"``, ``"adam"``.
+    x0 : initial states (G,) or (C, G) instead of the data's first time point.
+    multistart : number of starts; the first is the model's current values, the others
+        a Latin hypercube around them (see :func:`latin_hypercube_starts`); all starts are
+        simulated together as rows of one batch.
+    seed : seed of the Latin hypercube.
+
+    **Other arguments** (keyword-only): ``conditions`` (data label -> perturbations),
+    ``noise`` (``"gaussian"``, ``"estimate"``, ``"log"``), ``scale``/``offset`` (per-gene
+    observation parameters), ``l2``/``l1`` penalties, ``starts`` (explicit (S, n)
+    unconstrained starts), ``start_spread`` (multistart range: a factor around the start
+    values for positive parameters), solver tolerances, device/dtype (float64 on CPU by default).
+
+    **Returns** :class:`FitResult` (``.params`` with 95% intervals, ``.loss``, ``.history``,
+    ``.converged`` and ``.reason``, ``.starts``, ``.model``, ``.predict``, plots, JSON).
+
+    The loss is ``½ Σ r²`` (+ penalties) with ``r = (prediction - value) / sd``; see
+    :class:`genenet.fit.FitProblem`.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {list(METHODS)}")
+    if isinstance(data, pd.DataFrame):
+        data = ExpressionData.from_frame(data)
+    if isinstance(multistart, bool) or not isinstance(multistart, (int, np.integer)) or multistart < 1:
+        raise ValueError(f"multistart must be a positive integer, got {multistart!r}")
+    problem = FitProblem(model, data, free, conditions=conditions, x0=x0, noise=noise, scale=scale, offset=offset,
+                         l2=l2, l1=l1, rtol=rtol, atol=atol, device=device, dtype=dtype)
+    if starts is not None:
+        theta = torch.as_tensor(np.asarray(starts), dtype=problem.dtype, device=problem.device)
+        if theta.ndim != 2 or theta.shape[1] != problem.n:
+            raise ValueError(f"starts must have shape (S, {problem.n}), got {tuple(theta.shape)}")
+    else:
+        theta = latin_hypercube_starts(problem, int(multistart), seed=seed, spread=start_spread)
+    with torch.no_grad():
+        initial = problem.loss(theta).cpu().numpy()
+    if method == "lm":
+        res = levenberg_marquardt(problem, theta, max_iter=max_iter, progress=progress)
+    elif method == "trust-ncg":
+        res = trust_ncg(problem, theta, max_iter=max_iter, progress=progress)
+    else:
+        res = torch_optimizer(problem, theta, method=method, max_iter=max_iter, progress=progress)
+    final = res.loss.detach().cpu().numpy()
+    best = int(np.nanargmin(np.where(np.isfinite(final), final, np.inf)))
+    table = pd.DataFrame({"start": np.arange(len(final)), "initial_loss": initial, "final_loss": final,
+                          "converged": res.converged, "iterations": res.iterations, "reason": res.reason})
+    history = (np.minimum.accumulate(np.array([np.nanmin(np.where(np.isfinite(h), h, np.inf))
+                                               for h in res.history]))
+               if res.history else np.array([final[best]]))
+    theta_best = res.theta[best].detach()
+    return FitResult(problem=problem, theta=theta_best, loss=float(final[best]),
+                     converged=bool(res.converged[best]), reason=res.reason[best], history=history,
+                     starts=table, start_theta=res.theta.detach(), covariance=_covariance(problem, theta_best),
+                     method=method)
+
+
+def _covariance(problem: FitProblem, theta: Tensor) -> np.ndarray | None:
+    """Gauss-Newton covariance of θ: ``s² (JᵀJ)⁺`` with ``s² = 1`` when the data carry sd
+    (or sd is estimated) and ``s² = 2L / (M - n)`` otherwise."""
+    if problem.n == 0:
+        return None
+    with torch.no_grad():
+        r, J = problem.jacobian(theta[None])
+    r, J = r[0].cpu().numpy(), J[0].cpu().numpy()
+    if not np.all(np.isfinite(J)):
+        return None
+    A = J.T @ J + (problem.l2 * np.eye(problem.n) if problem.l2 else 0.0)
+    cov = np.linalg.pinv(A)
+    if not problem.data.has_sd and problem.noise != "estimate":
+        dof = max(len(r) - problem.n, 1)
+        cov = cov * float(r @ r) / dof
+    return cov

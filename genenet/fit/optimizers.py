@@ -1,0 +1,200 @@
+"""Optimizers over a batch of starts Θ (S, n). Each returns per start: θ, loss, iterations,
+converged flag and reason, and the best-loss history.
+
+- ``levenberg_marquardt``: batched LM / Gauss-Newton with the exact residual Jacobian,
+  ``(JᵀJ + μ diag(JᵀJ)) δ = -Jᵀr``; μ shrinks x3 after a successful step, grows x4 after a
+  failed one (Nielsen-style), all starts solved together.
+- ``trust_ncg``: scipy's matrix-free trust-region Newton-CG (Steihaug) per start, fed the
+  exact gradient and exact Hessian-vector products (the Hessian is never formed).
+- ``torch_optimizer``: L-BFGS or Adam on the summed loss of all starts (they are
+  independent, so the sum's gradient is every start's gradient).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .problem import FitProblem
+
+__all__ = ["OptimResult", "levenberg_marquardt", "trust_ncg", "torch_optimizer"]
+
+
+@dataclass
+class OptimResult:
+    theta: Tensor  # (S, n)
+    loss: Tensor  # (S,)
+    iterations: np.ndarray
+    converged: np.ndarray
+    reason: list[str]
+    history: list[np.ndarray] = field(default_factory=list)  # per iteration: loss of every start
+
+
+def _bar(progress: bool, total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False)
+
+
+def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, ftol: float = 1e-10,
+                        xtol: float = 1e-10, gtol: float = 1e-10, progress: bool = False) -> OptimResult:
+    S, n = theta.shape
+    if problem.noise == "estimate" or problem.l1:
+        raise ValueError("method='lm' needs a pure least-squares loss: use noise='gaussian'/'log' and l1=0, or "
+                         "method='trust-ncg'/'lbfgs'")
+    mu = torch.full((S,), 1e-3, dtype=theta.dtype, device=theta.device)
+    eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
+    th = theta.detach().clone()
+    active = torch.ones(S, dtype=torch.bool, device=th.device)
+    iters = np.zeros(S, dtype=int)
+    reason = ["max_iter reached"] * S
+    history = []
+
+    def full_residuals(t: Tensor) -> Tensor:
+        r = problem.residuals(t)
+        return torch.cat([r, problem.penalty_residuals(t)], dim=1) if problem.l2 else r
+
+    with torch.no_grad():
+        r, J = problem.jacobian(th)
+        if problem.l2:
+            r = torch.cat([r, problem.penalty_residuals(th)], dim=1)
+            J = torch.cat([J, (problem.l2 ** 0.5) * eye.expand(S, n, n)], dim=1)
+        loss = 0.5 * (r * r).sum(dim=1)
+        loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
+        bad_start = ~torch.isfinite(loss)
+        for s in torch.nonzero(bad_start).flatten().tolist():
+            reason[s] = "simulation failed at the start point"
+        active &= ~bad_start
+        bar = _bar(progress, max_iter, "lm")
+        for _ in range(max_iter):
+            history.append(loss.cpu().numpy().copy())
+            if not bool(active.any()):
+                break
+            Jf = torch.nan_to_num(J)
+            rf = torch.nan_to_num(r)
+            A = Jf.transpose(1, 2) @ Jf
+            g = (Jf.transpose(1, 2) @ rf[..., None])[..., 0]
+            small_g = g.abs().amax(dim=1) <= gtol * (1 + loss)
+            for s in torch.nonzero(active & small_g).flatten().tolist():
+                reason[s] = "gradient below gtol"
+            active &= ~small_g
+            D = torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
+            delta = torch.linalg.solve(A + (mu[:, None] * D)[:, :, None] * eye, -g)
+            trial = th + delta
+            r_new = full_residuals(trial)
+            loss_new = 0.5 * (r_new * r_new).sum(dim=1)
+            loss_new = torch.where(torch.isfinite(loss_new), loss_new, torch.full_like(loss_new, float("inf")))
+            accept = active & (loss_new < loss)
+            if bool(accept.any()):
+                idx = torch.nonzero(accept).flatten()
+                r_acc, J_acc = problem.jacobian(trial[idx])
+                if problem.l2:
+                    r_acc = torch.cat([r_acc, problem.penalty_residuals(trial[idx])], dim=1)
+                    J_acc = torch.cat([J_acc, (problem.l2 ** 0.5) * eye.expand(len(idx), n, n)], dim=1)
+                rel = (loss[idx] - loss_new[idx]) / loss[idx].clamp_min(1e-300)
+                step = delta[idx].abs().amax(dim=1) / (1 + th[idx].abs().amax(dim=1))
+                th[idx], r[idx], J[idx], loss[idx] = trial[idx], r_acc, J_acc, loss_new[idx]
+                for k, s in enumerate(idx.tolist()):
+                    if rel[k] <= ftol:
+                        reason[s] = "relative loss decrease below ftol"
+                        active[s] = False
+                    elif step[k] <= xtol:
+                        reason[s] = "step below xtol"
+                        active[s] = False
+            mu = torch.where(accept, (mu / 3).clamp_min(1e-12), torch.where(active, mu * 4, mu))
+            stuck = active & (mu > 1e12)
+            for s in torch.nonzero(stuck).flatten().tolist():
+                reason[s] = "damping grew without an improving step (local minimum or noisy loss)"
+            active &= ~stuck
+            iters += active.cpu().numpy() | accept.cpu().numpy()
+            bar.update(1)
+        bar.close()
+    converged = np.array([not r_.startswith(("max_iter", "simulation")) for r_ in reason])
+    return OptimResult(th, loss, iters, converged, reason, history)
+
+
+def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: float = 1e-8,
+              progress: bool = False) -> OptimResult:
+    from scipy.optimize import minimize
+
+    S, n = theta.shape
+    out_th, out_L, iters, conv, reasons, hist = [], [], [], [], [], []
+    bar = _bar(progress, S, "trust-ncg")
+    for s in range(S):
+        trace: list[float] = []
+        cache: dict[bytes, tuple[float, np.ndarray]] = {}
+
+        def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+            key = x.tobytes()
+            if key not in cache:
+                L, g = problem.gradient(torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None])
+                Lf = float(L[0])
+                cache.clear()
+                cache[key] = (Lf if np.isfinite(Lf) else 1e300,
+                              np.nan_to_num(g[0].cpu().numpy()) if np.isfinite(Lf) else np.zeros_like(x))
+            return cache[key]
+
+        def hessp(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+            t = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None]
+            v = torch.as_tensor(p, dtype=theta.dtype, device=theta.device)[None]
+            return np.nan_to_num(problem.hvp(t, v)[0].cpu().numpy())
+
+        res = minimize(lambda x: fg(x)[0], theta[s].detach().cpu().numpy(), jac=lambda x: fg(x)[1],
+                       hessp=hessp, method="trust-ncg", options={"maxiter": max_iter, "gtol": gtol},
+                       callback=lambda xk: trace.append(fg(xk)[0]))
+        out_th.append(torch.as_tensor(res.x, dtype=theta.dtype, device=theta.device))
+        out_L.append(float(res.fun))
+        iters.append(int(res.nit))
+        conv.append(bool(res.success))
+        reasons.append(str(res.message))
+        hist.append(np.array(trace))
+        bar.update(1)
+    bar.close()
+    width = max((len(h) for h in hist), default=0)
+    history = [np.array([h[min(i, len(h) - 1)] if len(h) else np.nan for h in hist]) for i in range(width)]
+    return OptimResult(torch.stack(out_th), torch.as_tensor(out_L, dtype=theta.dtype), np.array(iters),
+                       np.array(conv), reasons, history)
+
+
+def torch_optimizer(problem: FitProblem, theta: Tensor, *, method: str = "lbfgs", max_iter: int = 200,
+                    lr: float | None = None, tol: float = 1e-9, progress: bool = False) -> OptimResult:
+    th = theta.detach().clone().requires_grad_(True)
+    S = th.shape[0]
+    if method == "lbfgs":
+        opt = torch.optim.LBFGS([th], lr=lr or 1.0, max_iter=20, line_search_fn="strong_wolfe")
+    elif method == "adam":
+        opt = torch.optim.Adam([th], lr=lr or 0.05)
+    else:
+        raise ValueError(f"unknown torch optimizer {method!r}; allowed: 'lbfgs', 'adam'")
+    history = []
+    last = None
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        L = problem.loss(th)
+        total = torch.where(torch.isfinite(L), L, torch.zeros_like(L)).sum()
+        total.backward()
+        return total
+
+    bar = _bar(progress, max_iter, method)
+    it = 0
+    reason = "max_iter reached"
+    for it in range(1, max_iter + 1):
+        total = opt.step(closure)
+        with torch.no_grad():
+            L = problem.loss(th)
+        history.append(L.cpu().numpy().copy())
+        bar.update(1)
+        value = float(total.detach())
+        if last is not None and abs(last - value) <= tol * (1 + abs(value)):
+            reason = "relative loss change below tol"
+            break
+        last = value
+    bar.close()
+    conv = np.full(S, reason != "max_iter reached")
+    return OptimResult(th.detach(), problem.loss(th.detach()).detach(), np.full(S, it), conv, [reason] * S,
+                       history)

@@ -1,0 +1,370 @@
+"""The fitting problem: free parameters, data, observation model -> residuals, loss and derivatives.
+
+Free model parameters are packed into one unconstrained vector ``θ`` (n,) (the
+model's own storage: log for positive parameters, so bounds always hold). Many
+candidate vectors ``Θ`` (S, n) (multistart, line-search trials, Jacobian
+tangents) are evaluated in ONE batched simulate whose rows are conditions x S.
+
+Residuals (M per start, one per measurement):
+
+    gaussian:  r = (s_g y + o_g - value) / sd          (sd from the data, else 1)
+    log:       r = (log(s_g y + o_g + c) - log(value + c)) / sd_log
+
+with optional per-gene scale ``s_g`` (positive) and offset ``o_g`` estimated.
+``noise="estimate"`` estimates a per-gene sd ``σ_g`` and the loss becomes the
+negative log-likelihood ``Σ r²/2 + Σ log σ``. Loss per start:
+
+    L(θ) = ½ Σ r² [+ Σ_m log σ_g(m)] + ½ l2 |θ - θ_ref|² + l1 Σ_free-folds log λ_e
+
+All derivatives are exact automatic differentiation of the computed solution:
+gradient (reverse mode), residual Jacobian (reverse mode, all M cotangents in one
+vectorised backward; forward mode also available), Hessian-vector products
+(reverse over reverse).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data import ExpressionData
+from ..models.base import Model
+from ..perturb import Condition, Knockdown, Knockout, as_conditions
+from ..simulate import simulate
+from ..validation import resolve_device, resolve_dtype
+
+__all__ = ["FitProblem"]
+
+_KO = re.compile(r"^KO\(([^()]+)\)$")
+_KD = re.compile(r"^KD\(([^(),]+),([0-9.eE+-]+)\)$")
+
+
+def _parse_label(label: str) -> list | None:
+    """``"KO(A)+KO(B)"`` / ``"KD(A,0.5)"`` / ``"wild type"`` -> perturbations; None if not of that form."""
+    if label.strip().lower() in ("wild type", "wt", "wildtype", "control"):
+        return []
+    perts = []
+    for part in label.split("+"):
+        part = part.strip()
+        if m := _KO.match(part):
+            perts.append(Knockout(m.group(1)))
+        elif m := _KD.match(part):
+            perts.append(Knockdown(m.group(1), float(m.group(2))))
+        else:
+            return None
+    return perts
+
+
+class FitProblem:
+    """Residuals and loss of a model against data, as functions of the free parameters.
+
+    Parameters
+    ----------
+    model : Model (its current values are the fixed values and the default start).
+    data : ExpressionData
+    free : parameter names (all entries) or ``{name: entries}`` with entries gene names,
+        edge labels/indices or a boolean mask; ``"x0"`` estimates the initial states.
+    conditions : ``{data label: perturbation(s)}``; labels like ``"KO(A)+KO(B)"``,
+        ``"KD(A,0.5)"`` and ``"wild type"`` are understood without it.
+    x0 : initial states: ``None`` = the data at the first time point of each
+        condition (mean over replicates), or given (G,) / (C, G).
+    noise : ``"gaussian"`` (data sd, or 1), ``"estimate"`` (per-gene sd), ``"log"``.
+    scale, offset : estimate a per-gene observation scale / offset.
+    l2, l1 : penalty weights (see module doc).
+    """
+
+    def __init__(self, model: Model, data: ExpressionData, free: Sequence[str] | Mapping[str, Any], *,
+                 conditions: Mapping[str, Any] | None = None, x0: Any = None, noise: str = "gaussian",
+                 scale: bool = False, offset: bool = False, l2: float = 0.0, l1: float = 0.0,
+                 t0: float | None = None, method: str = "dopri5", rtol: float = 1e-8, atol: float = 1e-10,
+                 log_floor: float = 1e-3, device: str | torch.device = "cpu", dtype: Any = None) -> None:
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a genenet Model, got {type(model).__name__}")
+        if not isinstance(data, ExpressionData):
+            raise TypeError("data must be a gn.ExpressionData (use ExpressionData.from_frame / from_csv)")
+        if noise not in ("gaussian", "estimate", "log"):
+            raise ValueError(f"unknown noise model {noise!r}; allowed: 'gaussian', 'estimate', 'log'")
+        for name, v in (("l2", l2), ("l1", l1)):
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        self.model, self.data = model, data
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.method, self.rtol, self.atol = method, rtol, atol
+        self.noise, self.l2, self.l1, self.log_floor = noise, float(l2), float(l1), float(log_floor)
+        genes = list(model.genes)
+        data.check_genes(genes)
+        self.t0 = float(data.times.min()) if t0 is None else float(t0)
+        data.check_times(self.t0)
+        self.genes = genes
+        self.labels = data.conditions
+        self.conditions = self._conditions(conditions)
+        self.times = np.unique(np.concatenate([[self.t0], data.times]))
+        tab = data.table
+        self.cond_idx = torch.as_tensor(np.array(tab.condition.map({c: i for i, c in enumerate(self.labels)})))
+        self.time_idx = torch.as_tensor(np.searchsorted(self.times, tab.time.to_numpy()))
+        self.gene_idx = torch.as_tensor(np.array(tab.gene.map({g: i for i, g in enumerate(genes)})))
+        self.values = self._t(tab.value.to_numpy())
+        self.sd = self._t(tab.sd.to_numpy()) if data.has_sd else torch.ones_like(self.values)
+        self.n_obs = len(tab)
+
+        # free entries: (name, entry index) in a fixed order
+        free_map = {name: None for name in free} if not isinstance(free, Mapping) else dict(free)
+        self.estimate_x0 = "x0" in free_map
+        free_map.pop("x0", None)
+        if not free_map and not self.estimate_x0 and not (scale or offset or noise == "estimate"):
+            raise ValueError("nothing to fit: give free parameter names (e.g. free=['production'])")
+        self.blocks: list[tuple[str, np.ndarray]] = []
+        for name, sel in free_map.items():
+            spec = model._spec(name)
+            self.blocks.append((name, self._entries(name, spec, sel)))
+        raw = {k: v.detach().to(self.device, self.dtype)[0] for k, v in model.raw.items()}
+        self.raw_base = raw
+        pieces, labels = [], []
+        for name, idx in self.blocks:
+            pieces.append(raw[name][idx])
+            entry_labels = model.labels(name)
+            labels += [(name, entry_labels[i]) for i in idx]
+        # initial states
+        C, G = len(self.labels), len(genes)
+        self.x0_source = "estimated" if self.estimate_x0 else ("given" if x0 is not None else "data")
+        x0_init = self._x0_from_data() if x0 is None else self._x0_given(x0)
+        self.x0_fixed = x0_init
+        if self.estimate_x0:
+            pieces.append(torch.log(x0_init.clamp_min(1e-6)).reshape(-1))
+            labels += [("x0", f"{c}:{g}") for c in self.labels for g in genes]
+        self.obs_blocks: list[str] = []
+        if scale:
+            self.obs_blocks.append("scale")
+            pieces.append(torch.zeros(G, dtype=self.dtype, device=self.device))  # log scale
+            labels += [("scale", g) for g in genes]
+        if offset:
+            self.obs_blocks.append("offset")
+            pieces.append(torch.zeros(G, dtype=self.dtype, device=self.device))
+            labels += [("offset", g) for g in genes]
+        if noise == "estimate":
+            self.obs_blocks.append("sigma")
+            spread = torch.stack([self.values[self.gene_idx == i].std() if (self.gene_idx == i).sum() > 1
+                                  else torch.tensor(1.0) for i in range(G)]).to(self.dtype)
+            pieces.append(torch.log(spread.clamp_min(1e-6)))
+            labels += [("sigma", g) for g in genes]
+        self.theta0 = torch.cat(pieces) if pieces else torch.zeros(0, dtype=self.dtype)
+        self.entry_labels = labels
+        self.n = self.theta0.numel()
+        self.theta_ref = self.theta0.clone()
+        self._fold_slots = [(k, i) for k, (n, _) in enumerate(labels) if n == "fold"]
+
+    # ------------------------------------------------------------- helpers
+    def _t(self, a: Any) -> Tensor:
+        return torch.as_tensor(np.array(a, dtype=np.float64), dtype=self.dtype, device=self.device)
+
+    def _conditions(self, mapping: Mapping[str, Any] | None) -> list[Condition]:
+        out = []
+        mapping = dict(mapping or {})
+        for label in self.labels:
+            if label in mapping:
+                perts = as_conditions(mapping[label])
+                if len(perts) != 1:
+                    raise ValueError(f"conditions[{label!r}] must be one condition (perturbations applied together)")
+                out.append(type(perts[0])(perts[0].perturbations, label=label))
+                continue
+            parsed = _parse_label(label)
+            if parsed is None:
+                if len(self.labels) == 1:
+                    parsed = []
+                else:
+                    raise KeyError(f"data condition {label!r} is not understood; map it with "
+                                   f"conditions={{{label!r}: gn.Knockout('A'), ...}}")
+            out.append(Condition(parsed, label=label))
+        return out
+
+    def _entries(self, name: str, spec: Any, sel: Any) -> np.ndarray:
+        if sel is None:
+            return np.arange(spec.size)
+        arr = np.asarray(sel)
+        if arr.dtype == bool:
+            if arr.shape != (spec.size,):
+                raise ValueError(f"free mask for {name!r} must have shape ({spec.size},)")
+            return np.nonzero(arr)[0]
+        labels = self.model.labels(name)
+        out = []
+        for item in (sel if isinstance(sel, (list, tuple)) else [sel]):
+            if isinstance(item, (int, np.integer)):
+                if not 0 <= item < spec.size:
+                    raise KeyError(f"free entry {item} out of range for {name!r} ({spec.size} entries)")
+                out.append(int(item))
+            elif item in labels:
+                out.append(labels.index(item))
+            elif isinstance(item, tuple) and hasattr(self.model, "net"):
+                out.append(self.model.net.edge_index(*item))
+            else:
+                raise KeyError(f"free entry {item!r} is not an entry of {name!r}; entries: {labels[:8]}...")
+        return np.asarray(sorted(set(out)), dtype=np.int64)
+
+    def _x0_from_data(self) -> Tensor:
+        tab = self.data.table
+        x0 = np.full((len(self.labels), len(self.genes)), np.nan)
+        first = tab[np.isclose(tab.time, self.t0)]
+        means = first.groupby(["condition", "gene"]).value.mean()
+        for (cond, gene), v in means.items():
+            x0[self.labels.index(cond), self.genes.index(gene)] = v
+        missing = np.argwhere(np.isnan(x0))
+        if len(missing):
+            names = [f"{self.labels[c]}:{self.genes[g]}" for c, g in missing[:5]]
+            raise ValueError(f"no measurement at the initial time {self.t0} for {names}"
+                             f"{'...' if len(missing) > 5 else ''}; give x0= or estimate it with free=[..., 'x0']")
+        return self._t(x0)
+
+    def _x0_given(self, x0: Any) -> Tensor:
+        x = self._t(x0)
+        C, G = len(self.labels), len(self.genes)
+        if x.ndim == 1 and x.shape[0] == G:
+            return x.expand(C, G).clone()
+        if x.shape == (C, G):
+            return x
+        raise ValueError(f"x0 must have shape ({G},) or ({C}, {G}), got {tuple(x.shape)}")
+
+    # ---------------------------------------------------------- unpacking
+    def unpack(self, theta: Tensor) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor]]:
+        """Θ (S, n) -> model parameter overrides ``{name: (S, size)}`` (constrained), x0 (S, C, G),
+        observation parameters ``{scale|offset|sigma: (S, G)}``."""
+        S = theta.shape[0]
+        k = 0
+        params: dict[str, Tensor] = {}
+        for name, idx in self.blocks:
+            raw = self.raw_base[name].expand(S, -1).clone()
+            raw[:, torch.as_tensor(idx, device=theta.device)] = theta[:, k: k + len(idx)]
+            params[name] = self.model.specs[name].to_constrained(raw)
+            k += len(idx)
+        C, G = len(self.labels), len(self.genes)
+        if self.estimate_x0:
+            x0 = torch.exp(theta[:, k: k + C * G]).view(S, C, G)
+            k += C * G
+        else:
+            x0 = self.x0_fixed.expand(S, C, G)
+        obs = {}
+        for block in self.obs_blocks:
+            v = theta[:, k: k + G]
+            obs[block] = torch.exp(v) if block in ("scale", "sigma") else v
+            k += G
+        return params, x0, obs
+
+    # ------------------------------------------------------------ forward
+    def simulate(self, theta: Tensor) -> tuple[Tensor, np.ndarray]:
+        """States at the data times, (S, C, T, G), and each start's success (S,)."""
+        S = theta.shape[0]
+        params, x0, _ = self.unpack(theta)
+        C = len(self.labels)
+        x0_rows = x0.permute(1, 0, 2).reshape(C * S, -1)  # rows: condition-major, then start
+        traj = simulate(self.model, self.times, x0=x0_rows, perturbations=self.conditions, params=params,
+                        method=self.method, rtol=self.rtol, atol=self.atol, device=self.device,
+                        dtype=self.dtype, throw=False, max_steps=20_000)
+        y = traj.y.view(C, S, len(self.times), -1).permute(1, 0, 2, 3)
+        ok = (traj.status.reshape(C, S) == 0).all(axis=0)
+        return y, ok
+
+    def residuals(self, theta: Tensor) -> Tensor:
+        """Residuals (S, M) (non-finite for a start whose simulation failed)."""
+        y, ok = self.simulate(theta)
+        pred = y[:, self.cond_idx, self.time_idx, self.gene_idx]  # (S, M)
+        _, _, obs = self.unpack(theta)
+        if "scale" in obs:
+            pred = pred * obs["scale"][:, self.gene_idx]
+        if "offset" in obs:
+            pred = pred + obs["offset"][:, self.gene_idx]
+        if self.noise == "log":
+            c = self.log_floor
+            r = (torch.log(pred.clamp_min(0.0) + c) - torch.log(self.values.clamp_min(0.0) + c)) / self.sd
+        else:
+            r = (pred - self.values) / self.sd
+            if "sigma" in obs:
+                r = r / obs["sigma"][:, self.gene_idx]
+        bad = torch.as_tensor(~ok, device=r.device)
+        return torch.where(bad[:, None], torch.full_like(r, float("nan")), r)
+
+    def penalty_residuals(self, theta: Tensor) -> Tensor:
+        """The L2 prior as extra residuals ``sqrt(l2) (θ - θ_ref)`` (S, n), for least-squares methods."""
+        return math.sqrt(self.l2) * (theta - self.theta_ref)
+
+    def loss_from_residuals(self, theta: Tensor, r: Tensor) -> Tensor:
+        L = 0.5 * (r * r).sum(dim=1)
+        if "sigma" in self.obs_blocks:
+            _, _, obs = self.unpack(theta)
+            L = L + torch.log(obs["sigma"][:, self.gene_idx]).sum(dim=1)
+        if self.l2:
+            L = L + 0.5 * self.l2 * ((theta - self.theta_ref) ** 2).sum(dim=1)
+        if self.l1 and self._fold_slots:
+            params, _, _ = self.unpack(theta)
+            L = L + self.l1 * torch.log(params["fold"]).sum(dim=1) if "fold" in params else L
+        return torch.where(torch.isfinite(L), L, torch.full_like(L, float("inf")))
+
+    def loss(self, theta: Tensor) -> Tensor:
+        """Loss per start (S,); +inf where the simulation failed."""
+        return self.loss_from_residuals(theta, self.residuals(theta))
+
+    # -------------------------------------------------------- derivatives
+    def gradient(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Loss (S,) and its gradient (S, n) by backpropagation through the solver."""
+        th = theta.detach().clone().requires_grad_(True)
+        L = self.loss(th)
+        finite = torch.isfinite(L)
+        (g,) = torch.autograd.grad(torch.where(finite, L, 0.0).sum(), th)
+        return L.detach(), torch.where(finite[:, None], g, torch.full_like(g, float("nan")))
+
+    def jacobian(self, theta: Tensor, *, chunk: int = 256) -> tuple[Tensor, Tensor]:
+        """Residuals (S, M) and their Jacobian (S, M, n), exact reverse-mode AD of the computed solution.
+
+        Start s's residuals depend only on θ_s, so the cotangent ``e_m`` sent to every start
+        at once returns row m of all S Jacobians; the M cotangents go through one vectorised
+        backward pass (``is_grads_batched``), in chunks of ``chunk``. (Forward mode would need
+        only n passes, but PyTorch's forward-mode kernels for mixed dual/plain operands are
+        slow on CPU; see :meth:`jacobian_forward`.)
+        """
+        th = theta.detach().clone().requires_grad_(True)
+        with torch.enable_grad():  # callers may be under no_grad
+            r = self.residuals(th)
+            S, M = r.shape
+            finite = torch.isfinite(r).all(dim=1)
+            r_safe = torch.where(finite[:, None], r, torch.zeros_like(r))
+            rows = []
+            for lo in range(0, M, chunk):
+                hi = min(M, lo + chunk)
+                cot = torch.zeros(hi - lo, S, M, dtype=r.dtype, device=r.device)
+                cot[torch.arange(hi - lo), :, torch.arange(lo, hi)] = 1.0
+                (g,) = torch.autograd.grad(r_safe, th, grad_outputs=cot, is_grads_batched=True,
+                                           retain_graph=hi < M)
+                rows.append(g)  # (m, S, n)
+        J = torch.cat(rows).permute(1, 0, 2)
+        J = torch.where(finite[:, None, None], J, torch.full_like(J, float("nan")))
+        return r.detach(), J.detach()
+
+    def jacobian_forward(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """The same Jacobian by forward-mode AD: the n tangent directions ride along as n copies
+        of every start in one batched solve (n passes instead of M; slower on CPU today)."""
+        import torch.autograd.forward_ad as fwAD
+
+        S, n = theta.shape
+        rep = theta.detach().repeat_interleave(n, dim=0)  # (S*n, n): start s, tangent j
+        tangents = torch.eye(n, dtype=theta.dtype, device=theta.device).repeat(S, 1)
+        with torch.no_grad(), fwAD.dual_level():  # forward mode needs no reverse graph
+            r = self.residuals(fwAD.make_dual(rep, tangents))
+            primal, tangent = fwAD.unpack_dual(r)
+        M = primal.shape[1]
+        res = primal.view(S, n, M)[:, 0].detach()
+        if tangent is None:
+            tangent = torch.zeros_like(primal)
+        return res, tangent.view(S, n, M).transpose(1, 2).detach()
+
+    def hvp(self, theta: Tensor, v: Tensor) -> Tensor:
+        """Hessian-vector products ``H(θ_s) v_s`` of the loss, (S, n), reverse over reverse."""
+        th = theta.detach().clone().requires_grad_(True)
+        L = self.loss(th)
+        (g,) = torch.autograd.grad(L.sum(), th, create_graph=True)
+        (hv,) = torch.autograd.grad((g * v.detach()).sum(), th)
+        return hv

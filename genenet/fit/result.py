@@ -1,0 +1,206 @@
+"""FitResult: the best fit, every start, uncertainty, predictions, plots and JSON."""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from .problem import FitProblem
+
+__all__ = ["FitResult"]
+
+_Z95 = 1.959963984540054
+
+
+@dataclass
+class FitResult:
+    """Outcome of :func:`genenet.fit`.
+
+    Attributes
+    ----------
+    problem : FitProblem
+    theta : Tensor (n,)  best unconstrained free vector
+    loss : float         best loss
+    converged : bool; reason : str   of the best start
+    history : np.ndarray  best loss so far at each iteration
+    starts : DataFrame    every start: start, initial_loss, final_loss, converged, iterations, reason
+    start_theta : Tensor (S, n)  every start's final vector
+    covariance : np.ndarray (n, n)  Gauss-Newton covariance of θ (unconstrained), or None
+    method : str
+    """
+
+    problem: FitProblem
+    theta: Tensor
+    loss: float
+    converged: bool
+    reason: str
+    history: np.ndarray
+    starts: pd.DataFrame
+    start_theta: Tensor
+    covariance: np.ndarray | None
+    method: str
+
+    # ----------------------------------------------------------- summary
+    @property
+    def x0_source(self) -> str:
+        """Where the initial states came from: ``"data"``, ``"given"`` or ``"estimated"``."""
+        return self.problem.x0_source
+
+    @property
+    def params(self) -> pd.DataFrame:
+        """Free parameters: ``name, entry, value, ci_low, ci_high, se_log`` (95% Gauss-Newton intervals,
+        computed on the unconstrained scale and mapped back, hence asymmetric for positive ones)."""
+        prob = self.problem
+        th = self.theta
+        se = (np.sqrt(np.clip(np.diag(self.covariance), 0, None)) if self.covariance is not None
+              else np.full(prob.n, np.nan))
+        lo = th - _Z95 * torch.as_tensor(se, dtype=th.dtype)
+        hi = th + _Z95 * torch.as_tensor(se, dtype=th.dtype)
+        rows = []
+        values = [self._constrained(v) for v in (th, lo, hi)]
+        for k, (name, entry) in enumerate(prob.entry_labels):
+            v, a, b = (vals[k] for vals in values)
+            rows.append({"name": name, "entry": entry, "value": v, "ci_low": min(a, b), "ci_high": max(a, b),
+                         "se_unconstrained": se[k]})
+        return pd.DataFrame(rows)
+
+    def _constrained(self, theta: Tensor) -> np.ndarray:
+        prob = self.problem
+        params, x0, obs = prob.unpack(theta[None])
+        out = []
+        for name, idx in prob.blocks:
+            out.extend(params[name][0, torch.as_tensor(idx)].tolist())
+        if prob.estimate_x0:
+            out.extend(x0[0].reshape(-1).tolist())
+        for block in prob.obs_blocks:
+            out.extend(obs[block][0].tolist())
+        return np.asarray(out)
+
+    def summary(self) -> str:
+        s = self.starts
+        return (f"FitResult ({self.method}): loss {self.loss:.6g}, {'converged' if self.converged else 'NOT converged'}"
+                f" ({self.reason}); {len(s)} start(s), {int(s.converged.sum())} converged; "
+                f"{self.problem.n} free parameters, {self.problem.n_obs} measurements; x0 from {self.x0_source}")
+
+    def __repr__(self) -> str:
+        return f"FitResult(loss={self.loss:.6g}, converged={self.converged}, starts={len(self.starts)})"
+
+    # ------------------------------------------------------------- model
+    @property
+    def model(self) -> Any:
+        """A copy of the model with the fitted values (the original is left unchanged)."""
+        prob = self.problem
+        params, _, _ = prob.unpack(self.theta[None])
+        fitted = copy.deepcopy(prob.model)
+        with torch.no_grad():
+            fitted.set_params(**{name: v[0].detach().cpu().numpy() for name, v in params.items()})
+        return fitted
+
+    def predict(self, t: Any = None, *, dense: int = 0) -> Any:
+        """Trajectory of the fitted model for the data's conditions (rows = conditions) at ``t``
+        (default the data times; ``dense=N`` for N evenly spaced times)."""
+        from ..simulate import simulate
+
+        prob = self.problem
+        if t is None:
+            t = np.linspace(prob.times[0], prob.times[-1], dense) if dense else prob.times
+        _, x0, _ = prob.unpack(self.theta[None])
+        return simulate(self.model, t, x0=x0[0].detach(), perturbations=prob.conditions, method=prob.method,
+                        rtol=prob.rtol, atol=prob.atol, device=prob.device, dtype=prob.dtype)
+
+    def residuals(self) -> pd.DataFrame:
+        """The data table with ``fitted`` and (scaled) ``residual`` columns."""
+        prob = self.problem
+        with torch.no_grad():
+            r = prob.residuals(self.theta[None])[0].cpu().numpy()
+            y, _ = prob.simulate(self.theta[None])
+            pred = y[0, prob.cond_idx, prob.time_idx, prob.gene_idx].cpu().numpy()
+        table = prob.data.table.copy()
+        table["fitted"] = pred
+        table["residual"] = r
+        return table
+
+    # ------------------------------------------------------------- plots
+    def plot(self, axes: Any = None, dense: int = 200) -> Any:
+        """Data points and fitted curves: one panel per condition, one colour per gene.
+        Returns the array of Axes."""
+        import matplotlib.pyplot as plt
+
+        prob = self.problem
+        C = len(prob.labels)
+        if axes is None:
+            _, axes = plt.subplots(1, C, figsize=(4.5 * C, 3.5), squeeze=False)
+            axes = axes[0]
+        axes = np.atleast_1d(axes)
+        traj = self.predict(dense=dense)
+        tab = prob.data.table
+        t = traj.t.cpu().numpy()
+        y = traj.numpy()
+        for c, ax in enumerate(axes[:C]):
+            for g, gene in enumerate(prob.genes):
+                color = f"C{g % 10}"
+                ax.plot(t, y[c, :, g], color=color, label=gene)
+                pts = tab[(tab.condition == prob.labels[c]) & (tab.gene == gene)]
+                ax.plot(pts.time, pts.value, "o", color=color, markersize=3)
+            ax.set_title(prob.labels[c])
+            ax.set_xlabel("time")
+        axes[0].set_ylabel("expression")
+        axes[0].legend(fontsize="small", frameon=False)
+        return axes
+
+    def plot_residuals(self, ax: Any = None) -> Any:
+        """Scaled residuals against time, coloured by gene. Returns the Axes."""
+        from ..plot import _axes
+
+        ax = _axes(ax)
+        table = self.residuals()
+        for g, (gene, sub) in enumerate(table.groupby("gene", sort=False)):
+            ax.plot(sub.time, sub.residual, "o", color=f"C{g % 10}", markersize=3, label=gene)
+        ax.axhline(0.0, color="k", lw=0.8)
+        ax.set_xlabel("time")
+        ax.set_ylabel("residual")
+        ax.legend(fontsize="small", frameon=False)
+        return ax
+
+    def plot_waterfall(self, ax: Any = None) -> Any:
+        """Final loss of every start, sorted (a plateau at the bottom = a reproducible optimum)."""
+        from ..plot import _axes
+
+        ax = _axes(ax)
+        losses = np.sort(self.starts.final_loss.to_numpy())
+        ax.plot(np.arange(1, len(losses) + 1), losses, "o-")
+        ax.set_yscale("log")
+        ax.set_xlabel("start (sorted)")
+        ax.set_ylabel("final loss")
+        return ax
+
+    # -------------------------------------------------------------- JSON
+    def to_json(self, path: str | Path | None = None) -> str:
+        """Fitted values, intervals, loss and start summary as JSON (written to ``path`` if given)."""
+        payload = {
+            "method": self.method, "loss": self.loss, "converged": self.converged, "reason": self.reason,
+            "x0_source": self.x0_source, "theta": self.theta.tolist(),
+            "params": self.params.to_dict(orient="records"),
+            "starts": self.starts.to_dict(orient="records"),
+            "history": np.asarray(self.history).tolist(),
+        }
+        text = json.dumps(payload, indent=1, default=float)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @staticmethod
+    def load(path: str | Path) -> dict[str, Any]:
+        """Read what :meth:`to_json` wrote: a dict with ``params`` and ``starts`` as DataFrames."""
+        payload = json.loads(Path(path).read_text())
+        payload["params"] = pd.DataFrame(payload["params"])
+        payload["starts"] = pd.DataFrame(payload["starts"])
+        return payload

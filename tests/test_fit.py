@@ -1,0 +1,147 @@
+"""Fitting: exact derivatives vs finite differences, optimizers on known optima, recovery, API, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+import genenet as gn
+from genenet.fit import FitProblem
+
+
+def _decay_model(g=2.0, k=0.5):
+    return gn.Model.from_functions(["x"], lambda t, x, p: p["g"].expand_as(x), lambda t, x, p: p["k"] * x,
+                                   {"g": g, "k": k})
+
+
+def _data_from(model, t, x0, perturbations=None, noise=0.0, seed=0):
+    traj = gn.simulate(model, t, x0=x0, perturbations=perturbations, rtol=1e-11, atol=1e-12)
+    frame = traj.to_frame()[["condition", "time", "gene", "value"]]
+    if noise:
+        rng = np.random.default_rng(seed)
+        frame["value"] = frame.value * (1 + noise * rng.normal(size=len(frame)))
+        frame["sd"] = noise * np.abs(frame.value) + 1e-6
+    return gn.ExpressionData.from_frame(frame)
+
+
+@pytest.fixture(scope="module")
+def problem3():
+    net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-"), ("A", "C", "+")])
+    true = gn.Hill(net, production=[4.0, 3.0, 2.0], degradation=[1.0, 0.7, 0.5], threshold=[1.5, 2.0, 1.0],
+                   hill=2.0, fold=5.0)
+    data = _data_from(true, np.linspace(0, 6, 7), [0.5, 2.0, 1.0], [gn.Condition([]), gn.Knockout("A")], 0.05)
+    start = gn.Hill(net, production=[3.0, 3.5, 2.5], degradation=[1.2, 0.7, 0.4], threshold=[1.5, 2.0, 1.0],
+                    hill=2.0, fold=5.0)
+    return FitProblem(start, data, free=["production", "threshold"], scale=True)
+
+
+def _fd(fn, theta, eps=1e-6):
+    cols = []
+    for j in range(theta.shape[1]):
+        e = torch.zeros_like(theta)
+        e[:, j] = eps
+        cols.append((fn(theta + e) - fn(theta - e)) / (2 * eps))
+    return torch.stack(cols, dim=-1)
+
+
+def test_gradient_jacobian_hvp_match_finite_differences(problem3):
+    p = problem3
+    theta = p.theta0[None].repeat(2, 1)
+    theta[1] += 0.05
+    with torch.no_grad():
+        r, J = p.jacobian(theta)
+        fdJ = _fd(p.residuals, theta)
+        fdg = _fd(p.loss, theta)
+    assert J.shape == (2, p.n_obs, p.n)
+    torch.testing.assert_close(J, fdJ, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(p.jacobian_forward(theta)[1], J, rtol=1e-9, atol=1e-9)
+    L, g = p.gradient(theta)
+    torch.testing.assert_close(g, fdg, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, (J * r[..., None]).sum(dim=1), rtol=1e-8, atol=1e-8)  # g = J^T r
+    v = torch.as_tensor(np.random.default_rng(1).normal(size=theta.shape))
+    hv = p.hvp(theta, v)
+    h = 1e-5
+    fd_hv = (p.gradient(theta + h * v)[1] - p.gradient(theta - h * v)[1]) / (2 * h)
+    torch.testing.assert_close(hv, fd_hv, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lm", "trust-ncg", "lbfgs"])
+def test_known_optimum(method):
+    data = _data_from(_decay_model(2.0, 0.5), np.linspace(0, 8, 9), 0.0)
+    res = gn.fit(_decay_model(6.0, 0.2), data, free=["g", "k"], method=method, progress=False, max_iter=200)
+    fitted = res.params.set_index("name").value
+    assert fitted["g"] == pytest.approx(2.0, rel=1e-5) and fitted["k"] == pytest.approx(0.5, rel=1e-5)
+    assert res.loss < 1e-9
+
+
+def test_multistart_finds_the_global_optimum():
+    # x' = w cos(w t), x(0) = 0  ->  x = sin(w t): the loss in w has many local minima
+    osc = gn.Model.from_functions(["x"], lambda t, x, p: p["w"] * torch.cos(p["w"] * t[:, None]),
+                                  lambda t, x, p: 0.0 * x, {"w": 1.3})
+    data = _data_from(osc, np.linspace(0, 6, 13), 0.0)
+    start = gn.Model.from_functions(["x"], osc._production, osc._degradation, {"w": 2.8})
+    single = gn.fit(start, data, free=["w"], method="lm", progress=False)
+    assert single.loss > 1.0  # one start from w = 2.8 is caught in the local minimum near 2.6
+    multi = gn.fit(start, data, free=["w"], method="lm", multistart=8, seed=0, progress=False, max_iter=40,
+                   start_spread=3.0)
+    assert multi.loss < 1e-8
+    assert multi.params.value.item() == pytest.approx(1.3, rel=1e-6)
+    assert len(multi.starts) == 8 and (multi.starts.final_loss >= multi.loss - 1e-12).all()
+    ax = multi.plot_waterfall()
+    assert len(ax.lines[0].get_xdata()) == 8
+
+
+def test_recovery_5_genes_2_percent_noise():
+    net = gn.Network.random(5, 2, seed=3)
+    true = gn.Hill.random(net, n=1, seed=4)
+    conds = [gn.Condition([]), gn.Knockout("G0"), gn.Knockout("G2")]
+    data = _data_from(true, np.linspace(0, 10, 11), np.full(5, 2.0), conds, noise=0.02, seed=1)
+    g_true = true.params["production"].detach()[0].numpy()
+    start = gn.Hill(net, **{k: v.detach()[0] for k, v in true.params.items()})
+    start.set_params(production=g_true * np.array([3.0, 1 / 3, 2.0, 0.5, 2.5]))
+    res = gn.fit(start, data, free=["production"], method="lm", progress=False, conditions=None)
+    floor = 0.5 * len(data)  # E[sum r^2 / 2] at the truth
+    assert res.loss <= 1.2 * floor
+    fitted = res.params.value.to_numpy()
+    np.testing.assert_allclose(fitted, g_true, rtol=0.10)
+    inside = (res.params.ci_low <= g_true) & (g_true <= res.params.ci_high)
+    assert inside.sum() >= 4  # 95% intervals cover the truth
+    assert res.x0_source == "data"
+
+
+def test_fit_result_api(tmp_path):
+    data = _data_from(_decay_model(2.0, 0.5), np.linspace(0, 8, 9), 1.0, noise=0.02)
+    res = gn.fit(_decay_model(3.0, 0.4), data, free=["g", "k", "x0"], method="lm", progress=False)
+    assert res.x0_source == "estimated"
+    table = res.params
+    assert list(table.columns[:5]) == ["name", "entry", "value", "ci_low", "ci_high"]
+    assert set(table.name) == {"g", "k", "x0"} and (table.ci_low <= table.value).all()
+    fitted = res.model
+    assert fitted is not None and fitted.params["g"].item() == pytest.approx(table.value[0])
+    traj = res.predict(dense=50)
+    assert traj.y.shape == (1, 50, 1)
+    axes = res.plot()
+    assert len(axes) == 1
+    assert res.plot_residuals() is not None
+    assert np.all(np.diff(res.history) <= 1e-12)
+    res.to_json(tmp_path / "fit.json")
+    back = gn.FitResult.load(tmp_path / "fit.json")
+    assert back["loss"] == pytest.approx(res.loss) and len(back["params"]) == 3
+    assert "converged" in res.summary()
+
+
+def test_fit_bad_input():
+    data = _data_from(_decay_model(), np.linspace(0, 2, 3), 0.0)
+    with pytest.raises(ValueError, match="unknown method 'newton'"):
+        gn.fit(_decay_model(), data, free=["g"], method="newton")
+    with pytest.raises(KeyError, match="unknown parameter 'speed'"):
+        gn.fit(_decay_model(), data, free=["speed"], progress=False)
+    with pytest.raises(ValueError, match="multistart must be a positive integer"):
+        gn.fit(_decay_model(), data, free=["g"], multistart=0)
+    other = gn.Model.from_functions(["y"], lambda t, x, p: p["g"].expand_as(x), lambda t, x, p: x, {"g": 1.0})
+    with pytest.raises(KeyError, match=r"data genes \['x'\] are not in the model"):
+        gn.fit(other, data, free=["g"], progress=False)
+    partial = gn.ExpressionData.from_frame(data.table[data.table.time > 0])
+    with pytest.raises(ValueError, match="no measurement at the initial time"):
+        FitProblem(_decay_model(), partial, free=["g"], t0=0.0)
+    with pytest.raises(ValueError, match="method='lm' needs a pure least-squares loss"):
+        gn.fit(_decay_model(), data, free=["g"], noise="estimate", progress=False)
