@@ -117,6 +117,28 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
     return OptimResult(th, loss, iters, converged, reason, history)
 
 
+def _scipy_functions(problem: FitProblem, theta: Tensor) -> tuple[Any, Any]:
+    """Loss-and-gradient (cached for the last point) and Hessian-vector product for scipy, one start."""
+    cache: dict[bytes, tuple[float, np.ndarray]] = {}
+
+    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
+        key = x.tobytes()
+        if key not in cache:
+            L, g = problem.gradient(torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None])
+            Lf = float(L[0])
+            cache.clear()
+            cache[key] = (Lf if np.isfinite(Lf) else 1e300,
+                          np.nan_to_num(g[0].cpu().numpy()) if np.isfinite(Lf) else np.zeros_like(x))
+        return cache[key]
+
+    def hessp(x: np.ndarray, p: np.ndarray) -> np.ndarray:
+        t = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None]
+        v = torch.as_tensor(p, dtype=theta.dtype, device=theta.device)[None]
+        return np.nan_to_num(problem.hvp(t, v)[0].cpu().numpy())
+
+    return fg, hessp
+
+
 def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: float = 1e-8,
               progress: bool = False) -> OptimResult:
     from scipy.optimize import minimize
@@ -126,26 +148,10 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
     bar = _bar(progress, S, "trust-ncg")
     for s in range(S):
         trace: list[float] = []
-        cache: dict[bytes, tuple[float, np.ndarray]] = {}
-
-        def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-            key = x.tobytes()
-            if key not in cache:
-                L, g = problem.gradient(torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None])
-                Lf = float(L[0])
-                cache.clear()
-                cache[key] = (Lf if np.isfinite(Lf) else 1e300,
-                              np.nan_to_num(g[0].cpu().numpy()) if np.isfinite(Lf) else np.zeros_like(x))
-            return cache[key]
-
-        def hessp(x: np.ndarray, p: np.ndarray) -> np.ndarray:
-            t = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None]
-            v = torch.as_tensor(p, dtype=theta.dtype, device=theta.device)[None]
-            return np.nan_to_num(problem.hvp(t, v)[0].cpu().numpy())
-
-        res = minimize(lambda x: fg(x)[0], theta[s].detach().cpu().numpy(), jac=lambda x: fg(x)[1],
+        fg, hessp = _scipy_functions(problem, theta)
+        res = minimize(lambda x, fg=fg: fg(x)[0], theta[s].detach().cpu().numpy(), jac=lambda x, fg=fg: fg(x)[1],
                        hessp=hessp, method="trust-ncg", options={"maxiter": max_iter, "gtol": gtol},
-                       callback=lambda xk: trace.append(fg(xk)[0]))
+                       callback=lambda xk, fg=fg, trace=trace: trace.append(fg(xk)[0]))
         out_th.append(torch.as_tensor(res.x, dtype=theta.dtype, device=theta.device))
         out_L.append(float(res.fun))
         iters.append(int(res.nit))
@@ -183,7 +189,8 @@ def torch_optimizer(problem: FitProblem, theta: Tensor, *, method: str = "lbfgs"
     bar = _bar(progress, max_iter, method)
     it = 0
     reason = "max_iter reached"
-    for it in range(1, max_iter + 1):
+    while it < max_iter:
+        it += 1
         total = opt.step(closure)
         with torch.no_grad():
             L = problem.loss(th)

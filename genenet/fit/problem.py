@@ -132,7 +132,7 @@ class FitProblem:
             entry_labels = model.labels(name)
             labels += [(name, entry_labels[i]) for i in idx]
         # initial states
-        C, G = len(self.labels), len(genes)
+        G = len(genes)
         self.x0_source = "estimated" if self.estimate_x0 else ("given" if x0 is not None else "data")
         x0_init = self._x0_from_data() if x0 is None else self._x0_given(x0)
         self.x0_fixed = x0_init
@@ -158,7 +158,7 @@ class FitProblem:
         self.entry_labels = labels
         self.n = self.theta0.numel()
         self.theta_ref = self.theta0.clone()
-        self._fold_slots = [(k, i) for k, (n, _) in enumerate(labels) if n == "fold"]
+        self._fits_folds = any(name == "fold" for name, _ in labels)
 
     # ------------------------------------------------------------- helpers
     def _t(self, a: Any) -> Tensor:
@@ -299,7 +299,7 @@ class FitProblem:
             L = L + torch.log(obs["sigma"][:, self.gene_idx]).sum(dim=1)
         if self.l2:
             L = L + 0.5 * self.l2 * ((theta - self.theta_ref) ** 2).sum(dim=1)
-        if self.l1 and self._fold_slots:
+        if self.l1 and self._fits_folds:
             params, _, _ = self.unpack(theta)
             L = L + self.l1 * torch.log(params["fold"]).sum(dim=1) if "fold" in params else L
         return torch.where(torch.isfinite(L), L, torch.full_like(L, float("inf")))
