@@ -1,4 +1,4 @@
-"""Command line: ``genenet simulate | screen | steady-state | demo | networks``."""
+"""Command line: ``genenet simulate | screen | steady-state | fit | demo | networks``."""
 
 from __future__ import annotations
 
@@ -157,6 +157,34 @@ def _steady(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fit(args: argparse.Namespace) -> int:
+    from .data import ExpressionData
+    from .fit import fit
+
+    _, model = _model(args)
+    data = ExpressionData.from_csv(args.data, dropna=args.dropna)
+    free = [f.strip() for f in args.free.split(",") if f.strip()]
+    res = fit(model, data, free=free, method=args.method, multistart=args.multistart, seed=args.seed,
+              max_iter=args.max_iter, progress=not args.quiet, noise=args.noise, device=args.device)
+    if not args.quiet:
+        print(res.summary())
+        print(res.params.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
+    if args.out:
+        res.to_json(args.out)
+        if not args.quiet:
+            print(f"wrote {args.out}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        axes = res.plot()
+        axes[0].figure.tight_layout()
+        axes[0].figure.savefig(args.plot, dpi=120)
+        if not args.quiet:
+            print(f"wrote {args.plot}")
+    return 0 if res.converged else 2
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -239,6 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", metavar="CSV", help="one line per state: stable, basin_fraction, gene levels")
     st.add_argument("--plot", metavar="PNG", help="basin fractions / multistability histogram")
     st.set_defaults(func=_steady)
+
+    ft = sub.add_parser("fit", help="fit Hill parameters to expression time courses",
+                        description="Fit the free parameters of the Hill model on NETWORK to DATA (a long CSV with "
+                                    "columns condition,time,gene,value[,sd]); initial states are the data at the "
+                                    "first time point. Condition labels like KO(A), KO(A)+KO(B), KD(A,0.5) and "
+                                    "'wild type' are understood. Exit code 2 if the best start did not converge.")
+    _model_options(ft)
+    ft.add_argument("data", help="long CSV/TSV: condition, time, gene, value [, sd]")
+    ft.add_argument("--free", default="production", help="comma-separated parameters to fit (default production); "
+                                                          "add x0 to estimate initial states")
+    ft.add_argument("--method", default="lm", choices=["lm", "trust-ncg", "lbfgs", "adam"])
+    ft.add_argument("--multistart", type=int, default=1, help="number of starts (Latin hypercube), default 1")
+    ft.add_argument("--max-iter", type=int, default=100)
+    ft.add_argument("--noise", default="gaussian", choices=["gaussian", "estimate", "log"])
+    ft.add_argument("--dropna", action="store_true", help="drop NaN/inf measurements instead of failing")
+    ft.add_argument("--out", metavar="JSON", help="fitted values, intervals and start table")
+    ft.add_argument("--plot", metavar="PNG", help="data points and fitted curves")
+    ft.set_defaults(func=_fit)
 
     demo = sub.add_parser("demo", help="run the README demo on the bundled default network")
     demo.add_argument("--out-dir", default=".", help="where to write genenet_demo.png (default .)")

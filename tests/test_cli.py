@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -128,3 +129,17 @@ def test_screen_resume_after_sigkill(tmp_path):
     full = tmp_path / "full.csv"
     assert main([*args, "--out", str(full)]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(full))
+
+
+def test_fit_command(tmp_path, capsys):
+    net = gn.load_network("toggle_switch")
+    true = gn.Hill(net, production=[6.0, 4.0], degradation=1.0, threshold=2.0, hill=2.0, fold=10.0)
+    traj = gn.simulate(true, [0, 1, 2, 4, 8], x0=[1.0, 3.0], perturbations=[gn.Condition([]), gn.Knockout("A")])
+    traj.to_frame()[["condition", "time", "gene", "value"]].to_csv(tmp_path / "d.csv", index=False)
+    (tmp_path / "p.json").write_text('{"threshold": 2.0, "hill": 2.0, "fold": 10.0, "production": [3.0, 8.0]}')
+    out, png = tmp_path / "fit.json", tmp_path / "fit.png"
+    rc = main(["fit", "toggle_switch", str(tmp_path / "d.csv"), "--params", str(tmp_path / "p.json"),
+               "--free", "production", "--out", str(out), "--plot", str(png), "-q"])
+    assert rc == 0 and png.stat().st_size > 1000
+    params = gn.FitResult.load(out)["params"]
+    np.testing.assert_allclose(params.value, [6.0, 4.0], rtol=1e-5)
