@@ -145,3 +145,17 @@ def test_fit_bad_input():
         FitProblem(_decay_model(), partial, free=["g"], t0=0.0)
     with pytest.raises(ValueError, match="method='lm' needs a pure least-squares loss"):
         gn.fit(_decay_model(), data, free=["g"], noise="estimate", progress=False)
+
+
+def test_profile_likelihood_brackets_the_estimate():
+    data = _data_from(_decay_model(2.0, 0.5), np.linspace(0, 8, 9), 1.0, noise=0.05, seed=3)
+    res = gn.fit(_decay_model(3.0, 0.4), data, free=["g", "k"], method="lm", progress=False)
+    prof = res.profile(["g"], n_points=7, width=2.0)
+    assert len(prof) == 7 and (prof.delta_loss >= -1e-8).all()
+    best = prof.loc[prof.delta_loss.idxmin()]
+    assert best.value == pytest.approx(res.params.value[0], rel=1e-3)  # the middle grid point is the optimum
+    # near the optimum the profile is quadratic with curvature 1/se^2: at ±2 se, delta ~ 2
+    ends = prof.delta_loss.iloc[[0, -1]].to_numpy()
+    assert np.all((ends > 1.0) & (ends < 4.0))
+    axes = res.plot_profiles()
+    assert len(axes) == 1

@@ -41,8 +41,11 @@ def _bar(progress: bool, total: int, desc: str) -> Any:
 
 
 def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, ftol: float = 1e-10,
-                        xtol: float = 1e-10, gtol: float = 1e-10, progress: bool = False) -> OptimResult:
+                        xtol: float = 1e-10, gtol: float = 1e-10, progress: bool = False,
+                        fixed: Tensor | None = None) -> OptimResult:
+    """``fixed`` (S, n) bool: entries held at their start value (zero Jacobian columns -> zero step)."""
     S, n = theta.shape
+    keep = None if fixed is None else (~fixed).to(theta.dtype)[:, None, :]
     if problem.noise == "estimate" or problem.l1:
         raise ValueError("method='lm' needs a pure least-squares loss: use noise='gaussian'/'log' and l1=0, or "
                          "method='trust-ncg'/'lbfgs'")
@@ -60,9 +63,11 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
 
     with torch.no_grad():
         r, J = problem.jacobian(th)
+        if keep is not None:
+            J = J * keep
         if problem.l2:
             r = torch.cat([r, problem.penalty_residuals(th)], dim=1)
-            J = torch.cat([J, (problem.l2 ** 0.5) * eye.expand(S, n, n)], dim=1)
+            J = torch.cat([J, (problem.l2 ** 0.5) * eye.expand(S, n, n) * (1 if keep is None else keep)], dim=1)
         loss = 0.5 * (r * r).sum(dim=1)
         loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
         bad_start = ~torch.isfinite(loss)
@@ -92,6 +97,8 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
             if bool(accept.any()):
                 idx = torch.nonzero(accept).flatten()
                 r_acc, J_acc = problem.jacobian(trial[idx])
+                if keep is not None:
+                    J_acc = J_acc * keep[idx]
                 if problem.l2:
                     r_acc = torch.cat([r_acc, problem.penalty_residuals(trial[idx])], dim=1)
                     J_acc = torch.cat([J_acc, (problem.l2 ** 0.5) * eye.expand(len(idx), n, n)], dim=1)

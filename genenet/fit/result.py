@@ -182,6 +182,70 @@ class FitResult:
         ax.set_ylabel("final loss")
         return ax
 
+    # ----------------------------------------------------------- profiles
+    def profile(self, names: list[Any] | None = None, n_points: int = 11, width: float = 3.0,
+                max_iter: int = 50) -> pd.DataFrame:
+        """Profile likelihood of free entries: for each, hold it at ``n_points`` values across
+        ``θ* ± width·se`` (unconstrained scale) and re-optimise all others (LM; all grid points of
+        one entry as one batch of starts).
+
+        ``names``: entries as ``(name, entry)`` pairs or plain names (all their entries);
+        default every free entry. Returns ``name, entry, value, loss, delta_loss`` where
+        ``delta_loss = loss - best``; the 95% profile interval is where ``delta_loss <= 1.92``
+        (χ²₁/2). Stored in ``self.profiles`` for :meth:`plot_profiles`.
+        """
+        from .optimizers import levenberg_marquardt
+
+        prob = self.problem
+        labels = prob.entry_labels
+        if names is None:
+            which = list(range(prob.n))
+        else:
+            which = []
+            for item in names:
+                hits = [k for k, lab in enumerate(labels) if lab == tuple(item) or lab[0] == item]
+                if not hits:
+                    raise KeyError(f"{item!r} is not a free entry; free entries: {labels[:8]}...")
+                which += hits
+        se = (np.sqrt(np.clip(np.diag(self.covariance), 1e-12, None)) if self.covariance is not None
+              else np.full(prob.n, 0.5))
+        frames = []
+        for k in which:
+            grid = self.theta[k].item() + np.linspace(-width, width, n_points) * se[k]
+            starts = self.theta[None].repeat(n_points, 1)
+            starts[:, k] = torch.as_tensor(grid, dtype=starts.dtype)
+            fixed = torch.zeros_like(starts, dtype=torch.bool)
+            fixed[:, k] = True
+            res = levenberg_marquardt(prob, starts, max_iter=max_iter, fixed=fixed)
+            values = [self._constrained(res.theta[i])[k] for i in range(n_points)]
+            loss = res.loss.cpu().numpy()
+            frames.append(pd.DataFrame({"name": labels[k][0], "entry": labels[k][1], "value": values,
+                                        "loss": loss, "delta_loss": loss - self.loss}))
+        table = pd.concat(frames, ignore_index=True)
+        self.profiles = table
+        return table
+
+    def plot_profiles(self, axes: Any = None) -> Any:
+        """Profile likelihood curves (``delta_loss`` vs value) with the 95% threshold; runs
+        :meth:`profile` first if needed. Returns the array of Axes."""
+        import matplotlib.pyplot as plt
+
+        table = getattr(self, "profiles", None)
+        if table is None:
+            table = self.profile()
+        groups = list(table.groupby(["name", "entry"], sort=False))
+        if axes is None:
+            _, axes = plt.subplots(1, len(groups), figsize=(3.2 * len(groups), 3), squeeze=False)
+            axes = axes[0]
+        axes = np.atleast_1d(axes)
+        for ax, ((name, entry), sub) in zip(axes, groups):
+            ax.plot(sub.value, sub.delta_loss, "o-")
+            ax.axhline(1.92, color="C3", linestyle="--", lw=0.8)
+            ax.set_title(f"{name} {entry}".strip(), fontsize="small")
+            ax.set_xlabel("value")
+        axes[0].set_ylabel("loss - best")
+        return axes
+
     # -------------------------------------------------------------- JSON
     def to_json(self, path: str | Path | None = None) -> str:
         """Fitted values, intervals, loss and start summary as JSON (written to ``path`` if given)."""
