@@ -159,3 +159,25 @@ def test_profile_likelihood_brackets_the_estimate():
     assert np.all((ends > 1.0) & (ends < 4.0))
     axes = res.plot_profiles()
     assert len(axes) == 1
+
+
+def test_adjoint_gradient_matches_finite_differences(problem3):
+    p = problem3
+    theta = p.theta0[None].repeat(2, 1)
+    theta[1] += 0.05
+    L_adj, g_adj = p.gradient_adjoint(theta, rtol=1e-10, atol=1e-12)
+    L, g = p.gradient(theta)
+    torch.testing.assert_close(L_adj, L, rtol=1e-7, atol=1e-9)
+    with torch.no_grad():
+        fdg = _fd(p.loss, theta)
+    torch.testing.assert_close(g_adj, fdg, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_adj, g, rtol=1e-4, atol=1e-5)
+
+
+def test_adjoint_with_estimated_x0():
+    data = _data_from(_decay_model(2.0, 0.5), np.linspace(0, 8, 9), 1.0, noise=0.02)
+    prob = FitProblem(_decay_model(3.0, 0.4), data, free=["g", "k", "x0"], rtol=1e-10, atol=1e-12)
+    theta = prob.theta0[None]
+    _, g_adj = prob.gradient_adjoint(theta)
+    _, g = prob.gradient(theta)
+    torch.testing.assert_close(g_adj, g, rtol=1e-5, atol=1e-6)

@@ -272,6 +272,12 @@ class FitProblem:
     def residuals(self, theta: Tensor) -> Tensor:
         """Residuals (S, M) (non-finite for a start whose simulation failed)."""
         y, ok = self.simulate(theta)
+        r = self._residuals_from_states(theta, y)
+        bad = torch.as_tensor(~ok, device=r.device)
+        return torch.where(bad[:, None], torch.full_like(r, float("nan")), r)
+
+    def _residuals_from_states(self, theta: Tensor, y: Tensor) -> Tensor:
+        """Residuals (S, M) from simulated states y (S, C, T, G) at the data times."""
         pred = y[:, self.cond_idx, self.time_idx, self.gene_idx]  # (S, M)
         _, _, obs = self.unpack(theta)
         if "scale" in obs:
@@ -285,8 +291,7 @@ class FitProblem:
             r = (pred - self.values) / self.sd
             if "sigma" in obs:
                 r = r / obs["sigma"][:, self.gene_idx]
-        bad = torch.as_tensor(~ok, device=r.device)
-        return torch.where(bad[:, None], torch.full_like(r, float("nan")), r)
+        return r
 
     def penalty_residuals(self, theta: Tensor) -> Tensor:
         """The L2 prior as extra residuals ``sqrt(l2) (θ - θ_ref)`` (S, n), for least-squares methods."""
@@ -360,6 +365,13 @@ class FitProblem:
         if tangent is None:
             tangent = torch.zeros_like(primal)
         return res, tangent.view(S, n, M).transpose(1, 2).detach()
+
+    def gradient_adjoint(self, theta: Tensor, **kwargs: Any) -> tuple[Tensor, Tensor]:
+        """Loss (S,) and gradient (S, n) by the adjoint method (memory independent of the number of
+        steps); see :mod:`genenet.fit.adjoint`."""
+        from .adjoint import adjoint_gradient
+
+        return adjoint_gradient(self, theta, **kwargs)
 
     def hvp(self, theta: Tensor, v: Tensor) -> Tensor:
         """Hessian-vector products ``H(θ_s) v_s`` of the loss, (S, n), reverse over reverse."""
