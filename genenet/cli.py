@@ -12,14 +12,9 @@ __all__ = ["main"]
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .io import apply_params, load_network, read_params
-    from .models import Hill
     from .simulate import simulate
 
-    net = load_network(args.network)
-    model = Hill.random(net, n=args.ensemble, seed=args.seed) if args.ensemble else Hill(net)
-    if args.params:
-        apply_params(model, read_params(args.params, model))
+    _, model = _model(args)
     t = np.linspace(args.t_start, args.t_end, args.points)
     x0 = None
     if args.x0 is not None:
@@ -218,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "`genenet networks`) with the RACIPE shifted-Hill model and write the "
                                      "trajectory as a long CSV (row, condition, parameter_set, time, gene, value) "
                                      "and/or a plot. Exit code 2 if any row failed.")
-    sim.add_argument("network", help="path to .topo/.tsv/.graphml, or a bundled network name")
+    _model_options(sim)
     sim.add_argument("--t-start", type=float, default=0.0, help="initial time (default 0)")
     sim.add_argument("--t-end", type=float, default=50.0, help="final time (default 50)")
     sim.add_argument("--points", type=int, default=101, help="number of save times, evenly spaced (default 101)")
@@ -228,18 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance (default 1e-8)")
     sim.add_argument("--dt", type=float, default=None, help="step of the fixed-step methods rk4/euler")
     sim.add_argument("--max-steps", type=int, default=10_000, help="step limit per row (default 10000)")
-    sim.add_argument("--params", metavar="FILE", help="parameter file: JSON {name: value|list|{entry: value}} "
-                                                      "or CSV with columns name,entry,value")
-    sim.add_argument("--ensemble", type=int, default=0, metavar="P",
-                     help="simulate P random RACIPE parameter sets instead of the defaults")
-    sim.add_argument("--seed", type=int, default=0, help="seed of --ensemble (default 0)")
     sim.add_argument("--x0", default=None, help="initial state: one number for all genes, or GENE=value,...")
-    sim.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
     sim.add_argument("--dtype", default=None, choices=["float32", "float64"],
                      help="default float64 on CPU, float32 on CUDA")
     sim.add_argument("--out", metavar="CSV", help="write the trajectory as a long CSV table")
     sim.add_argument("--plot", metavar="PNG", help="write a plot of the trajectory")
-    sim.add_argument("-q", "--quiet", action="store_true", help="print nothing, show no progress bar")
     sim.set_defaults(func=_simulate)
 
     scr = sub.add_parser("screen", help="knockout/knockdown screen: steady states and log2 fold changes",
