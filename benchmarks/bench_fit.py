@@ -1,0 +1,120 @@
+"""Time to fit: genenet lm / trust-ncg vs scipy least_squares + solve_ivp with finite-difference Jacobians.
+
+Problem (issue 4): a 10-gene random Hill network (3 regulators per gene, Hill.random seed 1),
+5 conditions (wild type + 4 single knockouts) x 21 times on [0, 20], 2% noise; the 10
+production rates are fitted from the same start (true values x a fixed factor in [1/3, 3]).
+scipy's side: least_squares (trf) on the same residuals, each evaluation 5 solve_ivp
+calls (LSODA, rtol 1e-8, atol 1e-10) of a vectorised numpy Hill right-hand side,
+Jacobian by 2-point finite differences. Reported: wall time and final loss of each.
+
+    python benchmarks/bench_fit.py
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_solve import machine, versions
+from scipy.integrate import solve_ivp
+from scipy.optimize import least_squares
+
+import genenet as gn
+
+HERE = Path(__file__).resolve().parent
+
+
+def setup():
+    net = gn.Network.random(10, 3, seed=1)
+    true = gn.Hill.random(net, n=1, seed=1)
+    conds = [gn.Condition([])] + [gn.Knockout(g) for g in net.genes[:4]]
+    t = np.linspace(0, 20, 21)
+    x0 = np.full(10, 5.0)
+    traj = gn.simulate(true, t, x0=x0, perturbations=conds, rtol=1e-10, atol=1e-12)
+    frame = traj.to_frame()[["condition", "time", "gene", "value"]]
+    rng = np.random.default_rng(0)
+    frame["value"] *= 1 + 0.02 * rng.normal(size=len(frame))
+    frame["sd"] = 0.02 * frame.value.abs() + 1e-6
+    data = gn.ExpressionData.from_frame(frame)
+    g_true = true.params["production"].detach()[0].numpy()
+    factor = np.exp(np.random.default_rng(1).uniform(np.log(1 / 3), np.log(3), 10))
+    start = gn.Hill(net, **{k: v.detach()[0] for k, v in true.params.items()})
+    start.set_params(production=g_true * factor)
+    return net, true, start, data, conds, g_true * factor
+
+
+def scipy_fit(net, start, data, conds, g0):
+    p = {k: v.detach()[0].numpy() for k, v in start.params.items()}
+    src, tgt, sign = net.sources, net.targets_idx, net.signs
+    inv_l, T, n = 1.0 / p["fold"], p["threshold"], p["hill"]
+    k = p["degradation"]
+    tab = data.table
+    genes = list(net.genes)
+    times = np.unique(tab.time)
+    masks = []
+    for c in data.conditions:
+        m = np.ones(10)
+        if c.startswith("KO("):
+            m[genes.index(c[3:-1])] = 0.0
+        masks.append(m)
+    obs = [tab[tab.condition == c].pivot(index="time", columns="gene", values="value")[genes].to_numpy()
+           for c in data.conditions]
+    sds = [tab[tab.condition == c].pivot(index="time", columns="gene", values="sd")[genes].to_numpy()
+           for c in data.conditions]
+
+    def rhs(_, x, g):
+        s = 1.0 / (1.0 + (np.maximum(x[src], 0) / T) ** n)
+        H = np.where(sign > 0, 1 + (inv_l - 1) * s, inv_l + (1 - inv_l) * s)
+        prod = np.ones(10)
+        np.multiply.at(prod, tgt, H)
+        return g * prod - k * x
+
+    def residuals(logg):
+        g = np.exp(logg)
+        out = []
+        for m, y, sd in zip(masks, obs, sds):
+            x0 = y[0] * m
+            sol = solve_ivp(rhs, (times[0], times[-1]), x0, method="LSODA", t_eval=times, rtol=1e-8, atol=1e-10,
+                            args=(g * m,))
+            out.append(((sol.y.T - y) / sd).ravel())
+        return np.concatenate(out)
+
+    t0 = time.perf_counter()
+    res = least_squares(residuals, np.log(g0), method="trf", jac="2-point", xtol=1e-10, ftol=1e-10)
+    return time.perf_counter() - t0, 0.5 * float(res.fun @ res.fun), int(res.nfev)
+
+
+def main() -> None:
+    torch.set_num_threads(torch.get_num_threads())
+    net, true, start, data, conds, g0 = setup()
+    rows = {}
+    for method in ("lm", "trust-ncg"):
+        t0 = time.perf_counter()
+        res = gn.fit(start, data, free=["production"], method=method, progress=False, max_iter=100)
+        rows[f"genenet {method}"] = {"seconds": time.perf_counter() - t0, "loss": res.loss,
+                                     "converged": res.converged}
+        print(method, rows[f"genenet {method}"], flush=True)
+    seconds, loss, nfev = scipy_fit(net, start, data, conds, g0)
+    rows["scipy least_squares + solve_ivp (FD Jacobian)"] = {"seconds": seconds, "loss": loss, "nfev": nfev}
+    print("scipy", rows["scipy least_squares + solve_ivp (FD Jacobian)"], flush=True)
+    today = dt.date.today().isoformat()
+    base = rows["scipy least_squares + solve_ivp (FD Jacobian)"]["seconds"]
+    lines = [f"# Fitting benchmark, {today}", "", f"- machine: {machine(torch.device('cpu'))}",
+             f"- versions: {json.dumps(versions())}",
+             "- problem: 10-gene Hill.random(seed=1) network, 5 conditions (WT + 4 KOs) x 21 times, 2% noise, "
+             "10 production rates free, same start for all; genenet float64 dopri5 rtol 1e-8 atol 1e-10",
+             "- command: `python benchmarks/bench_fit.py`", "",
+             "| tool | seconds | final loss | speed-up vs scipy |", "|---|---|---|---|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['seconds']:.1f} | {r['loss']:.4f} | {base / r['seconds']:.2f}x |")
+    out = HERE / "results" / f"fit_cpu_{today}.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
