@@ -35,11 +35,7 @@ def setup():
     t = np.linspace(0, 20, 21)
     x0 = np.full(10, 5.0)
     traj = gn.simulate(true, t, x0=x0, perturbations=conds, rtol=1e-10, atol=1e-12)
-    frame = traj.to_frame()[["condition", "time", "gene", "value"]]
-    rng = np.random.default_rng(0)
-    frame["value"] *= 1 + 0.02 * rng.normal(size=len(frame))
-    frame["sd"] = 0.02 * frame.value.abs() + 1e-6
-    data = gn.ExpressionData.from_frame(frame)
+    data = gn.ExpressionData.from_trajectory(traj, noise=0.02, seed=0)
     g_true = true.params["production"].detach()[0].numpy()
     factor = np.exp(np.random.default_rng(1).uniform(np.log(1 / 3), np.log(3), 10))
     start = gn.Hill(net, **{k: v.detach()[0] for k, v in true.params.items()})

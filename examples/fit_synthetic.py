@@ -24,11 +24,7 @@ def main(out: str = "fit_synthetic.png") -> None:
     true = gn.Hill.random(net, n=1, seed=4)
     conditions = [gn.Condition([]), gn.Knockout("G0"), gn.Knockout("G2")]
     traj = gn.simulate(true, np.linspace(0, 10, 11), x0=np.full(5, 2.0), perturbations=conditions)
-    frame = traj.to_frame()[["condition", "time", "gene", "value"]]
-    rng = np.random.default_rng(1)
-    frame["value"] *= 1 + 0.02 * rng.normal(size=len(frame))
-    frame["sd"] = 0.02 * frame.value.abs() + 1e-6
-    data = gn.ExpressionData.from_frame(frame)
+    data = gn.ExpressionData.from_trajectory(traj, noise=0.02, seed=1)
 
     g_true = true.params["production"].detach()[0].numpy()
     start = gn.Hill(net, **{k: v.detach()[0] for k, v in true.params.items()})

@@ -4,11 +4,26 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 __all__ = ["main"]
+
+
+def _save_plot(args: argparse.Namespace, draw: Callable[[], Any]) -> None:
+    """If ``--plot PATH`` was given: draw (off-screen), lay out, save, say so."""
+    if not args.plot:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = draw()
+    fig.tight_layout()
+    fig.savefig(args.plot, dpi=120)
+    if not args.quiet:
+        print(f"wrote {args.plot}")
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -29,14 +44,7 @@ def _simulate(args: argparse.Namespace) -> int:
         traj.to_frame().to_csv(args.out, index=False)
         if not args.quiet:
             print(f"wrote {args.out}")
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        ax = traj.plot()
-        ax.figure.savefig(args.plot, dpi=120)
-        if not args.quiet:
-            print(f"wrote {args.plot}")
+    _save_plot(args, lambda: traj.plot().figure)
     return 0 if traj.success else 2
 
 
@@ -114,18 +122,14 @@ def _screen(args: argparse.Namespace) -> int:
         n_conv = int(table.groupby(["condition", "parameter_set"]).converged.all().sum())
         print(f"screen of {len(conditions)} conditions x {model.n_sets} parameter set(s): "
               f"{n_conv} steady states converged; wrote {out}")
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
+    def heatmap():
         from .plot import plot_screen_heatmap
 
-        ax = plot_screen_heatmap(table, cluster=True)
-        ax.figure.set_size_inches(max(6, 0.12 * len(conditions) + 3), max(4, 0.25 * net.n_genes + 2))
-        ax.figure.tight_layout()
-        ax.figure.savefig(args.plot, dpi=120)
-        if not args.quiet:
-            print(f"wrote {args.plot}")
+        fig = plot_screen_heatmap(table, cluster=True).figure
+        fig.set_size_inches(max(6, 0.12 * len(conditions) + 3), max(4, 0.25 * net.n_genes + 2))
+        return fig
+
+    _save_plot(args, heatmap)
     return 0
 
 
@@ -140,15 +144,9 @@ def _steady(args: argparse.Namespace) -> int:
         res.states.to_csv(args.out, index=False)
         if not args.quiet:
             print(f"wrote {args.out}")
-    if args.plot:
-        import matplotlib
+    from .plot import plot_basins
 
-        matplotlib.use("Agg")
-        from .plot import plot_basins
-
-        ax = plot_basins(res)
-        ax.figure.tight_layout()
-        ax.figure.savefig(args.plot, dpi=120)
+    _save_plot(args, lambda: plot_basins(res).figure)
     return 0
 
 
@@ -168,15 +166,7 @@ def _fit(args: argparse.Namespace) -> int:
         res.to_json(args.out)
         if not args.quiet:
             print(f"wrote {args.out}")
-    if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        axes = res.plot()
-        axes[0].figure.tight_layout()
-        axes[0].figure.savefig(args.plot, dpi=120)
-        if not args.quiet:
-            print(f"wrote {args.plot}")
+    _save_plot(args, lambda: res.plot()[0].figure)
     return 0 if res.converged else 2
 
 

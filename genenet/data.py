@@ -119,6 +119,23 @@ class ExpressionData:
         return cls.from_frame(long, dropna=dropna)
 
     @classmethod
+    def from_trajectory(cls, traj: Any, *, noise: float = 0.0, seed: int = 0, sd_floor: float = 1e-6
+                        ) -> ExpressionData:
+        """Synthetic data from a simulated :class:`~genenet.Trajectory` (one parameter set).
+
+        ``noise`` is a relative sd: ``value = y (1 + noise ε)``, ε ~ N(0, 1) with ``seed``; the
+        ``sd`` column is then ``noise |value| + sd_floor``. Without noise there is no sd column.
+        """
+        if not noise >= 0:
+            raise ValueError(f"noise must be >= 0, got {noise!r}")
+        frame = traj.to_frame()[["condition", "time", "gene", "value"]]
+        if noise:
+            rng = np.random.default_rng(seed)
+            frame["value"] = frame["value"] * (1 + noise * rng.normal(size=len(frame)))
+            frame["sd"] = noise * frame["value"].abs() + sd_floor
+        return cls.from_frame(frame)
+
+    @classmethod
     def from_anndata(cls, adata: Any, *, time: str = "time", condition: str | None = None,
                      layer: str | None = None) -> ExpressionData:
         """From an AnnData (cells/samples x genes) with ``obs[time]`` (and ``obs[condition]``).

@@ -125,7 +125,7 @@ def find_steady_states(
 
     **Arguments**
 
-    model : a model with ``max_levels(p)`` (Hill) to define the sampling ranges.
+    model : a model with ``max_levels(p, mult, add)`` (Hill) to define the sampling ranges.
     perturbations, params : as for :func:`genenet.simulate` (no pulses).
     n_initial : random initial states per row.
     seed : reproduces the initial states exactly.
@@ -138,8 +138,8 @@ def find_steady_states(
     check_positive(n_initial, "n_initial", integer=True)
     check_positive(cluster_rtol, "cluster_rtol")
     if not hasattr(model, "max_levels"):
-        raise TypeError(f"{type(model).__name__} has no max_levels(p); find_steady_states samples initial states "
-                        "in [1e-3 M, M] per gene and needs the model's maximal levels M")
+        raise TypeError(f"{type(model).__name__} has no max_levels(p, mult, add); find_steady_states samples "
+                        "initial states in [1e-3 M, M] per gene and needs the model's maximal levels M")
     dev = resolve_device(device)
     dtp = resolve_dtype(dtype, dev)
     tol = max(tol, 100 * torch.finfo(dtp).eps)
@@ -150,12 +150,7 @@ def find_steady_states(
     R, G, n = batch.n_rows, model.n_genes, int(n_initial)
     with torch.no_grad():
         args = term.segment(torch.zeros(R, dtype=dtp, device=dev), term.initial_args)
-        M = model.max_levels(args["p"])
-        if term.use_mult:
-            M = M * args["mult"]
-        if term.use_add:
-            M = M + args["add"] / args["p"]["degradation"] if "degradation" in args["p"] else M
-        M = M.expand(R, G)
+        M = model.max_levels(args["p"], args.get("mult"), args.get("add")).expand(R, G)
         rng = np.random.default_rng(seed)
         u = torch.as_tensor(rng.uniform(-3.0, 0.0, size=(R, n, G)), dtype=dtp, device=dev)
         starts = M[:, None, :] * torch.pow(10.0, u)  # log-uniform in [1e-3 M, M]
@@ -186,7 +181,9 @@ def find_steady_states(
         valid = torch.cat([dyn_ok.view(R, n), conv_newton.view(R, N)], dim=1)
         reps, used, ids = _cluster(cands, valid, M, cluster_rtol)
         K = reps.shape[1]
-        basin = torch.stack([(ids[:, :n] == k).sum(dim=1) for k in range(K)], dim=1)  # (R, K)
+        dyn = ids[:, :n]  # cluster of each integrated start, -1 if it reached none
+        basin = torch.zeros(R, K + 1, dtype=torch.long, device=dev).scatter_add_(
+            1, torch.where(dyn >= 0, dyn, K), torch.ones_like(dyn))[:, :K]  # (R, K)
         rows_K = torch.arange(R, device=dev).repeat_interleave(K)
         ev, stable = stability(term, reps.reshape(R * K, G), tree_index(args, rows_K))
         stable = stable.view(R, K) & used

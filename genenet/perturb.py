@@ -140,8 +140,9 @@ class Clamp(Perturbation):
     value: float
 
     def __init__(self, gene: str, value: float) -> None:
-        object.__setattr__(self, "gene", _gene_list(gene, "Clamp")[0] if isinstance(gene, str) else
-                           _bad_clamp(gene))
+        if not isinstance(gene, str):
+            raise ValueError(f"Clamp takes one gene name, got {gene!r}; use one Clamp per gene")
+        object.__setattr__(self, "gene", _gene_list(gene, "Clamp")[0])
         object.__setattr__(self, "value", _number(value, f"Clamp value of {gene!r}", low=0.0))
 
     @property
@@ -150,10 +151,6 @@ class Clamp(Perturbation):
 
     def genes_named(self) -> tuple[str, ...]:
         return (self.gene,)
-
-
-def _bad_clamp(gene: Any) -> str:
-    raise ValueError(f"Clamp takes one gene name, got {gene!r}; use one Clamp per gene")
 
 
 @dataclass(frozen=True)

@@ -74,16 +74,15 @@ def check_times(t: Any, *, device: torch.device, dtype: torch.dtype) -> torch.Te
 
 def per_gene(value: Any, name: str, genes: Sequence[str], *, device: torch.device, dtype: torch.dtype,
              rows: int | None = None) -> torch.Tensor:
-    """A scalar, a ``(G,)`` array, a ``{gene: value}`` dict or (with ``rows``) a ``(B, G)`` array -> tensor.
+    """A scalar, a ``(G,)`` array, a ``{gene: value}`` dict (unnamed genes 0) or (with ``rows``)
+    a ``(B, G)`` array -> tensor.
 
     Returns shape ``(G,)`` or ``(B, G)``.
     """
     G = len(genes)
     if isinstance(value, Mapping):
         index = {g: i for i, g in enumerate(genes)}
-        out = torch.zeros(G, device=device, dtype=dtype) if name == "x0" else None
-        if out is None:
-            raise TypeError(f"{name} given as a dict needs every gene; give a scalar or a (G,) array instead")
+        out = torch.zeros(G, device=device, dtype=dtype)
         for g, v in value.items():
             if g not in index:
                 raise KeyError(f"{name} names unknown gene {g!r}; genes are {list(genes)}")

@@ -47,3 +47,16 @@ def test_bad_data_names_the_culprit():
         d.check_times(0.5)
     with pytest.raises(FileNotFoundError):
         gn.ExpressionData.from_csv("/no/such/file.csv")
+
+
+def test_from_trajectory_noise_is_seeded_and_relative():
+    traj = gn.simulate(gn.Hill(gn.load_network("toggle_switch")), [0, 1, 2], x0=[1.0, 2.0])
+    exact = gn.ExpressionData.from_trajectory(traj)
+    assert not exact.has_sd and len(exact) == 6
+    a = gn.ExpressionData.from_trajectory(traj, noise=0.1, seed=4)
+    b = gn.ExpressionData.from_trajectory(traj, noise=0.1, seed=4)
+    pd.testing.assert_frame_equal(a.table, b.table)
+    rel = (a.table.value - exact.table.value) / exact.table.value
+    assert 0 < np.abs(rel).max() < 0.6 and np.allclose(a.table.sd, 0.1 * a.table.value.abs() + 1e-6)
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        gn.ExpressionData.from_trajectory(traj, noise=-1)

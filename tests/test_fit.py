@@ -15,12 +15,7 @@ def _decay_model(g=2.0, k=0.5):
 
 def _data_from(model, t, x0, perturbations=None, noise=0.0, seed=0):
     traj = gn.simulate(model, t, x0=x0, perturbations=perturbations, rtol=1e-11, atol=1e-12)
-    frame = traj.to_frame()[["condition", "time", "gene", "value"]]
-    if noise:
-        rng = np.random.default_rng(seed)
-        frame["value"] = frame.value * (1 + noise * rng.normal(size=len(frame)))
-        frame["sd"] = noise * np.abs(frame.value) + 1e-6
-    return gn.ExpressionData.from_frame(frame)
+    return gn.ExpressionData.from_trajectory(traj, noise=noise, seed=seed)
 
 
 @pytest.fixture(scope="module")

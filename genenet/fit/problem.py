@@ -172,7 +172,7 @@ class FitProblem:
                 perts = as_conditions(mapping[label])
                 if len(perts) != 1:
                     raise ValueError(f"conditions[{label!r}] must be one condition (perturbations applied together)")
-                out.append(type(perts[0])(perts[0].perturbations, label=label))
+                out.append(Condition(perts[0].perturbations, label=label))
                 continue
             parsed = _parse_label(label)
             if parsed is None:

@@ -169,9 +169,11 @@ class Hill(Model):
         """``diag(k)``, shape ``(B, G, G)``."""
         return torch.diag_embed(p["degradation"].expand_as(x))
 
-    def max_levels(self, p: Params) -> Tensor:
-        """Upper end of each gene's range, ``g / k`` (every Hill factor is <= 1), (B, G)."""
-        return p["production"] / p["degradation"]
+    def max_levels(self, p: Params, mult: Tensor | None = None, add: Tensor | None = None) -> Tensor:
+        """Upper end of each gene's range, ``(mult g + add) / k`` (every Hill factor is <= 1), (B, G);
+        ``mult``/``add`` are a condition's production multiplier and extra input."""
+        top = p["production"] if mult is None else p["production"] * mult
+        return (top if add is None else top + add) / p["degradation"]
 
     def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``k_i * x_i``, shape ``(B, G)``."""
