@@ -21,6 +21,7 @@ from .perturb import (
 )
 from .plot import plot_basins, plot_bifurcation, plot_phase_portrait, plot_screen_heatmap, plot_trajectory
 from .screen import screen_table
+from .sensitivity import Sensitivities, sensitivities
 from .simulate import simulate
 from .solvers import SolverError, Status
 from .steady import SteadyState, jacobian, steady_state, steady_state_sensitivity
@@ -35,6 +36,6 @@ __all__ = [
     "SetParameter", "Pulse", "Condition", "knockout_screen", "knockdown_screen", "screen_table",
     "plot_trajectory", "plot_screen_heatmap", "plot_phase_portrait", "plot_basins", "plot_bifurcation",
     "scan", "Bifurcation",
-    "ExpressionData", "fit", "FitProblem", "FitResult",
+    "ExpressionData", "fit", "FitProblem", "FitResult", "sensitivities", "Sensitivities",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
 ]

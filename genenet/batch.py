@@ -32,6 +32,7 @@ class Batch:
     parameter_sets: np.ndarray  # (B,)
     n_conditions: int
     n_sets: int
+    x0_fixed: Tensor  # (B, G) bool: genes whose initial state the condition sets (knockouts, clamps)
 
     @property
     def n_rows(self) -> int:
@@ -111,4 +112,4 @@ def build_batch(model: Model, perturbations: Any, x0: Any, params: Mapping[str, 
     else:
         labels = [f"{labels_c[c]} | set {s}" for c in range(C) for s in range(P)]
     return Batch(term=term, x0=x, labels=labels, conditions=[labels_c[c] for c in cond_of_row.tolist()],
-                 parameter_sets=set_of_row.cpu().numpy(), n_conditions=C, n_sets=P)
+                 parameter_sets=set_of_row.cpu().numpy(), n_conditions=C, n_sets=P, x0_fixed=mask)

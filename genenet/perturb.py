@@ -536,10 +536,16 @@ class ConditionTerm:
             out["clamp"], out["clamp_value"] = clamp, value
         if "p" not in args or self.param_layers:
             p = dict(args["base_p"])
+            p_dot = dict(args["base_p_dot"]) if "base_p_dot" in args else None
             for i in self.param_layers:
                 for name, (v, m) in args[f"layer{i}"]["over"].items():
-                    p[name] = torch.where(m & active[i][:, None], v, p[name].expand(B, -1))
+                    on = m & active[i][:, None]
+                    p[name] = torch.where(on, v, p[name].expand(B, -1))
+                    if p_dot is not None and name in p_dot:  # an override is a constant
+                        p_dot[name] = torch.where(on[:, None, :], 0.0, p_dot[name])
             out["p"] = self.model.prepare(p)
+            if p_dot is not None:
+                out["p_dot"] = p_dot
         return out
 
     def vf(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
@@ -554,6 +560,30 @@ class ConditionTerm:
         if self.use_clamp:
             dx = torch.where(args["clamp"], 0.0, dx)
         return dx
+
+    def vf_jvp(self, t: Tensor, x: Tensor, x_dot: Tensor, args: dict) -> tuple[Tensor, Tensor]:
+        """``vf`` (B, G) and its directional derivatives (B, q, G) along q tangents: state
+        tangents ``x_dot`` (B, q, G) and parameter tangents ``args["p_dot"]`` ({name: (B, q, size)},
+        absent names held fixed). Condition effects are constants; clamped genes' tangents are 0."""
+        p, p_dot = args["p"], args.get("p_dot", {})
+        prod, prod_dot = self.model.production_jvp(t, x, p, x_dot, p_dot)
+        if self.use_mult:
+            prod, prod_dot = prod * args["mult"], prod_dot * args["mult"][:, None, :]
+        if self.use_add:
+            prod = prod + args["add"]
+        deg, deg_dot = self.model.degradation_jvp(t, x, p, x_dot, p_dot)
+        dx, dx_dot = prod - deg, prod_dot - deg_dot
+        if self.use_clamp:
+            dx = torch.where(args["clamp"], 0.0, dx)
+            dx_dot = torch.where(args["clamp"][:, None, :], 0.0, dx_dot)
+        return dx, dx_dot
+
+    def reset_jvp(self, t: Tensor, x: Tensor, x_dot: Tensor, args: dict) -> tuple[Tensor, Tensor]:
+        """``reset`` and its tangent: a clamp sets a constant, so the tangent of a clamped gene is 0."""
+        if not self.use_clamp:
+            return x, x_dot
+        return (torch.where(args["clamp"], args["clamp_value"], x),
+                torch.where(args["clamp"][:, None, :], 0.0, x_dot))
 
     def jacobian(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
         """``d vf / d x``, (B, G, G): the model's analytic production/degradation Jacobians when it

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .batch import build_batch
 from .models.base import Model
@@ -14,7 +16,7 @@ from .solvers.status import describe_failures
 from .trajectory import Trajectory
 from .validation import check_positive, check_times, check_tolerance, resolve_device, resolve_dtype
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "setup_run", "Run"]
 
 
 def simulate(
@@ -90,6 +92,69 @@ def simulate(
     SolverError
         ``throw=True`` and a row failed; the message lists rows, reasons and fixes.
     """
+    run = setup_run(model, t, method=method, rtol=rtol, atol=atol, dt=dt, first_step=first_step,
+                    max_steps=max_steps, device=device, dtype=dtype)
+    batch = build_batch(model, perturbations, x0, params, device=run.device, dtype=run.dtype)
+    term = batch.term
+    sol = run.integrate(term.vf, batch.x0, term, batch.stops, steady_tol=steady_tol, progress=progress)
+    return run.trajectory(model, batch, sol, sol.y, throw=throw)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Validated solver settings of one call, shared by :func:`simulate` and the sensitivity solve."""
+
+    solver: Any
+    device: torch.device
+    dtype: torch.dtype
+    t_save: Tensor
+    rtol: Tensor
+    atol: Tensor
+    dt: float | None
+    first_step: float | None
+    max_steps: int
+
+    def integrate(self, f: Any, y0: Tensor, term: Any, stops: Tensor | None, *, steady_tol: float | None = None,
+                  progress: bool = False, n_primal: int | None = None) -> Any:
+        """One batched solve of ``f`` from ``y0`` with the term's segment/reset hooks, with a tqdm bar."""
+        t_save = self.t_save
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=float(t_save[-1] - t_save[0]), desc="simulate", unit="t", leave=False)
+
+        def report(t_now: float) -> None:
+            bar.update(t_now - float(t_save[0]) - bar.n)
+
+        sol = integrate(f, y0, t_save, method=self.solver, args=term.initial_args, rtol=self.rtol, atol=self.atol,
+                        dt=self.dt, first_step=self.first_step, max_steps=self.max_steps, stops=stops,
+                        segment=term.segment, reset=term.reset, steady_tol=steady_tol,
+                        progress=report if bar else None, n_primal=n_primal)
+        if bar is not None:
+            bar.update(bar.total - bar.n)
+            bar.close()
+        return sol
+
+    def trajectory(self, model: Model, batch: Any, sol: Any, y: Tensor, *, throw: bool) -> Trajectory:
+        """Label a solution as a :class:`Trajectory`; raise :class:`SolverError` on failures if ``throw``."""
+        status = sol.status.cpu().numpy()
+        traj = Trajectory(
+            t=self.t_save, y=y, genes=list(model.genes), labels=batch.labels, conditions=batch.conditions,
+            parameter_sets=batch.parameter_sets, status=status,
+            stats={"n_steps": sol.n_steps.cpu().numpy(), "n_accepted": sol.n_accepted.cpu().numpy(),
+                   "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy()},
+            method=self.solver.name,
+        )
+        if throw and not traj.success:
+            raise SolverError(f"{len(traj.failed)} of {batch.n_rows} rows failed (simulate(..., throw=False) "
+                              "returns them):\n" + describe_failures(status, batch.labels), status=status)
+        return traj
+
+
+def setup_run(model: Model, t: Any, *, method: str, rtol: Any, atol: Any, dt: float | None,
+              first_step: float | None, max_steps: int, device: Any, dtype: Any) -> Run:
+    """Check the solver arguments of :func:`simulate` (see there) and resolve device and dtype."""
     solver = get_method(method)
     check_positive(max_steps, "max_steps", integer=True)
     dev = resolve_device(device)
@@ -107,37 +172,4 @@ def simulate(
             check_positive(dt, "dt")
     if first_step is not None:
         check_positive(first_step, "first_step")
-    batch = build_batch(model, perturbations, x0, params, device=dev, dtype=dtp)
-    B = batch.n_rows
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        span = float(t_save[-1] - t_save[0])
-        bar = tqdm(total=span, desc="simulate", unit="t", leave=False)
-
-    def report(t_now: float) -> None:
-        bar.update(t_now - float(t_save[0]) - bar.n)
-
-    term = batch.term
-    sol = integrate(term.vf, batch.x0, t_save, method=solver, args=term.initial_args, rtol=rtol_t, atol=atol_t,
-                    dt=dt, first_step=first_step, max_steps=int(max_steps), stops=batch.stops,
-                    segment=term.segment, reset=term.reset, steady_tol=steady_tol,
-                    progress=report if bar else None)
-    if bar is not None:
-        bar.update(bar.total - bar.n)
-        bar.close()
-
-    status = sol.status.cpu().numpy()
-    traj = Trajectory(
-        t=t_save, y=sol.y, genes=list(model.genes), labels=batch.labels, conditions=batch.conditions,
-        parameter_sets=batch.parameter_sets, status=status,
-        stats={"n_steps": sol.n_steps.cpu().numpy(), "n_accepted": sol.n_accepted.cpu().numpy(),
-               "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy()},
-        method=solver.name,
-    )
-    if throw and not traj.success:
-        raise SolverError(f"{len(traj.failed)} of {B} rows failed (simulate(..., throw=False) returns them):\n"
-                          + describe_failures(status, batch.labels), status=status)
-    return traj
+    return Run(solver, dev, dtp, t_save, rtol_t, atol_t, dt, first_step, int(max_steps))

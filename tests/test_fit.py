@@ -48,7 +48,7 @@ def test_gradient_jacobian_hvp_match_finite_differences(problem3):
         fdg = _fd(p.loss, theta)
     assert J.shape == (2, p.n_obs, p.n)
     torch.testing.assert_close(J, fdJ, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(p.jacobian_forward(theta)[1], J, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(p.jacobian(theta, mode="reverse")[1], J, rtol=1e-9, atol=1e-9)
     L, g = p.gradient(theta)
     torch.testing.assert_close(g, fdg, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(g, (J * r[..., None]).sum(dim=1), rtol=1e-8, atol=1e-8)  # g = J^T r
@@ -57,6 +57,20 @@ def test_gradient_jacobian_hvp_match_finite_differences(problem3):
     h = 1e-5
     fd_hv = (p.gradient(theta + h * v)[1] - p.gradient(theta - h * v)[1]) / (2 * h)
     torch.testing.assert_close(hv, fd_hv, rtol=1e-4, atol=1e-5)
+
+
+def test_forward_jacobian_with_estimated_x0_and_log_residuals_matches_reverse_and_fd(problem3):
+    p3 = problem3
+    p = FitProblem(p3.model, p3.data, free=["degradation", "fold", "x0"], scale=True, noise="log")
+    theta = p.theta0[None].repeat(2, 1)
+    theta[1] -= 0.03
+    with torch.no_grad():
+        r, J = p.jacobian(theta)
+        fdJ = _fd(p.residuals, theta)
+    torch.testing.assert_close(J, fdJ, rtol=1e-5, atol=1e-6)
+    r2, J2 = p.jacobian(theta, mode="reverse")
+    torch.testing.assert_close(J, J2, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(r, r2)
 
 
 @pytest.mark.parametrize("method", ["lm", "trust-ncg", "lbfgs"])

@@ -16,10 +16,9 @@ negative log-likelihood ``Σ r²/2 + Σ log σ``. Loss per start:
 
     L(θ) = ½ Σ r² [+ Σ_m log σ_g(m)] + ½ l2 |θ - θ_ref|² + l1 Σ_free-folds log λ_e
 
-All derivatives are exact automatic differentiation of the computed solution:
-gradient (reverse mode), residual Jacobian (reverse mode, all M cotangents in one
-vectorised backward; forward mode also available), Hessian-vector products
-(reverse over reverse).
+All derivatives are exact derivatives of the computed solution: gradient (reverse
+mode), residual Jacobian (forward sensitivities through the same steps; reverse mode
+also available), Hessian-vector products (reverse over reverse).
 """
 
 from __future__ import annotations
@@ -237,9 +236,11 @@ class FitProblem:
         S = theta.shape[0]
         k = 0
         params: dict[str, Tensor] = {}
-        for name, idx in self.blocks:
-            raw = self.raw_base[name].expand(S, -1).clone()
-            raw[:, torch.as_tensor(idx, device=theta.device)] = theta[:, k: k + len(idx)]
+        for name in self.model.specs:  # every parameter per start, so S starts are always S parameter sets
+            params[name] = self.model.specs[name].to_constrained(self.raw_base[name]).expand(S, -1)
+        for name, idx in self.blocks:  # out-of-place, so that torch.func can differentiate it
+            raw = self.raw_base[name].expand(S, -1).index_copy(
+                1, torch.as_tensor(idx, device=theta.device), theta[:, k: k + len(idx)])
             params[name] = self.model.specs[name].to_constrained(raw)
             k += len(idx)
         C, G = len(self.labels), len(self.genes)
@@ -322,15 +323,67 @@ class FitProblem:
         (g,) = torch.autograd.grad(torch.where(finite, L, 0.0).sum(), th)
         return L.detach(), torch.where(finite[:, None], g, torch.full_like(g, float("nan")))
 
-    def jacobian(self, theta: Tensor, *, chunk: int = 256) -> tuple[Tensor, Tensor]:
-        """Residuals (S, M) and their Jacobian (S, M, n), exact reverse-mode AD of the computed solution.
+    def jacobian(self, theta: Tensor, *, mode: str = "forward", chunk: int = 256) -> tuple[Tensor, Tensor]:
+        """Residuals (S, M) and their Jacobian (S, M, n): the exact derivative of the computed solution.
 
-        Start s's residuals depend only on θ_s, so the cotangent ``e_m`` sent to every start
-        at once returns row m of all S Jacobians; the M cotangents go through one vectorised
-        backward pass (``is_grads_batched``), in chunks of ``chunk``. (Forward mode would need
-        only n passes, but PyTorch's forward-mode kernels for mixed dual/plain operands are
-        slow on CPU; see :meth:`jacobian_forward`.)
+        ``mode="forward"`` (default): forward sensitivities (:mod:`genenet.sensitivity`) -- the n
+        tangent directions ride along with the state through the same steps, one solve of
+        (1 + n) G columns per start, then the chain rule through the observation model.
+        ``mode="reverse"``: backpropagation with the M cotangents ``e_m`` sent through one
+        vectorised backward pass (``is_grads_batched``) in chunks of ``chunk``; costs grow
+        with M, so it is the better choice only when M < n. Both agree to rounding.
+        A start whose simulation failed gets NaN residuals and Jacobian.
         """
+        if mode == "reverse":
+            return self._jacobian_reverse(theta, chunk)
+        if mode != "forward":
+            raise ValueError(f"unknown Jacobian mode {mode!r}; allowed: 'forward', 'reverse'")
+        from torch.func import jacfwd, jvp, vmap
+
+        from ..sensitivity import solve_with_tangents
+
+        theta = theta.detach()
+        S, n = theta.shape
+        C, G = len(self.labels), len(self.genes)
+        with torch.no_grad():
+            params, x0, _ = self.unpack(theta)
+            # tangents of the model parameters and x0 along the n unit directions of θ
+            d_params, d_x0 = vmap(jacfwd(lambda th: self._model_inputs(th[None])))(theta)
+            free_names = {name for name, _ in self.blocks}
+            params_dot = {k: v[:, 0].permute(0, 2, 1) for k, v in d_params.items() if k in free_names}  # (S, n, size)
+            x0_rows = x0.permute(1, 0, 2).reshape(C * S, G)  # rows: condition-major, then start
+            x0_dot = None
+            if self.estimate_x0:
+                x0_dot = d_x0[:, 0].permute(1, 0, 3, 2).reshape(C * S, n, G)  # (S, C, G, n) -> rows (C*S, n, G)
+            traj, dy = solve_with_tangents(
+                self.model, self.times, x0_rows, self.conditions, params=params, x0_dot=x0_dot,
+                params_dot=params_dot, method=self.method, rtol=self.rtol, atol=self.atol, max_steps=20_000,
+                throw=False, device=self.device, dtype=self.dtype)
+            T = len(self.times)
+            y = traj.y.view(C, S, T, G).permute(1, 0, 2, 3)  # (S, C, T, G)
+            y_dot = dy.view(C, S, T, n, G).permute(1, 3, 0, 2, 4)  # (S, n, C, T, G)
+            ok = torch.as_tensor((traj.status.reshape(C, S) == 0).all(axis=0), device=theta.device)
+            # chain rule through the observation model: one jvp per direction, all directions vmapped
+            eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
+
+            def obs(th: Tensor, yy: Tensor) -> Tensor:
+                return self._residuals_from_states(th[None], yy[None])[0]
+
+            def per_start(th: Tensor, yy: Tensor, yd: Tensor) -> Tensor:
+                return vmap(lambda e, d: jvp(obs, (th, yy), (e, d))[1])(eye, yd)  # (n, M)
+
+            J = vmap(per_start)(theta, y, y_dot).transpose(1, 2)  # (S, M, n)
+            r = self._residuals_from_states(theta, y)
+            nan = torch.full_like(r, float("nan"))
+            r = torch.where(ok[:, None], r, nan)
+            J = torch.where(ok[:, None, None] & torch.isfinite(J), J, float("nan"))
+        return r, J
+
+    def _model_inputs(self, theta: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        params, x0, _ = self.unpack(theta)
+        return params, x0
+
+    def _jacobian_reverse(self, theta: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
         th = theta.detach().clone().requires_grad_(True)
         with torch.enable_grad():  # callers may be under no_grad
             r = self.residuals(th)
@@ -348,23 +401,6 @@ class FitProblem:
         J = torch.cat(rows).permute(1, 0, 2)
         J = torch.where(finite[:, None, None], J, torch.full_like(J, float("nan")))
         return r.detach(), J.detach()
-
-    def jacobian_forward(self, theta: Tensor) -> tuple[Tensor, Tensor]:
-        """The same Jacobian by forward-mode AD: the n tangent directions ride along as n copies
-        of every start in one batched solve (n passes instead of M; slower on CPU today)."""
-        import torch.autograd.forward_ad as fwAD
-
-        S, n = theta.shape
-        rep = theta.detach().repeat_interleave(n, dim=0)  # (S*n, n): start s, tangent j
-        tangents = torch.eye(n, dtype=theta.dtype, device=theta.device).repeat(S, 1)
-        with torch.no_grad(), fwAD.dual_level():  # forward mode needs no reverse graph
-            r = self.residuals(fwAD.make_dual(rep, tangents))
-            primal, tangent = fwAD.unpack_dual(r)
-        M = primal.shape[1]
-        res = primal.view(S, n, M)[:, 0].detach()
-        if tangent is None:
-            tangent = torch.zeros_like(primal)
-        return res, tangent.view(S, n, M).transpose(1, 2).detach()
 
     def gradient_adjoint(self, theta: Tensor, **kwargs: Any) -> tuple[Tensor, Tensor]:
         """Loss (S,) and gradient (S, n) by the adjoint method (memory independent of the number of

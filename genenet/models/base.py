@@ -241,6 +241,22 @@ class Model(nn.Module):
         """Degradation rates ``(B, G)``."""
         raise NotImplementedError
 
+    def production_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
+                       ) -> tuple[Tensor, Tensor]:
+        """Production (B, G) and its directional derivatives (B, q, G) along q tangents.
+
+        ``x_dot`` (B, q, G) are state tangents and ``p_dot`` ``{name: (B, q, size)}`` tangents of
+        (constrained) parameters; names not in ``p_dot`` are held fixed. This is the forward
+        sensitivity right-hand side ``∂P/∂x ẋ + ∂P/∂θ θ̇``. The default uses ``torch.func.jvp``
+        (exact, any model); models override it with closed forms for speed (see :class:`Hill`).
+        """
+        return _jvp_by_autodiff(self.production, self, t, x, p, x_dot, p_dot)
+
+    def degradation_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
+                        ) -> tuple[Tensor, Tensor]:
+        """Degradation (B, G) and its directional derivatives (B, q, G); see :meth:`production_jvp`."""
+        return _jvp_by_autodiff(self.degradation, self, t, x, p, x_dot, p_dot)
+
     def prepare(self, p: Params) -> Params:
         """Per-solve precomputation from per-row parameters (differentiable); identity by default.
 
@@ -293,6 +309,28 @@ class Model(nn.Module):
         ...                             lambda t, x, p: p["k"] * x, {"g": 2.0, "k": 0.5})
         """
         return FunctionModel(genes, production, degradation, params, bounds=bounds)
+
+
+def _jvp_by_autodiff(fn: Callable, model: Model, t: Tensor, x: Tensor, p: Params, x_dot: Tensor,
+                     p_dot: Params) -> tuple[Tensor, Tensor]:
+    """``fn(t, x, p)`` and its q directional derivatives by ``vmap(jvp)`` over the tangent axis.
+
+    Derived (``_``-prefixed) entries of a prepared ``p`` are rebuilt from the differentiated
+    parameters by ``model.prepare``, so their tangents follow."""
+    from torch.func import jvp, vmap
+
+    base = {k: v for k, v in p.items() if not k.startswith("_")}
+    free = {k: base[k] for k in p_dot}
+    fixed = {k: v for k, v in base.items() if k not in p_dot}
+
+    def f(xx: Tensor, pp: Params) -> Tensor:
+        return fn(t, xx, model.prepare({**fixed, **pp}))
+
+    def one(xd: Tensor, pd: Params) -> Tensor:
+        return jvp(f, (x, free), (xd, pd))[1]
+
+    tangent = vmap(one, in_dims=(1, {k: 1 for k in p_dot}), out_dims=1)(x_dot, dict(p_dot))
+    return fn(t, x, p), tangent
 
 
 class FunctionModel(Model):

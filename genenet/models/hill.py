@@ -96,6 +96,11 @@ class Hill(Model):
                                        torch.as_tensor(slot_edge.ravel(), device=device), K)
         return self._structure[device]
 
+    def _slot_sign(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """Edge sign σ per slot (K*G,), 0 for dummy slots."""
+        _, slot_edge, _ = self._slots(device)
+        return torch.as_tensor(np.append(self.net.signs, 0), device=device)[slot_edge].to(dtype)
+
     def prepare(self, p: Params) -> Params:
         """Per-solve folding of the edge parameters into slot layout (B, K*G), so that
         ``H = c0 + c1 * s`` with ``c0 = 1 + (1/λ - 1) r``, ``c1 = (1/λ - 1) σ``; also ``1/T`` and ``n``.
@@ -104,7 +109,7 @@ class Hill(Model):
             return p
         device = p["fold"].device
         _, slot_edge, _ = self._slots(device)
-        sign = torch.as_tensor(np.append(self.net.signs, 0), device=device)[slot_edge].to(p["fold"].dtype)
+        sign = self._slot_sign(device, p["fold"].dtype)
         pad = torch.zeros_like(p["fold"][:, :1])
 
         def slots(per_edge: Tensor, fill: float) -> Tensor:
@@ -164,6 +169,74 @@ class Hill(Model):
         flat = target * G + slot_source  # row i, column source
         J.index_add_(1, flat, value)
         return J.view(B, G, G)
+
+    def production_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
+                       ) -> tuple[Tensor, Tensor]:
+        r"""Production (B, G) and its closed-form directional derivatives (B, q, G).
+
+        With ``z = x_src / T``, ``s = 1 / (1 + z^n)``, ``H = c0 + c1 s`` per slot and
+        ``a = 1/λ - 1`` (``c0 = 1 + a r``, ``c1 = a σ``)::
+
+            ż = ẋ_src / T - x_src Ṫ / T²
+            d(z^n) = n z^(n-1) ż + z^n log(z) ṅ
+            Ḣ = -c1 s² d(z^n) - (λ̇ / λ²) (r + σ s)
+            Ṗ_i = ġ_i Π H + P_i Σ_slots Ḣ / H          (H >= 1/λ > 0)
+
+        Tangents ``x_dot`` (B, q, G), ``p_dot`` {production: (B, q, G), threshold / hill / fold:
+        (B, q, E)}; absent names are held fixed. At ``z = 0`` the ``z^(n-1)`` term is taken as
+        its limit for ``n >= 1`` (0, or 1 for ``n = 1``) and 0 for ``n < 1``.
+        """
+        slot_source, slot_edge, K = self._slots(x.device)
+        B, G = x.shape
+        q = x_dot.shape[1]
+        g, g_dot = p["production"], p_dot.get("production")
+        if K == 0:
+            P = g.expand_as(x)
+            return P, (g_dot.expand(B, q, G) if g_dot is not None else x_dot.new_zeros(B, q, G))
+        pp = self.prepare(p)
+        pad = x_dot.new_zeros(B, q, 1)
+
+        def slots(per_edge: Tensor) -> Tensor:  # (B, q, E) -> (B, q, K*G), dummy slots 0
+            return torch.cat([per_edge.expand(B, q, -1), pad], dim=2).index_select(2, slot_edge)
+
+        x_src = x.index_select(1, slot_source)
+        xs = x_src.clamp_min(0.0)
+        inv_T, n = pp["_inv_threshold"], pp["_hill"]
+        z = xs * inv_T
+        zn = torch.pow(z, n)
+        s = torch.reciprocal(1.0 + zn)
+        H = torch.addcmul(pp["_c0"], pp["_c1"], s)
+        z_dot = x_dot.index_select(2, slot_source) * (inv_T * (x_src >= 0))[:, None, :]
+        if "threshold" in p_dot:
+            T = p["threshold"]
+            z_dot = z_dot - xs[:, None, :] * slots(p_dot["threshold"] / (T * T)[:, None, :])
+        pos = z > 0
+        z_safe = torch.where(pos, z, torch.ones_like(z))
+        coef = torch.where(pos, n * zn / z_safe, (n == 1).to(z.dtype))  # d(z^n)/dz
+        zn_dot = coef[:, None, :] * z_dot
+        if "hill" in p_dot:
+            zn_dot = zn_dot + (zn * torch.log(z_safe))[:, None, :] * slots(p_dot["hill"])
+        H_dot = (-pp["_c1"] * s * s)[:, None, :] * zn_dot
+        if "fold" in p_dot:
+            sign = self._slot_sign(x.device, x.dtype)
+            lam = p["fold"]
+            a_dot = slots(-p_dot["fold"] / (lam * lam)[:, None, :])
+            H_dot = H_dot + a_dot * ((sign < 0).to(x.dtype) + sign * s)[:, None, :]
+        prod_H = H.view(B, K, G).prod(dim=1)
+        P = g * prod_H
+        P_dot = P[:, None, :] * (H_dot / H[:, None, :]).view(B, q, K, G).sum(dim=2)
+        if g_dot is not None:
+            P_dot = P_dot + g_dot * prod_H[:, None, :]
+        return P, P_dot
+
+    def degradation_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
+                        ) -> tuple[Tensor, Tensor]:
+        """``k x`` and its tangents ``k ẋ + k̇ x``, (B, G) and (B, q, G)."""
+        k = p["degradation"]
+        D_dot = k[:, None, :] * x_dot
+        if "degradation" in p_dot:
+            D_dot = D_dot + p_dot["degradation"] * x[:, None, :]
+        return k * x, D_dot
 
     def degradation_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``diag(k)``, shape ``(B, G, G)``."""

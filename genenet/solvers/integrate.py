@@ -73,15 +73,15 @@ def _rms_norm(v: Tensor) -> Tensor:
 
 
 def initial_step(f: Callable, t0: Tensor, y0: Tensor, f0: Tensor, args: dict, order: int,
-                 rtol: Tensor, atol: Tensor, span: Tensor) -> Tensor:
-    """Hairer's starting step size (Solving ODEs I, II.4), per row (B,)."""
-    scale = atol + rtol * y0.abs()
-    d0 = _rms_norm(y0 / scale)
-    d1 = _rms_norm(f0 / scale)
+                 rtol: Tensor, atol: Tensor, span: Tensor, primal: slice = slice(None)) -> Tensor:
+    """Hairer's starting step size (Solving ODEs I, II.4), per row (B,), from the ``primal`` columns."""
+    scale = atol + rtol * y0[:, primal].abs()
+    d0 = _rms_norm(y0[:, primal] / scale)
+    d1 = _rms_norm(f0[:, primal] / scale)
     h0 = torch.where((d0 < 1e-5) | (d1 < 1e-5), torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
     h0 = torch.minimum(h0, span)
     f1 = f(t0 + h0, y0 + h0[:, None] * f0, args)
-    d2 = _rms_norm((f1 - f0) / scale) / h0
+    d2 = _rms_norm((f1 - f0)[:, primal] / scale) / h0
     dmax = torch.maximum(d1, d2)
     h1 = torch.where(dmax <= 1e-15, torch.maximum(torch.full_like(h0, 1e-6), h0 * 1e-3),
                      (0.01 / dmax.clamp_min(1e-300)).pow(1.0 / (order + 1)))
@@ -127,6 +127,7 @@ def integrate(
     check_every: int = 8,
     window: int = 8,
     progress: Callable[[float], None] | None = None,
+    n_primal: int | None = None,
 ) -> Solution:
     """Integrate ``dx/dt = f(t, x, args)`` for a batch of rows, saving at ``t_save``.
 
@@ -145,6 +146,9 @@ def integrate(
     reset : ``(t, x, args) -> x``, a state jump applied at those same moments (clamps).
     steady_tol : stop a row early once ``max|f| <= steady_tol * (1 + max|x|)`` and no
         switching time is ahead; its remaining save times get the steady state.
+    n_primal : only the first ``n_primal`` columns of the state steer step control, the
+        initial step and steady detection (default: all). The other columns ride along with
+        the same steps, e.g. forward sensitivities, whose discrete derivative is then exact.
 
     Returns
     -------
@@ -154,6 +158,10 @@ def integrate(
     controller = controller or PIController()
     B, G = x0.shape
     T = t_save.numel()
+    n_primal = G if n_primal is None else int(n_primal)
+    if not 0 < n_primal <= G:
+        raise ValueError(f"n_primal must be in 1..{G}, got {n_primal}")
+    primal = slice(0, n_primal)
     dev, dtype = x0.device, x0.dtype
     status_all = torch.full((B,), int(Status.SUCCESS), device=dev, dtype=torch.long)
     counters_all = torch.zeros(4, B, device=dev, dtype=torch.long)  # steps, accepted, rejected, rhs
@@ -192,7 +200,8 @@ def integrate(
             h = torch.full((B,), float(first_step), device=dev, dtype=dtype)
         else:
             with torch.no_grad():  # step sizes are not differentiated (the controller acts on detached errors)
-                h = initial_step(f, t, y, f0, args, method.tableau.error_order, rtol, atol, t_end - t).detach()
+                h = initial_step(f, t, y, f0, args, method.tableau.error_order, rtol, atol, t_end - t,
+                                 primal).detach()
             counters[3] += 1
     else:
         h = torch.full((B,), float(dt), device=dev, dtype=dtype)
@@ -244,8 +253,8 @@ def integrate(
         if adaptive:
             # a NaN/inf anywhere in y1 or the stages (f1 included) makes err_norm NaN/inf:
             # the error weights of every method here touch the last stage, and |y1| enters the scale
-            scale = atol + rtol * torch.maximum(y.detach().abs(), y1.detach().abs())
-            err_norm = _rms_norm(err.detach() / scale)
+            scale = atol + rtol * torch.maximum(y[:, primal].detach().abs(), y1[:, primal].detach().abs())
+            err_norm = _rms_norm(err[:, primal].detach() / scale)
             finite = torch.isfinite(err_norm)
             err_norm = torch.where(finite, err_norm, torch.full_like(err_norm, float("inf")))
             accept = running & (err_norm <= 1.0)
@@ -295,8 +304,8 @@ def integrate(
 
         if steady_tol is not None:  # f0 is f(t, y) after an accepted FSAL step
             ahead = stop_table.gather(1, stop_ptr[:, None]).squeeze(1) < t_end
-            size = 1.0 + y.detach().abs().amax(dim=-1)
-            steady = accept & ~ahead & (t < t_end) & (f0.detach().abs().amax(dim=-1) <= steady_tol * size)
+            size = 1.0 + y[:, primal].detach().abs().amax(dim=-1)
+            steady = accept & ~ahead & (t < t_end) & (f0[:, primal].detach().abs().amax(dim=-1) <= steady_tol * size)
             if on_cuda or bool(steady.any()):
                 idx = torch.arange(T, device=dev)
                 fill = steady[:, None] & (idx[None, :] >= save_ptr[:, None])
