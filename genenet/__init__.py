@@ -3,8 +3,20 @@
 from .continuation import Bifurcation, scan
 from .data import ExpressionData
 from .fit import FitProblem, FitResult, fit
-from .io import bundled_networks, load_network, read_network, read_topo, read_tsv, write_topo, write_tsv
-from .models import FunctionModel, Hill, Model, ParameterSpec
+from .infer import InferredNetwork, baseline_scores, infer_network, score_edges
+from .io import (
+    bundled_networks,
+    load_dream4,
+    load_network,
+    read_dream_gold,
+    read_dream_timeseries,
+    read_network,
+    read_topo,
+    read_tsv,
+    write_topo,
+    write_tsv,
+)
+from .models import FunctionModel, Hill, Model, ParameterSpec, Sigmoid
 from .multistability import SteadyStates, find_steady_states
 from .network import Edge, Network
 from .perturb import (
@@ -37,5 +49,7 @@ __all__ = [
     "plot_trajectory", "plot_screen_heatmap", "plot_phase_portrait", "plot_basins", "plot_bifurcation",
     "scan", "Bifurcation",
     "ExpressionData", "fit", "FitProblem", "FitResult", "sensitivities", "Sensitivities",
+    "Sigmoid", "infer_network", "InferredNetwork", "score_edges", "baseline_scores", "read_dream_timeseries",
+    "read_dream_gold", "load_dream4",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
 ]

@@ -180,6 +180,16 @@ class Network:
         return cls.from_edges(edges, genes=genes, name=f"random_{n_genes}x{regulators}_seed{seed}")
 
     @classmethod
+    def complete(cls, genes: Sequence[str], *, self_loops: bool = False, name: str = "complete") -> Network:
+        """Every ordered pair ``j -> i`` (``i != j`` unless ``self_loops``) as an activating edge: the
+        candidate network of structure learning, for models with signed weights (:class:`~genenet.Sigmoid`)."""
+        genes = [str(g) for g in genes]
+        if not genes:
+            raise ValueError("complete() needs at least one gene")
+        edges = [(s, t, 1) for t in genes for s in genes if self_loops or s != t]
+        return cls.from_edges(edges, genes=genes, name=name)
+
+    @classmethod
     def from_networkx(cls, graph: Any, *, sign_attr: str = "sign", name: str = "") -> Network:
         """Build from a ``networkx.DiGraph`` whose edges carry a ``sign`` attribute."""
         edges = []

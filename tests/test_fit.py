@@ -59,9 +59,11 @@ def test_gradient_jacobian_hvp_match_finite_differences(problem3):
     torch.testing.assert_close(hv, fd_hv, rtol=1e-4, atol=1e-5)
 
 
-def test_forward_jacobian_with_estimated_x0_and_log_residuals_matches_reverse_and_fd(problem3):
+@pytest.mark.parametrize("free,kw", [(["degradation", "fold", "x0"], {"scale": True, "noise": "log"}),
+                                     (["production", "hill"], {"offset": True, "noise": "estimate"})])
+def test_forward_jacobian_matches_reverse_and_fd(problem3, free, kw):
     p3 = problem3
-    p = FitProblem(p3.model, p3.data, free=["degradation", "fold", "x0"], scale=True, noise="log")
+    p = FitProblem(p3.model, p3.data, free=free, **kw)
     theta = p.theta0[None].repeat(2, 1)
     theta[1] -= 0.03
     with torch.no_grad():

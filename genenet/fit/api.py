@@ -117,14 +117,17 @@ def fit(
             raise ValueError(f"starts must have shape (S, {problem.n}), got {tuple(theta.shape)}")
     else:
         theta = latin_hypercube_starts(problem, int(multistart), seed=seed, spread=start_spread)
-    with torch.no_grad():
-        initial = problem.loss(theta).cpu().numpy()
     if method == "lm":
         res = levenberg_marquardt(problem, theta, max_iter=max_iter, progress=progress)
     elif method == "trust-ncg":
         res = trust_ncg(problem, theta, max_iter=max_iter, progress=progress)
     else:
         res = torch_optimizer(problem, theta, method=method, max_iter=max_iter, progress=progress)
+    if res.initial_loss is not None:
+        initial = res.initial_loss.cpu().numpy()
+    else:
+        with torch.no_grad():
+            initial = problem.loss(theta).cpu().numpy()
     final = res.loss.detach().cpu().numpy()
     best = int(np.nanargmin(np.where(np.isfinite(final), final, np.inf)))
     table = pd.DataFrame({"start": np.arange(len(final)), "initial_loss": initial, "final_loss": final,
@@ -135,18 +138,22 @@ def fit(
     theta_best = res.theta[best].detach()
     return FitResult(problem=problem, theta=theta_best, loss=float(final[best]),
                      converged=bool(res.converged[best]), reason=res.reason[best], history=history,
-                     starts=table, start_theta=res.theta.detach(), covariance=_covariance(problem, theta_best),
-                     method=method)
+                     starts=table, start_theta=res.theta.detach(), method=method,
+                     covariance=_covariance(problem, theta_best, *((res.residuals[best], res.jacobian[best])
+                                                                  if res.jacobian is not None else ())))
 
 
-def _covariance(problem: FitProblem, theta: Tensor) -> np.ndarray | None:
+def _covariance(problem: FitProblem, theta: Tensor, r: Tensor | None = None, J: Tensor | None = None
+                ) -> np.ndarray | None:
     """Gauss-Newton covariance of θ: ``s² (JᵀJ)⁺`` with ``s² = 1`` when the data carry sd
-    (or sd is estimated) and ``s² = 2L / (M - n)`` otherwise."""
+    (or sd is estimated) and ``s² = 2L / (M - n)`` otherwise. ``r``, ``J`` at θ when known."""
     if problem.n == 0:
         return None
-    with torch.no_grad():
-        r, J = problem.jacobian(theta[None])
-    r, J = r[0].cpu().numpy(), J[0].cpu().numpy()
+    if J is None:
+        with torch.no_grad():
+            r, J = problem.jacobian(theta[None])
+        r, J = r[0], J[0]
+    r, J = r.cpu().numpy(), J.cpu().numpy()
     if not np.all(np.isfinite(J)):
         return None
     A = J.T @ J + (problem.l2 * np.eye(problem.n) if problem.l2 else 0.0)

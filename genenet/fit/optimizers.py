@@ -32,6 +32,9 @@ class OptimResult:
     converged: np.ndarray
     reason: list[str]
     history: list[np.ndarray] = field(default_factory=list)  # per iteration: loss of every start
+    initial_loss: Tensor | None = None  # (S,), when the optimizer evaluated it anyway
+    residuals: Tensor | None = None  # (S, M) data residuals at theta, when known
+    jacobian: Tensor | None = None  # (S, M, n) their Jacobian at theta, when known
 
 
 def _bar(progress: bool, total: int, desc: str) -> Any:
@@ -43,7 +46,12 @@ def _bar(progress: bool, total: int, desc: str) -> Any:
 def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, ftol: float = 1e-10,
                         xtol: float = 1e-10, gtol: float = 1e-10, progress: bool = False,
                         fixed: Tensor | None = None) -> OptimResult:
-    """``fixed`` (S, n) bool: entries held at their start value (zero Jacobian columns -> zero step)."""
+    """Batched LM. Each iteration is ONE solve: the residuals and the Jacobian of every trial
+    point come together from the forward-sensitivity solve (the Jacobian is kept when the
+    trial is accepted), and only starts still iterating are simulated.
+
+    ``fixed`` (S, n) bool: entries held at their start value (zero Jacobian columns -> zero step).
+    """
     S, n = theta.shape
     keep = None if fixed is None else (~fixed).to(theta.dtype)[:, None, :]
     if problem.noise == "estimate" or problem.l1:
@@ -57,19 +65,22 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
     reason = ["max_iter reached"] * S
     history = []
 
-    def full_residuals(t: Tensor) -> Tensor:
-        r = problem.residuals(t)
-        return torch.cat([r, problem.penalty_residuals(t)], dim=1) if problem.l2 else r
+    def evaluate(idx: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Residuals (with the L2 rows), Jacobian and loss (+inf on failure) of starts ``idx`` at ``t``."""
+        r, J = problem.jacobian(t)
+        k = None if keep is None else keep[idx]
+        if k is not None:
+            J = J * k
+        if problem.l2:
+            r = torch.cat([r, problem.penalty_residuals(t)], dim=1)
+            J = torch.cat([J, (problem.l2 ** 0.5) * eye.expand(len(idx), n, n) * (1 if k is None else k)], dim=1)
+        loss = 0.5 * (r * r).sum(dim=1)
+        return r, J, torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
 
     with torch.no_grad():
-        r, J = problem.jacobian(th)
-        if keep is not None:
-            J = J * keep
-        if problem.l2:
-            r = torch.cat([r, problem.penalty_residuals(th)], dim=1)
-            J = torch.cat([J, (problem.l2 ** 0.5) * eye.expand(S, n, n) * (1 if keep is None else keep)], dim=1)
-        loss = 0.5 * (r * r).sum(dim=1)
-        loss = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
+        everyone = torch.arange(S, device=th.device)
+        r, J, loss = evaluate(everyone, th)
+        initial = loss.clone()
         bad_start = ~torch.isfinite(loss)
         for s in torch.nonzero(bad_start).flatten().tolist():
             reason[s] = "simulation failed at the start point"
@@ -77,35 +88,29 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
         bar = _bar(progress, max_iter, "lm")
         for _ in range(max_iter):
             history.append(loss.cpu().numpy().copy())
-            if not bool(active.any()):
-                break
-            Jf = torch.nan_to_num(J)
-            rf = torch.nan_to_num(r)
+            Jf, rf = torch.nan_to_num(J), torch.nan_to_num(r)
             A = Jf.transpose(1, 2) @ Jf
             g = (Jf.transpose(1, 2) @ rf[..., None])[..., 0]
             small_g = g.abs().amax(dim=1) <= gtol * (1 + loss)
             for s in torch.nonzero(active & small_g).flatten().tolist():
                 reason[s] = "gradient below gtol"
             active &= ~small_g
-            D = torch.diagonal(A, dim1=1, dim2=2).clamp_min(1e-12)
-            delta = torch.linalg.solve(A + (mu[:, None] * D)[:, :, None] * eye, -g)
-            trial = th + delta
-            r_new = full_residuals(trial)
-            loss_new = 0.5 * (r_new * r_new).sum(dim=1)
-            loss_new = torch.where(torch.isfinite(loss_new), loss_new, torch.full_like(loss_new, float("inf")))
-            accept = active & (loss_new < loss)
-            if bool(accept.any()):
-                idx = torch.nonzero(accept).flatten()
-                r_acc, J_acc = problem.jacobian(trial[idx])
-                if keep is not None:
-                    J_acc = J_acc * keep[idx]
-                if problem.l2:
-                    r_acc = torch.cat([r_acc, problem.penalty_residuals(trial[idx])], dim=1)
-                    J_acc = torch.cat([J_acc, (problem.l2 ** 0.5) * eye.expand(len(idx), n, n)], dim=1)
-                rel = (loss[idx] - loss_new[idx]) / loss[idx].clamp_min(1e-300)
-                step = delta[idx].abs().amax(dim=1) / (1 + th[idx].abs().amax(dim=1))
-                th[idx], r[idx], J[idx], loss[idx] = trial[idx], r_acc, J_acc, loss_new[idx]
-                for k, s in enumerate(idx.tolist()):
+            if not bool(active.any()):
+                break
+            idx = torch.nonzero(active).flatten()
+            D = torch.diagonal(A[idx], dim1=1, dim2=2).clamp_min(1e-12)
+            delta = torch.linalg.solve(A[idx] + (mu[idx, None] * D)[:, :, None] * eye, -g[idx])
+            trial = th[idx] + delta
+            r_new, J_new, loss_new = evaluate(idx, trial)
+            ok = loss_new < loss[idx]
+            accept = torch.zeros_like(active)
+            accept[idx] = ok
+            if bool(ok.any()):
+                a = idx[ok]
+                rel = (loss[a] - loss_new[ok]) / loss[a].clamp_min(1e-300)
+                step = delta[ok].abs().amax(dim=1) / (1 + th[a].abs().amax(dim=1))
+                th[a], r[a], J[a], loss[a] = trial[ok], r_new[ok], J_new[ok], loss_new[ok]
+                for k, s in enumerate(a.tolist()):
                     if rel[k] <= ftol:
                         reason[s] = "relative loss decrease below ftol"
                         active[s] = False
@@ -121,7 +126,9 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
             bar.update(1)
         bar.close()
     converged = np.array([not r_.startswith(("max_iter", "simulation")) for r_ in reason])
-    return OptimResult(th, loss, iters, converged, reason, history)
+    n_data = problem.n_obs
+    return OptimResult(th, loss, iters, converged, reason, history, initial_loss=initial,
+                       residuals=r[:, :n_data], jacobian=J[:, :n_data])
 
 
 def _scipy_functions(problem: FitProblem, theta: Tensor) -> tuple[Any, Any]:

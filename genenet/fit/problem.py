@@ -338,8 +338,6 @@ class FitProblem:
             return self._jacobian_reverse(theta, chunk)
         if mode != "forward":
             raise ValueError(f"unknown Jacobian mode {mode!r}; allowed: 'forward', 'reverse'")
-        from torch.func import jacfwd, jvp, vmap
-
         from ..sensitivity import solve_with_tangents
 
         theta = theta.detach()
@@ -347,14 +345,8 @@ class FitProblem:
         C, G = len(self.labels), len(self.genes)
         with torch.no_grad():
             params, x0, _ = self.unpack(theta)
-            # tangents of the model parameters and x0 along the n unit directions of θ
-            d_params, d_x0 = vmap(jacfwd(lambda th: self._model_inputs(th[None])))(theta)
-            free_names = {name for name, _ in self.blocks}
-            params_dot = {k: v[:, 0].permute(0, 2, 1) for k, v in d_params.items() if k in free_names}  # (S, n, size)
+            params_dot, x0_dot = self._input_tangents(theta, x0)
             x0_rows = x0.permute(1, 0, 2).reshape(C * S, G)  # rows: condition-major, then start
-            x0_dot = None
-            if self.estimate_x0:
-                x0_dot = d_x0[:, 0].permute(1, 0, 3, 2).reshape(C * S, n, G)  # (S, C, G, n) -> rows (C*S, n, G)
             traj, dy = solve_with_tangents(
                 self.model, self.times, x0_rows, self.conditions, params=params, x0_dot=x0_dot,
                 params_dot=params_dot, method=self.method, rtol=self.rtol, atol=self.atol, max_steps=20_000,
@@ -363,25 +355,74 @@ class FitProblem:
             y = traj.y.view(C, S, T, G).permute(1, 0, 2, 3)  # (S, C, T, G)
             y_dot = dy.view(C, S, T, n, G).permute(1, 3, 0, 2, 4)  # (S, n, C, T, G)
             ok = torch.as_tensor((traj.status.reshape(C, S) == 0).all(axis=0), device=theta.device)
-            # chain rule through the observation model: one jvp per direction, all directions vmapped
-            eye = torch.eye(n, dtype=theta.dtype, device=theta.device)
-
-            def obs(th: Tensor, yy: Tensor) -> Tensor:
-                return self._residuals_from_states(th[None], yy[None])[0]
-
-            def per_start(th: Tensor, yy: Tensor, yd: Tensor) -> Tensor:
-                return vmap(lambda e, d: jvp(obs, (th, yy), (e, d))[1])(eye, yd)  # (n, M)
-
-            J = vmap(per_start)(theta, y, y_dot).transpose(1, 2)  # (S, M, n)
-            r = self._residuals_from_states(theta, y)
-            nan = torch.full_like(r, float("nan"))
-            r = torch.where(ok[:, None], r, nan)
+            r, J = self._observation_jacobian(theta, y, y_dot)
+            r = torch.where(ok[:, None], r, float("nan"))
             J = torch.where(ok[:, None, None] & torch.isfinite(J), J, float("nan"))
         return r, J
 
-    def _model_inputs(self, theta: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        params, x0, _ = self.unpack(theta)
-        return params, x0
+    def _input_tangents(self, theta: Tensor, x0: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
+        """Tangents of the model parameters ``{name: (S, n, size)}`` and of the per-row initial
+        states (C*S, n, G) along the n unit directions of θ (closed form: every block of θ maps
+        elementwise to its values)."""
+        S, n = theta.shape
+        params_dot: dict[str, Tensor] = {}
+        k = 0
+        for name, idx in self.blocks:
+            spec = self.model.specs[name]
+            m = len(idx)
+            raw = self.raw_base[name].expand(S, -1).index_copy(
+                1, torch.as_tensor(idx, device=theta.device), theta[:, k: k + m])
+            d = theta.new_zeros(S, n, spec.size)
+            d[:, k + torch.arange(m), torch.as_tensor(idx)] = spec.derivative(raw)[:, idx]
+            params_dot[name] = d
+            k += m
+        if not self.estimate_x0:
+            return params_dot, None
+        C, G = len(self.labels), len(self.genes)
+        d = theta.new_zeros(C, S, n, G)  # x0 = exp(θ block), rows condition-major
+        cols = k + torch.arange(C * G).view(C, G)
+        for c in range(C):
+            d[c, :, cols[c], torch.arange(G)] = x0[:, c, :]
+        return params_dot, d.reshape(C * S, n, G)
+
+    def _observation_jacobian(self, theta: Tensor, y: Tensor, y_dot: Tensor) -> tuple[Tensor, Tensor]:
+        """Residuals (S, M) and ``dr/dθ`` (S, M, n) by the chain rule through the observation model,
+        from states y (S, C, T, G) and their tangents y_dot (S, n, C, T, G)."""
+        S, n = theta.shape
+        gi = self.gene_idx
+        pred = y[:, self.cond_idx, self.time_idx, gi]  # (S, M)
+        pred_dot = y_dot[:, :, self.cond_idx, self.time_idx, gi]  # (S, n, M)
+        _, _, obs = self.unpack(theta)
+        k = sum(len(idx) for _, idx in self.blocks) + (len(self.labels) * len(self.genes) if self.estimate_x0 else 0)
+        extra = torch.zeros_like(pred_dot)  # direct dependence on observation parameters
+        G = len(self.genes)
+        cols = {}
+        for block in self.obs_blocks:
+            cols[block] = k + gi  # θ column of each measurement's gene
+            k += G
+        rows = torch.arange(pred.shape[1], device=pred.device)
+        if "scale" in obs:
+            s_m = obs["scale"][:, gi]
+            pred_dot = pred_dot * s_m[:, None, :]
+            extra[:, cols["scale"], rows] = pred * s_m  # d(s y)/d log s
+            pred = pred * s_m
+        if "offset" in obs:
+            extra[:, cols["offset"], rows] = 1.0
+            pred = pred + obs["offset"][:, gi]
+        pred_dot = pred_dot + extra
+        if self.noise == "log":
+            c = self.log_floor
+            r = (torch.log(pred.clamp_min(0.0) + c) - torch.log(self.values.clamp_min(0.0) + c)) / self.sd
+            dr = torch.where(pred >= 0, 1.0 / ((pred.clamp_min(0.0) + c) * self.sd), 0.0)
+            J = pred_dot * dr[:, None, :]
+        else:
+            r = (pred - self.values) / self.sd
+            J = pred_dot / self.sd
+            if "sigma" in obs:
+                sig = obs["sigma"][:, gi]
+                r, J = r / sig, J / sig[:, None, :]
+                J[:, cols["sigma"], rows] -= r  # d(r/σ)/d log σ = -r/σ
+        return r, J.transpose(1, 2)
 
     def _jacobian_reverse(self, theta: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
         th = theta.detach().clone().requires_grad_(True)

@@ -2,5 +2,6 @@
 
 from .base import FunctionModel, Model, ParameterSpec
 from .hill import Hill
+from .sigmoid import Sigmoid
 
-__all__ = ["Model", "FunctionModel", "ParameterSpec", "Hill"]
+__all__ = ["Model", "FunctionModel", "ParameterSpec", "Hill", "Sigmoid"]

@@ -81,6 +81,18 @@ class ParameterSpec:
             return hi - torch.exp(u)
         return u
 
+    def derivative(self, u: Tensor) -> Tensor:
+        """``d value / d u`` of :meth:`to_constrained`, elementwise (for forward sensitivities)."""
+        lo, hi = self.bounds
+        if math.isfinite(lo) and math.isfinite(hi):
+            sig = torch.sigmoid(u)
+            return (hi - lo) * sig * (1 - sig)
+        if math.isfinite(lo):
+            return torch.exp(u)
+        if math.isfinite(hi):
+            return -torch.exp(u)
+        return torch.ones_like(u)
+
     def check(self, value: Tensor) -> None:
         lo, hi = self.bounds
         v = value.detach()

@@ -121,6 +121,10 @@ class Hill(Model):
         out["_c1"] = a * sign
         out["_inv_threshold"] = slots(torch.reciprocal(p["threshold"]), 1.0)
         out["_hill"] = slots(p["hill"], 1.0)
+        # for production_jvp: -c1 n, and (dH/dx)/H at x = 0 (= -c1 / T / (c0 + c1) for n = 1, else 0)
+        out["_neg_c1_n"] = -out["_c1"] * out["_hill"]
+        out["_w_at_zero"] = torch.where(out["_hill"] == 1, out["_neg_c1_n"] * out["_inv_threshold"]
+                                        / (out["_c0"] + out["_c1"]), 0.0)
         return out
 
     def regulation(self, x: Tensor, p: Params) -> Tensor:
@@ -183,8 +187,8 @@ class Hill(Model):
             Ṗ_i = ġ_i Π H + P_i Σ_slots Ḣ / H          (H >= 1/λ > 0)
 
         Tangents ``x_dot`` (B, q, G), ``p_dot`` {production: (B, q, G), threshold / hill / fold:
-        (B, q, E)}; absent names are held fixed. At ``z = 0`` the ``z^(n-1)`` term is taken as
-        its limit for ``n >= 1`` (0, or 1 for ``n = 1``) and 0 for ``n < 1``.
+        (B, q, E)}; absent names are held fixed. At ``x_src <= 0`` (where the clamp of ``x`` at
+        0 sits) the right derivative is used: ``z^(n-1)`` -> its limit, 1 for ``n = 1``, else 0.
         """
         slot_source, slot_edge, K = self._slots(x.device)
         B, G = x.shape
@@ -194,11 +198,6 @@ class Hill(Model):
             P = g.expand_as(x)
             return P, (g_dot.expand(B, q, G) if g_dot is not None else x_dot.new_zeros(B, q, G))
         pp = self.prepare(p)
-        pad = x_dot.new_zeros(B, q, 1)
-
-        def slots(per_edge: Tensor) -> Tensor:  # (B, q, E) -> (B, q, K*G), dummy slots 0
-            return torch.cat([per_edge.expand(B, q, -1), pad], dim=2).index_select(2, slot_edge)
-
         x_src = x.index_select(1, slot_source)
         xs = x_src.clamp_min(0.0)
         inv_T, n = pp["_inv_threshold"], pp["_hill"]
@@ -206,25 +205,32 @@ class Hill(Model):
         zn = torch.pow(z, n)
         s = torch.reciprocal(1.0 + zn)
         H = torch.addcmul(pp["_c0"], pp["_c1"], s)
-        z_dot = x_dot.index_select(2, slot_source) * (inv_T * (x_src >= 0))[:, None, :]
-        if "threshold" in p_dot:
-            T = p["threshold"]
-            z_dot = z_dot - xs[:, None, :] * slots(p_dot["threshold"] / (T * T)[:, None, :])
-        pos = z > 0
-        z_safe = torch.where(pos, z, torch.ones_like(z))
-        coef = torch.where(pos, n * zn / z_safe, (n == 1).to(z.dtype))  # d(z^n)/dz
-        zn_dot = coef[:, None, :] * z_dot
-        if "hill" in p_dot:
-            zn_dot = zn_dot + (zn * torch.log(z_safe))[:, None, :] * slots(p_dot["hill"])
-        H_dot = (-pp["_c1"] * s * s)[:, None, :] * zn_dot
-        if "fold" in p_dot:
-            sign = self._slot_sign(x.device, x.dtype)
-            lam = p["fold"]
-            a_dot = slots(-p_dot["fold"] / (lam * lam)[:, None, :])
-            H_dot = H_dot + a_dot * ((sign < 0).to(x.dtype) + sign * s)[:, None, :]
         prod_H = H.view(B, K, G).prod(dim=1)
         P = g * prod_H
-        P_dot = P[:, None, :] * (H_dot / H[:, None, :]).view(B, q, K, G).sum(dim=2)
+        # w = (dH/dx_src) / H = -c1 s^2 n z^n / (x H) for x > 0; at x <= 0 its right limit
+        # (nonzero only for n = 1), precomputed in prepare
+        s2 = s * s
+        w = torch.where(x_src > 0, pp["_neg_c1_n"] * s2 * zn / (xs * H), pp["_w_at_zero"])
+        rel = x_dot.index_select(2, slot_source) * w[:, None, :]  # (B, q, K*G): Ḣ / H per slot
+        if p_dot.keys() & {"threshold", "hill", "fold"}:
+            pad = x_dot.new_zeros(B, q, 1)
+
+            def slots(per_edge: Tensor) -> Tensor:  # (B, q, E) -> (B, q, K*G), dummy slots 0
+                return torch.cat([per_edge.expand(B, q, -1), pad], dim=2).index_select(2, slot_edge)
+
+            dH_dzn = -pp["_c1"] * s2 / H  # (dH / d z^n) / H
+            if "threshold" in p_dot:  # d(z^n)/dT = -n z^n / T
+                T = p["threshold"]
+                rel = rel - (dH_dzn * n * zn)[:, None, :] * slots(p_dot["threshold"] / T[:, None, :])
+            if "hill" in p_dot:  # d(z^n)/dn = z^n log z (0 at z = 0)
+                log_z = torch.log(torch.where(z > 0, z, torch.ones_like(z)))
+                rel = rel + (dH_dzn * zn * log_z)[:, None, :] * slots(p_dot["hill"])
+            if "fold" in p_dot:  # a = 1/λ - 1: dH = da (r + σ s)
+                sign = self._slot_sign(x.device, x.dtype)
+                lam = p["fold"]
+                rel = rel + (((sign < 0).to(x.dtype) + sign * s) / H)[:, None, :] * slots(
+                    -p_dot["fold"] / (lam * lam)[:, None, :])
+        P_dot = P[:, None, :] * rel.view(B, q, K, G).sum(dim=2)
         if g_dot is not None:
             P_dot = P_dot + g_dot * prod_H[:, None, :]
         return P, P_dot
