@@ -46,10 +46,7 @@ def _courses(data: ExpressionData, genes: Sequence[str]) -> list[tuple[str, np.n
     """Per condition: label, sorted times (T,), levels (T, G) averaged over replicates."""
     out = []
     for cond in data.conditions:
-        wide = data.wide(cond)
-        if "replicate" in wide.columns:
-            wide = wide.drop(columns="replicate")
-        wide = wide.groupby("time")[list(genes)].mean().sort_index()
+        wide = data.wide(cond).sort_index()[list(genes)]  # times x genes, replicates averaged
         if wide.isna().any().any():
             missing = wide.columns[wide.isna().any()].tolist()
             raise ValueError(f"condition {cond!r} has missing values for {missing}; infer_network needs complete "
