@@ -192,3 +192,16 @@ def test_adjoint_with_estimated_x0():
     _, g_adj = prob.gradient_adjoint(theta)
     _, g = prob.gradient(theta)
     torch.testing.assert_close(g_adj, g, rtol=1e-5, atol=1e-6)
+
+
+def test_overflowing_trial_point_is_a_failed_start_not_an_error(problem3):
+    """An optimizer step can overflow exp(θ); that start must come back failed (NaN), the others intact."""
+    p = problem3
+    theta = p.theta0[None].repeat(2, 1)
+    theta[1, 0] = 1e4  # production = exp(1e4) = inf
+    with torch.no_grad():
+        r = p.residuals(theta)
+        r2, J = p.jacobian(theta)
+    assert torch.isfinite(r[0]).all() and torch.isnan(r[1]).all()
+    assert torch.isfinite(J[0]).all() and torch.isnan(J[1]).all()
+    assert torch.isinf(p.loss(theta)[1])

@@ -257,9 +257,22 @@ class FitProblem:
         return params, x0, obs
 
     # ------------------------------------------------------------ forward
+    def _admissible(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """Starts whose values are finite (an optimizer's trial step can overflow ``exp``) -> mask (S,);
+        the others are replaced by θ0 for the solve and reported as failed."""
+        with torch.no_grad():
+            params, x0, obs = self.unpack(theta.detach())
+            ok = torch.isfinite(theta.detach()).all(dim=1) & torch.isfinite(x0).flatten(1).all(dim=1)
+            for v in (*params.values(), *obs.values()):
+                ok &= torch.isfinite(v).all(dim=1)
+        if bool(ok.all()):
+            return theta, ok
+        return torch.where(ok[:, None], theta, self.theta0.to(theta)), ok
+
     def simulate(self, theta: Tensor) -> tuple[Tensor, np.ndarray]:
         """States at the data times, (S, C, T, G), and each start's success (S,)."""
         S = theta.shape[0]
+        theta, admissible = self._admissible(theta)
         params, x0, _ = self.unpack(theta)
         C = len(self.labels)
         x0_rows = x0.permute(1, 0, 2).reshape(C * S, -1)  # rows: condition-major, then start
@@ -267,7 +280,7 @@ class FitProblem:
                         method=self.method, rtol=self.rtol, atol=self.atol, device=self.device,
                         dtype=self.dtype, throw=False, max_steps=20_000)
         y = traj.y.view(C, S, len(self.times), -1).permute(1, 0, 2, 3)
-        ok = (traj.status.reshape(C, S) == 0).all(axis=0)
+        ok = (traj.status.reshape(C, S) == 0).all(axis=0) & admissible.cpu().numpy()
         return y, ok
 
     def residuals(self, theta: Tensor) -> Tensor:
@@ -340,7 +353,7 @@ class FitProblem:
             raise ValueError(f"unknown Jacobian mode {mode!r}; allowed: 'forward', 'reverse'")
         from ..sensitivity import solve_with_tangents
 
-        theta = theta.detach()
+        theta, admissible = self._admissible(theta.detach())
         S, n = theta.shape
         C, G = len(self.labels), len(self.genes)
         with torch.no_grad():
@@ -354,7 +367,7 @@ class FitProblem:
             T = len(self.times)
             y = traj.y.view(C, S, T, G).permute(1, 0, 2, 3)  # (S, C, T, G)
             y_dot = dy.view(C, S, T, n, G).permute(1, 3, 0, 2, 4)  # (S, n, C, T, G)
-            ok = torch.as_tensor((traj.status.reshape(C, S) == 0).all(axis=0), device=theta.device)
+            ok = torch.as_tensor((traj.status.reshape(C, S) == 0).all(axis=0), device=theta.device) & admissible
             r, J = self._observation_jacobian(theta, y, y_dot)
             r = torch.where(ok[:, None], r, float("nan"))
             J = torch.where(ok[:, None, None] & torch.isfinite(J), J, float("nan"))
