@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ParameterSpec", "Model", "FunctionModel"]
+__all__ = ["ParameterSpec", "Model", "FunctionModel", "LinearDegradation"]
 
 Params = dict[str, Tensor]
 
@@ -321,6 +321,28 @@ class Model(nn.Module):
         ...                             lambda t, x, p: p["k"] * x, {"g": 2.0, "k": 0.5})
         """
         return FunctionModel(genes, production, degradation, params, bounds=bounds)
+
+
+class LinearDegradation:
+    """Mixin for models whose degradation is first order, ``k_i x_i`` with a per-gene parameter
+    ``degradation``: the rate, its tangents and its Jacobian in closed form."""
+
+    def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``k_i * x_i``, shape ``(B, G)``."""
+        return p["degradation"] * x
+
+    def degradation_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
+                        ) -> tuple[Tensor, Tensor]:
+        """``k x`` and its tangents ``k ẋ + k̇ x``, (B, G) and (B, q, G)."""
+        k = p["degradation"]
+        D_dot = k[:, None, :] * x_dot
+        if "degradation" in p_dot:
+            D_dot = D_dot + p_dot["degradation"] * x[:, None, :]
+        return k * x, D_dot
+
+    def degradation_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``diag(k)``, shape ``(B, G, G)``."""
+        return torch.diag_embed(p["degradation"].expand_as(x))
 
 
 def _jvp_by_autodiff(fn: Callable, model: Model, t: Tensor, x: Tensor, p: Params, x_dot: Tensor,

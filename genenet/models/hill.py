@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 
 from ..network import Network
-from .base import Model, ParameterSpec, Params
+from .base import LinearDegradation, Model, ParameterSpec, Params
 
 __all__ = ["Hill"]
 
 
-class Hill(Model):
+class Hill(LinearDegradation, Model):
     r"""RACIPE shifted-Hill kinetics on a signed network.
 
     .. math::
@@ -235,28 +235,11 @@ class Hill(Model):
             P_dot = P_dot + g_dot * prod_H[:, None, :]
         return P, P_dot
 
-    def degradation_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
-                        ) -> tuple[Tensor, Tensor]:
-        """``k x`` and its tangents ``k ẋ + k̇ x``, (B, G) and (B, q, G)."""
-        k = p["degradation"]
-        D_dot = k[:, None, :] * x_dot
-        if "degradation" in p_dot:
-            D_dot = D_dot + p_dot["degradation"] * x[:, None, :]
-        return k * x, D_dot
-
-    def degradation_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
-        """``diag(k)``, shape ``(B, G, G)``."""
-        return torch.diag_embed(p["degradation"].expand_as(x))
-
     def max_levels(self, p: Params, mult: Tensor | None = None, add: Tensor | None = None) -> Tensor:
         """Upper end of each gene's range, ``(mult g + add) / k`` (every Hill factor is <= 1), (B, G);
         ``mult``/``add`` are a condition's production multiplier and extra input."""
         top = p["production"] if mult is None else p["production"] * mult
         return (top if add is None else top + add) / p["degradation"]
-
-    def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
-        """``k_i * x_i``, shape ``(B, G)``."""
-        return p["degradation"] * x
 
     def labels(self, name: str) -> list[str]:
         if self._spec(name).scope == "edge":

@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 
 from ..network import Network
-from .base import Model, ParameterSpec, Params
+from .base import LinearDegradation, Model, ParameterSpec, Params
 
 __all__ = ["Sigmoid"]
 
 
-class Sigmoid(Model):
+class Sigmoid(LinearDegradation, Model):
     r"""Regulators act additively inside a sigmoid; each edge has a signed weight.
 
     .. math::
@@ -76,10 +76,6 @@ class Sigmoid(Model):
         """``g_i σ(u_i)``, (B, G)."""
         return p["production"] * torch.sigmoid(self._input(x, p))
 
-    def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
-        """``k_i x_i``, (B, G)."""
-        return p["degradation"] * x
-
     def production_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
                        ) -> tuple[Tensor, Tensor]:
         """``g σ(u)`` and ``ġ σ(u) + g σ'(u) (Σ_e (ẇ_e x_src + w_e ẋ_src) + ḃ)``; shapes (B, G), (B, q, G)."""
@@ -100,15 +96,6 @@ class Sigmoid(Model):
             P_dot = P_dot + p_dot["production"] * sig[:, None, :]
         return g * sig, P_dot
 
-    def degradation_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
-                        ) -> tuple[Tensor, Tensor]:
-        """``k x`` and ``k ẋ + k̇ x``."""
-        k = p["degradation"]
-        D_dot = k[:, None, :] * x_dot
-        if "degradation" in p_dot:
-            D_dot = D_dot + p_dot["degradation"] * x[:, None, :]
-        return k * x, D_dot
-
     def production_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``dP_i/dx_j = g_i σ'(u_i) w_(j->i)``, (B, G, G)."""
         src, tgt = self._edges(x.device)
@@ -119,10 +106,6 @@ class Sigmoid(Model):
             slope = (p["production"] * sig * (1 - sig)).index_select(1, tgt)
             J.index_add_(1, tgt * G + src, slope * p["weight"])
         return J.view(B, G, G)
-
-    def degradation_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
-        """``diag(k)``, (B, G, G)."""
-        return torch.diag_embed(p["degradation"].expand_as(x))
 
     def labels(self, name: str) -> list[str]:
         if self._spec(name).scope == "edge":
