@@ -205,3 +205,41 @@ def test_overflowing_trial_point_is_a_failed_start_not_an_error(problem3):
     assert torch.isfinite(r[0]).all() and torch.isnan(r[1]).all()
     assert torch.isfinite(J[0]).all() and torch.isnan(J[1]).all()
     assert torch.isinf(p.loss(theta)[1])
+
+
+def test_steihaug_cg_on_quadratics():
+    from genenet.fit.optimizers import _steihaug
+
+    rng = np.random.default_rng(0)
+    Q = rng.normal(size=(2, 4, 4))
+    H = torch.as_tensor(Q @ Q.transpose(0, 2, 1) + 0.5 * np.eye(4))  # two SPD rows
+    H[1] -= 3.0 * torch.eye(4, dtype=H.dtype) * (torch.linalg.eigvalsh(H[1])[0] + 1.0)  # row 1 indefinite
+    g = torch.as_tensor(rng.normal(size=(2, 4)))
+    hvp = lambda d: (H @ d[..., None])[..., 0]  # noqa: E731
+    newton = torch.linalg.solve(H[0], -g[0])
+    radius = torch.tensor([10 * float(newton.norm()), 0.7], dtype=H.dtype)
+    p, m, boundary = _steihaug(hvp, g, radius, max_cg=20)
+    assert not boundary[0] and boundary[1]
+    # row 0: inside the region CG reaches the Newton step (to its forcing tolerance)
+    assert float((H[0] @ p[0] + g[0]).norm()) <= min(0.5, float(g[0].norm()) ** 0.5) * float(g[0].norm())
+    # row 1: negative curvature -> a step on the boundary that decreases the model
+    assert float(p[1].norm()) == pytest.approx(0.7, rel=1e-10)
+    model = (g * p).sum(1) + 0.5 * (p * hvp(p)).sum(1)
+    torch.testing.assert_close(m, model)
+    assert (m < 0).all()
+
+
+def test_trust_ncg_runs_all_starts_as_one_batch(monkeypatch):
+    data = _data_from(_decay_model(2.0, 0.5), np.linspace(0, 8, 9), 0.0)
+    calls = []
+    original = FitProblem.loss
+
+    def counting(self, theta):
+        calls.append(theta.shape[0])
+        return original(self, theta)
+
+    monkeypatch.setattr(FitProblem, "loss", counting)
+    res = gn.fit(_decay_model(6.0, 0.2), data, free=["g", "k"], method="trust-ncg", multistart=4, progress=False,
+                 start_spread=3.0, max_iter=200)
+    assert res.loss < 1e-9 and (res.starts.final_loss < 1e-9).all()
+    assert calls[0] == 4 and max(calls) == 4  # every start in each evaluation, never one at a time

@@ -4,8 +4,8 @@ converged flag and reason, and the best-loss history.
 - ``levenberg_marquardt``: batched LM / Gauss-Newton with the exact residual Jacobian,
   ``(JᵀJ + μ diag(JᵀJ)) δ = -Jᵀr``; μ shrinks x3 after a successful step, grows x4 after a
   failed one (Nielsen-style), all starts solved together.
-- ``trust_ncg``: scipy's matrix-free trust-region Newton-CG (Steihaug) per start, fed the
-  exact gradient and exact Hessian-vector products (the Hessian is never formed).
+- ``trust_ncg``: matrix-free trust-region Newton-CG (Steihaug), all starts together, with
+  exact Hessian-vector products (the Hessian is never formed).
 - ``torch_optimizer``: L-BFGS or Adam on the summed loss of all starts (they are
   independent, so the sum's gradient is every start's gradient).
 """
@@ -131,53 +131,126 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
                        residuals=r[:, :n_data], jacobian=J[:, :n_data])
 
 
-def _scipy_functions(problem: FitProblem, theta: Tensor) -> tuple[Any, Any]:
-    """Loss-and-gradient (cached for the last point) and Hessian-vector product for scipy, one start."""
-    cache: dict[bytes, tuple[float, np.ndarray]] = {}
+def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Steihaug-Toint truncated CG for ``min_p gᵀp + ½ pᵀHp, |p| <= radius`` on every row at once.
 
-    def fg(x: np.ndarray) -> tuple[float, np.ndarray]:
-        key = x.tobytes()
-        if key not in cache:
-            L, g = problem.gradient(torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None])
-            Lf = float(L[0])
-            cache.clear()
-            cache[key] = (Lf if np.isfinite(Lf) else 1e300,
-                          np.nan_to_num(g[0].cpu().numpy()) if np.isfinite(Lf) else np.zeros_like(x))
-        return cache[key]
+    ``hvp(d (S, n)) -> H d`` for all rows. CG stops per row at negative curvature or the
+    trust-region boundary (then ``p`` goes to the boundary along the current direction) or
+    when the residual is below ``min(0.5, √|g|) |g|`` (Eisenstat-Walker forcing, as scipy).
+    Returns the step (S, n), its model decrease ``m(p)`` (S,) and whether it hit the boundary.
+    """
+    S = g.shape[0]
+    z = torch.zeros_like(g)
+    r = g.clone()  # residual H z + g
+    d = -r
+    m = torch.zeros(S, dtype=g.dtype, device=g.device)
+    gnorm = g.norm(dim=1)
+    tol = torch.minimum(torch.full_like(gnorm, 0.5), gnorm.sqrt()) * gnorm
+    done = gnorm <= tol
+    boundary = torch.zeros_like(done)
 
-    def hessp(x: np.ndarray, p: np.ndarray) -> np.ndarray:
-        t = torch.as_tensor(x, dtype=theta.dtype, device=theta.device)[None]
-        v = torch.as_tensor(p, dtype=theta.dtype, device=theta.device)[None]
-        return np.nan_to_num(problem.hvp(t, v)[0].cpu().numpy())
+    def to_boundary(z: Tensor, d: Tensor) -> Tensor:
+        """τ >= 0 with |z + τ d| = radius."""
+        a, b, c = (d * d).sum(1), 2 * (z * d).sum(1), (z * z).sum(1) - radius ** 2
+        return (-b + (b * b - 4 * a * c).clamp_min(0).sqrt()) / (2 * a).clamp_min(1e-300)
 
-    return fg, hessp
+    for _ in range(max_cg):
+        Hd = hvp(d)
+        dHd = (d * Hd).sum(1)
+        rr = (r * r).sum(1)
+        alpha = rr / torch.where(dHd > 0, dHd, torch.ones_like(dHd))
+        z_new = z + alpha[:, None] * d
+        leave = ~done & ((dHd <= 0) | (z_new.norm(dim=1) >= radius))
+        tau = to_boundary(z, d)
+        step = torch.where(leave, tau, alpha)
+        go = ~done
+        m = torch.where(go, m + step * (d * r).sum(1) + 0.5 * step ** 2 * dHd, m)
+        z = torch.where(go[:, None], z + step[:, None] * d, z)
+        boundary |= leave
+        done |= leave
+        r_new = r + alpha[:, None] * Hd
+        small = ~done & (r_new.norm(dim=1) <= tol)
+        beta = (r_new * r_new).sum(1) / rr.clamp_min(1e-300)
+        keep = ~done
+        r = torch.where(keep[:, None], r_new, r)
+        d = torch.where(keep[:, None], -r_new + beta[:, None] * d, d)
+        done |= small
+        if bool(done.all()):
+            break
+    return z, m, boundary
 
 
 def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: float = 1e-8,
-              progress: bool = False) -> OptimResult:
-    from scipy.optimize import minimize
+              ftol: float = 1e-10, xtol: float = 1e-10, initial_radius: float = 1.0, max_radius: float = 1e3,
+              eta: float = 0.15, progress: bool = False) -> OptimResult:
+    """Batched trust-region Newton-CG (Nocedal & Wright, Alg. 7.2 with Steihaug CG) on every start.
 
+    Per iteration: the loss and gradient of all active starts with the graph kept, then CG
+    on the exact Newton model using Hessian-vector products (a second backward through the
+    kept graph per CG step; the Hessian is never formed), then one loss evaluation of the
+    trial points. A trial is accepted when the actual/predicted reduction ``ρ > eta``; the
+    radius shrinks x¼ when ``ρ < ¼`` and doubles when ``ρ > ¾`` on the boundary.
+    """
     S, n = theta.shape
-    out_th, out_L, iters, conv, reasons, hist = [], [], [], [], [], []
-    bar = _bar(progress, S, "trust-ncg")
-    for s in range(S):
-        trace: list[float] = []
-        fg, hessp = _scipy_functions(problem, theta)
-        res = minimize(lambda x, fg=fg: fg(x)[0], theta[s].detach().cpu().numpy(), jac=lambda x, fg=fg: fg(x)[1],
-                       hessp=hessp, method="trust-ncg", options={"maxiter": max_iter, "gtol": gtol},
-                       callback=lambda xk, fg=fg, trace=trace: trace.append(fg(xk)[0]))
-        out_th.append(torch.as_tensor(res.x, dtype=theta.dtype, device=theta.device))
-        out_L.append(float(res.fun))
-        iters.append(int(res.nit))
-        conv.append(bool(res.success))
-        reasons.append(str(res.message))
-        hist.append(np.array(trace))
+    th = theta.detach().clone()
+    radius = torch.full((S,), float(initial_radius), dtype=th.dtype, device=th.device)
+    active = torch.ones(S, dtype=torch.bool, device=th.device)
+    iters = np.zeros(S, dtype=int)
+    reason = ["max_iter reached"] * S
+    history = []
+    with torch.no_grad():
+        loss = problem.loss(th)
+    initial = loss.clone()
+    for s in torch.nonzero(~torch.isfinite(loss)).flatten().tolist():
+        reason[s] = "simulation failed at the start point"
+    active &= torch.isfinite(loss)
+    bar = _bar(progress, max_iter, "trust-ncg")
+    for _ in range(max_iter):
+        history.append(loss.cpu().numpy().copy())
+        if not bool(active.any()):
+            break
+        idx = torch.nonzero(active).flatten()
+        tt = th[idx].clone().requires_grad_(True)
+        L = problem.loss(tt)
+        (g,) = torch.autograd.grad(torch.where(torch.isfinite(L), L, 0.0).sum(), tt, create_graph=True)
+        g0 = torch.nan_to_num(g.detach())
+        small = g0.abs().amax(dim=1) <= gtol * (1 + loss[idx])
+        for s in idx[small].tolist():
+            reason[s] = "gradient below gtol"
+
+        def hvp(d: Tensor, g: Tensor = g, tt: Tensor = tt) -> Tensor:
+            (hd,) = torch.autograd.grad((g * d).sum(), tt, retain_graph=True)
+            return torch.nan_to_num(hd)
+
+        p, m, boundary = _steihaug(hvp, g0, radius[idx], max_cg=2 * n)
+        del g, tt, L
+        with torch.no_grad():
+            L_new = problem.loss(th[idx] + p)
+            rho = (L_new - loss[idx]) / torch.where(m < 0, m, torch.full_like(m, -1e-300))
+            ok = ~small & torch.isfinite(L_new) & (rho > eta) & (L_new <= loss[idx])
+            pn = p.norm(dim=1)
+            r_new = torch.where(~torch.isfinite(rho) | (rho < 0.25), 0.25 * pn,
+                                torch.where((rho > 0.75) & boundary, (2 * radius[idx]).clamp(max=max_radius),
+                                            radius[idx]))
+            radius[idx] = torch.where(small, radius[idx], r_new)
+            rel = (loss[idx] - L_new) / loss[idx].abs().clamp_min(1e-300)
+            step = p.abs().amax(dim=1) / (1 + th[idx].abs().amax(dim=1))
+            a = idx[ok]
+            th[a], loss[a] = th[a] + p[ok], L_new[ok]
+            iters[idx.cpu().numpy()] += 1
+            for k, s in enumerate(idx.tolist()):
+                if bool(small[k]):
+                    active[s] = False
+                elif bool(ok[k]) and rel[k] <= ftol:
+                    reason[s], active[s] = "relative loss decrease below ftol", False
+                elif bool(ok[k]) and step[k] <= xtol:
+                    reason[s], active[s] = "step below xtol", False
+                elif radius[s] < 1e-12 * (1 + th[s].abs().max()):
+                    reason[s], active[s] = "trust radius collapsed (local minimum or noisy loss)", False
         bar.update(1)
     bar.close()
-    width = max((len(h) for h in hist), default=0)
-    history = [np.array([h[min(i, len(h) - 1)] if len(h) else np.nan for h in hist]) for i in range(width)]
-    return OptimResult(torch.stack(out_th), torch.as_tensor(out_L, dtype=theta.dtype), np.array(iters),
-                       np.array(conv), reasons, history)
+    converged = np.array([not r_.startswith(("max_iter", "simulation")) for r_ in reason])
+    return OptimResult(th, loss, iters, converged, reason, history, initial_loss=initial)
 
 
 def torch_optimizer(problem: FitProblem, theta: Tensor, *, method: str = "lbfgs", max_iter: int = 200,
