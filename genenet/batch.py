@@ -102,7 +102,7 @@ def build_batch(model: Model, perturbations: Any, x0: Any, params: Mapping[str, 
     for name, v in p.items():
         if not torch.isfinite(v.detach()).all():
             raise ValueError(f"parameter {name!r} is not finite")
-    term = ConditionTerm(model, compiled, p, cond_of_row)
+    term = ConditionTerm(model, compiled, p, cond_of_row, dtype=dtype)
 
     labels_c = compiled.labels
     if replicates:

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .solvers.jacobian import autodiff_jacobian, autodiff_time_derivative
+
 __all__ = [
     "Perturbation", "Knockout", "Knockdown", "Overexpress", "Clamp", "SetParameter", "Pulse", "Condition",
     "as_conditions", "knockout_screen", "knockdown_screen", "WILD_TYPE",
@@ -483,9 +485,10 @@ class ConditionTerm:
     """
 
     def __init__(self, model: Any, compiled: CompiledConditions, params: dict[str, Tensor],
-                 row_condition: Tensor) -> None:
+                 row_condition: Tensor, dtype: torch.dtype | None = None) -> None:
         self.model = model
-        dev, dtype = row_condition.device, next(iter(params.values())).dtype
+        dev = row_condition.device
+        dtype = dtype or next(iter(params.values())).dtype
 
         def rows(a: np.ndarray, dt: torch.dtype = dtype) -> Tensor:
             return torch.as_tensor(a, device=dev, dtype=dt).index_select(0, row_condition)
@@ -599,29 +602,15 @@ class ConditionTerm:
             return J
         return autodiff_jacobian(self.vf, t, x, args)
 
+    def time_derivative(self, t: Tensor, x: Tensor, args: dict) -> Tensor | None:
+        """``∂ vf / ∂t`` (B, G) for models that depend on time explicitly, ``None`` for autonomous
+        ones (``model.autonomous``; condition effects are constant between switching times)."""
+        if getattr(self.model, "autonomous", False):
+            return None
+        return autodiff_time_derivative(self.vf, t, x, args)
+
     def reset(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
         """Clamped genes jump to their value when the clamp switches on."""
         if not self.use_clamp:
             return x
         return torch.where(args["clamp"], args["clamp_value"], x)
-
-
-def autodiff_jacobian(f: Any, t: Tensor, x: Tensor, args: dict) -> Tensor:
-    """Per-row Jacobian ``d f(t, x, args)_b / d x_b`` by ``vmap(jacfwd)``, (B, G, G)."""
-    from torch.func import jacfwd, vmap
-
-    def single(tr: Tensor, xr: Tensor, ar: dict) -> Tensor:
-        one = _unsqueeze_tree(ar)
-        return f(tr[None], xr[None], one)[0]
-
-    return vmap(jacfwd(single, argnums=1))(t, x, args)
-
-
-def _unsqueeze_tree(tree: Any) -> Any:
-    if isinstance(tree, Tensor):
-        return tree[None]
-    if isinstance(tree, dict):
-        return {k: _unsqueeze_tree(v) for k, v in tree.items()}
-    if isinstance(tree, tuple):
-        return tuple(_unsqueeze_tree(v) for v in tree)
-    return tree

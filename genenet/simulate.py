@@ -64,7 +64,9 @@ def simulate(
     params : dict name -> value, optional
         Overrides of model parameters for this call (scalar, per gene/edge, or (P, n)).
     method : ``"dopri5"`` (default), ``"tsit5"`` (adaptive 5(4) pairs with 4th-order
-        dense output), ``"rk4"`` or ``"euler"`` (fixed step ``dt``, landing on save times).
+        dense output), ``"rodas5"`` / ``"rodas4"`` (stiff: adaptive L-stable Rosenbrock
+        methods, Rodas5P and Rodas4, with the model's analytic Jacobian where it has one),
+        ``"rk4"`` or ``"euler"`` (fixed step ``dt``, landing on save times).
     rtol, atol : scalar or per gene (G,)
         Error control per row: a step is accepted when
         ``rms(err / (atol + rtol * max(|x|, |x_new|))) <= 1``.
@@ -127,10 +129,13 @@ class Run:
         def report(t_now: float) -> None:
             bar.update(t_now - float(t_save[0]) - bar.n)
 
+        # implicit methods: the model's Jacobian for its own vector field, else autodiff of f
+        own = getattr(f, "__func__", None) is type(term).vf
         sol = integrate(f, y0, t_save, method=self.solver, args=term.initial_args, rtol=self.rtol, atol=self.atol,
                         dt=self.dt, first_step=self.first_step, max_steps=self.max_steps, stops=stops,
                         segment=term.segment, reset=term.reset, steady_tol=steady_tol,
-                        progress=report if bar else None, n_primal=n_primal)
+                        progress=report if bar else None, n_primal=n_primal,
+                        jac=term.jacobian if own else None, tgrad=term.time_derivative if own else None)
         if bar is not None:
             bar.update(bar.total - bar.n)
             bar.close()

@@ -123,9 +123,13 @@ class Model(nn.Module):
     specs : dict[str, ParameterSpec]
     raw : nn.ParameterDict
         Unconstrained storage, ``(P_i, size)`` per parameter.
+    autonomous : bool
+        True when the kinetics do not depend on ``t`` explicitly (the implicit solvers
+        then skip ``∂f/∂t``); False by default, which is always correct.
     """
 
     genes: list[str]
+    autonomous: bool = False
 
     def _init_params(self, specs: Sequence[ParameterSpec], values: Mapping[str, Any]) -> None:
         self.specs: dict[str, ParameterSpec] = {s.name: s for s in specs}

@@ -46,6 +46,8 @@ class Hill(LinearDegradation, Model):
     parameter sets.
     """
 
+    autonomous = True
+
     def __init__(self, net: Network, production: Any = 10.0, degradation: Any = 1.0,
                  threshold: Any = None, hill: Any = 4.0, fold: Any = 10.0) -> None:
         super().__init__()

@@ -38,6 +38,8 @@ class Sigmoid(LinearDegradation, Model):
     bias : b per gene, any real (default 0)
     """
 
+    autonomous = True
+
     def __init__(self, net: Network, production: Any = 1.0, degradation: Any = 1.0, weight: Any = None,
                  bias: Any = 0.0) -> None:
         super().__init__()

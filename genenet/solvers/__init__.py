@@ -1,4 +1,5 @@
-"""Batched ODE solvers: explicit adaptive (Dopri5, Tsit5) and fixed-step (Euler, RK4) methods."""
+"""Batched ODE solvers: explicit adaptive (Dopri5, Tsit5), fixed-step (Euler, RK4) and stiff
+Rosenbrock (Rodas4, Rodas5P) methods."""
 
 from __future__ import annotations
 
@@ -6,19 +7,21 @@ from .controller import FixedController, PIController
 from .dopri5 import DOPRI5
 from .fixed import EULER, RK4
 from .integrate import Solution, integrate
+from .rosenbrock import RODAS4, RODAS5, Rosenbrock
 from .status import SolverError, Status
 from .tableau import ButcherTableau, ExplicitRK
 from .tsit5 import TSIT5
 
 __all__ = ["METHODS", "get_method", "integrate", "Solution", "Status", "SolverError", "ButcherTableau",
-           "ExplicitRK", "PIController", "FixedController", "DOPRI5", "TSIT5", "EULER", "RK4"]
+           "ExplicitRK", "PIController", "FixedController", "DOPRI5", "TSIT5", "EULER", "RK4", "RODAS4", "RODAS5",
+           "Rosenbrock"]
 
-METHODS: dict[str, ExplicitRK] = {m.name: m for m in (DOPRI5, TSIT5, RK4, EULER)}
+METHODS: dict[str, ExplicitRK | Rosenbrock] = {m.name: m for m in (DOPRI5, TSIT5, RK4, EULER, RODAS5, RODAS4)}
 
 
-def get_method(method: str | ExplicitRK) -> ExplicitRK:
-    """Look up a solver by name (``"dopri5"``, ``"tsit5"``, ``"rk4"``, ``"euler"``)."""
-    if isinstance(method, ExplicitRK):
+def get_method(method: str | ExplicitRK | Rosenbrock) -> ExplicitRK | Rosenbrock:
+    """Look up a solver by name (``"dopri5"``, ``"tsit5"``, ``"rk4"``, ``"euler"``, ``"rodas5"``, ``"rodas4"``)."""
+    if isinstance(method, (ExplicitRK, Rosenbrock)):
         return method
     key = str(method).lower()
     if key not in METHODS:

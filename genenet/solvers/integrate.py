@@ -1,4 +1,4 @@
-"""The batched, masked, per-row integration loop shared by every explicit method.
+"""The batched, masked, per-row integration loop shared by every method (explicit RK and Rosenbrock).
 
 Each row has its own time, step size, controller state, save pointer and stop
 pointer. A step is attempted for every active row at once; rows advance where
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -128,6 +129,8 @@ def integrate(
     window: int = 8,
     progress: Callable[[float], None] | None = None,
     n_primal: int | None = None,
+    jac: Callable[[Tensor, Tensor, dict], Tensor] | None = None,
+    tgrad: Callable[[Tensor, Tensor, dict], Tensor | None] | None = None,
 ) -> Solution:
     """Integrate ``dx/dt = f(t, x, args)`` for a batch of rows, saving at ``t_save``.
 
@@ -149,6 +152,8 @@ def integrate(
     n_primal : only the first ``n_primal`` columns of the state steer step control, the
         initial step and steady detection (default: all). The other columns ride along with
         the same steps, e.g. forward sensitivities, whose discrete derivative is then exact.
+    jac, tgrad : ``(t, x, args) -> ∂f/∂x`` (B, G, G) and ``∂f/∂t`` (B, G) (or ``None``: autonomous),
+        for implicit methods (:mod:`genenet.solvers.rosenbrock`); default: forward-mode autodiff of ``f``.
 
     Returns
     -------
@@ -171,6 +176,13 @@ def integrate(
         return Solution(out[:, :1], status_all, *counters_all)
 
     adaptive = method.adaptive
+    if getattr(method, "implicit", False):
+        from .jacobian import autodiff_jacobian, autodiff_time_derivative
+
+        step_fn = partial(method.step, jac=jac or partial(autodiff_jacobian, f),
+                          tgrad=tgrad if jac is not None else partial(autodiff_time_derivative, f))
+    else:
+        step_fn = method.step
     if steady_tol is not None and not (adaptive and method.tableau.fsal):
         raise ValueError(f"steady_tol needs an adaptive FSAL method (dopri5, tsit5), not {method.name!r}")
     if not adaptive and (dt is None or not dt > 0):
@@ -209,6 +221,7 @@ def integrate(
     prev_err = torch.ones(B, device=dev, dtype=dtype)
     rejected_before = torch.zeros(B, device=dev, dtype=torch.bool)
     last_nonfinite = torch.zeros(B, device=dev, dtype=torch.bool)
+    last_singular = torch.zeros(B, device=dev, dtype=torch.bool)
     save_ptr = torch.ones(B, device=dev, dtype=torch.long)
     stop_ptr = torch.zeros(B, device=dev, dtype=torch.long)
     rhs_per_step = method.rhs_per_step
@@ -235,6 +248,7 @@ def integrate(
                 rows, t, y, f0, h = rows[running], t[running], y[running], f0[running], h[running]
                 status, prev_err, counters = status[running], prev_err[running], counters[:, running]
                 rejected_before, last_nonfinite = rejected_before[running], last_nonfinite[running]
+                last_singular = last_singular[running]
                 save_ptr, stop_ptr, stop_table = save_ptr[running], stop_ptr[running], stop_table[running]
                 args = tree_index(args, running)
         step += 1
@@ -248,7 +262,7 @@ def integrate(
         h_try = torch.where(land, target - t, h)
         t1 = torch.where(land, target, t + h_try)
 
-        y1, err, ks, f1 = method.step(f, t, y, f0, h_try, args)
+        y1, err, ks, f1, singular = step_fn(f, t, y, f0, h_try, args)
         counters[3] += running * rhs_per_step
         if adaptive:
             # a NaN/inf anywhere in y1 or the stages (f1 included) makes err_norm NaN/inf:
@@ -322,10 +336,13 @@ def integrate(
             h_new = torch.where(accept & land, torch.maximum(h_new, h), h_new)  # a clipped step is no signal
             rejected_before = torch.where(running, ~accept, rejected_before)
             last_nonfinite = torch.where(running, ~finite, last_nonfinite)
+            if singular is not None:
+                last_singular = torch.where(running, singular, last_singular)
             h = torch.where(running, h_new, h)
             underflow = running & ~accept & (h < tiny)
-            status = torch.where(underflow & last_nonfinite, int(Status.NONFINITE), status)
-            status = torch.where(underflow & ~last_nonfinite, int(Status.STEP_UNDERFLOW), status)
+            status = torch.where(underflow & last_singular, int(Status.SINGULAR), status)
+            status = torch.where(underflow & ~last_singular & last_nonfinite, int(Status.NONFINITE), status)
+            status = torch.where(underflow & ~last_singular & ~last_nonfinite, int(Status.STEP_UNDERFLOW), status)
         else:
             status = torch.where(running & ~finite, int(Status.NONFINITE), status)
         finished = accept & (t >= t_end)

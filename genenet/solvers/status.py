@@ -15,6 +15,7 @@ class Status(IntEnum):
     MAX_STEPS = 1
     STEP_UNDERFLOW = 2
     NONFINITE = 3
+    SINGULAR = 4
 
     @property
     def message(self) -> str:
@@ -30,6 +31,8 @@ _MESSAGES = {
                            "use a stiff method, float64, or check the parameters",
     Status.NONFINITE: "the right-hand side gave NaN/inf even at tiny steps: check parameters and the initial state "
                       "(negative or huge values, division by zero in user kinetics)",
+    Status.SINGULAR: "the implicit method's matrix I/(h*gamma) - J stayed singular (or J non-finite) down to tiny "
+                     "steps: check the model's Jacobian (production_jacobian) and parameters",
 }
 
 

@@ -74,9 +74,10 @@ class ExplicitRK:
     """A batched explicit Runge-Kutta method defined by its tableau (final; compose, don't subclass).
 
     ``step`` advances every row by its own step ``h`` (B,) and returns
-    ``(y1, err, ks, f1)``: the new state (B, G), the local error estimate (B, G) or
-    ``None``, the stages (list of S tensors (B, G)) for dense output, and
-    ``f(t + h, y1)`` when the method is FSAL (else ``None``).
+    ``(y1, err, ks, f1, failed)``: the new state (B, G), the local error estimate (B, G) or
+    ``None``, the stages (list of S tensors (B, G)) for dense output,
+    ``f(t + h, y1)`` when the method is FSAL (else ``None``), and ``None`` (implicit methods
+    return the rows whose linear system was singular there).
     """
 
     def __init__(self, name: str, tableau: ButcherTableau) -> None:
@@ -93,8 +94,10 @@ class ExplicitRK:
     def rhs_per_step(self) -> int:
         return self.tableau.stages - (1 if self.tableau.fsal else 0)
 
+    implicit = False
+
     def step(self, f: RHS, t: Tensor, y: Tensor, f0: Tensor | None, h: Tensor, args: dict
-             ) -> tuple[Tensor, Tensor | None, list[Tensor], Tensor | None]:
+             ) -> tuple[Tensor, Tensor | None, list[Tensor], Tensor | None, None]:
         tab = self.tableau
         hc = h[:, None]
         ks = [f0 if (tab.fsal and f0 is not None) else f(t, y, args)]
@@ -104,7 +107,7 @@ class ExplicitRK:
             ks.append(f(t + tab.c[i] * h, yi, args))
         y1 = yi if tab.fsal else _combo(y, hc, tab.b, ks)
         err = None if tab.e is None else hc * _weighted(tab.e, ks)
-        return y1, err, ks, (ks[-1] if tab.fsal else None)
+        return y1, err, ks, (ks[-1] if tab.fsal else None), None
 
     def dense_weights(self, theta: Tensor) -> Tensor:
         """``b_i(theta)`` for theta (B, K) -> (B, K, S)."""
