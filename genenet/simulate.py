@@ -11,7 +11,7 @@ from torch import Tensor
 
 from .batch import build_batch
 from .models.base import Model
-from .solvers import SolverError, get_method, integrate
+from .solvers import AutoSwitch, SolverError, get_method, integrate, integrate_auto
 from .solvers.status import describe_failures
 from .trajectory import Trajectory
 from .validation import check_positive, check_times, check_tolerance, resolve_device, resolve_dtype
@@ -66,7 +66,9 @@ def simulate(
     method : ``"dopri5"`` (default), ``"tsit5"`` (adaptive 5(4) pairs with 4th-order
         dense output), ``"rodas5"`` / ``"rodas4"`` (stiff: adaptive L-stable Rosenbrock
         methods, Rodas5P and Rodas4, with the model's analytic Jacobian where it has one),
-        ``"rk4"`` or ``"euler"`` (fixed step ``dt``, landing on save times).
+        ``"auto"`` (every row starts with dopri5; a row detected stiff continues with rodas5;
+        ``traj.stats["switched"]`` says which), ``"rk4"`` or ``"euler"`` (fixed step ``dt``,
+        landing on save times).
     rtol, atol : scalar or per gene (G,)
         Error control per row: a step is accepted when
         ``rms(err / (atol + rtol * max(|x|, |x_new|))) <= 1``.
@@ -131,11 +133,14 @@ class Run:
 
         # implicit methods: the model's Jacobian for its own vector field, else autodiff of f
         own = getattr(f, "__func__", None) is type(term).vf
-        sol = integrate(f, y0, t_save, method=self.solver, args=term.initial_args, rtol=self.rtol, atol=self.atol,
-                        dt=self.dt, first_step=self.first_step, max_steps=self.max_steps, stops=stops,
-                        segment=term.segment, reset=term.reset, steady_tol=steady_tol,
-                        progress=report if bar else None, n_primal=n_primal,
-                        jac=term.jacobian if own else None, tgrad=term.time_derivative if own else None)
+        kw = dict(args=term.initial_args, rtol=self.rtol, atol=self.atol, first_step=self.first_step,
+                  max_steps=self.max_steps, stops=stops, segment=term.segment, reset=term.reset,
+                  steady_tol=steady_tol, progress=report if bar else None, n_primal=n_primal,
+                  jac=term.jacobian if own else None, tgrad=term.time_derivative if own else None)
+        if isinstance(self.solver, AutoSwitch):
+            sol = integrate_auto(self.solver, f, y0, t_save, **kw)
+        else:
+            sol = integrate(f, y0, t_save, method=self.solver, dt=self.dt, **kw)
         if bar is not None:
             bar.update(bar.total - bar.n)
             bar.close()
@@ -148,7 +153,8 @@ class Run:
             t=self.t_save, y=y, genes=list(model.genes), labels=batch.labels, conditions=batch.conditions,
             parameter_sets=batch.parameter_sets, status=status,
             stats={"n_steps": sol.n_steps.cpu().numpy(), "n_accepted": sol.n_accepted.cpu().numpy(),
-                   "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy()},
+                   "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy(),
+                   **({"switched": sol.switched.cpu().numpy()} if sol.switched is not None else {})},
             method=self.solver.name,
         )
         if throw and not traj.success:

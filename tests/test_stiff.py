@@ -40,8 +40,8 @@ def _hires():
     return model, (lambda t, y: _hires_rhs(t, np.asarray(y))), x0
 
 
-@pytest.mark.parametrize("method", ["rodas5", "rodas4"])
-@pytest.mark.parametrize("problem,t_end", [(_robertson, 40.0), (_hires, 321.8122)])
+@pytest.mark.parametrize("problem,t_end,method", [(_robertson, 40.0, "rodas5"), (_robertson, 40.0, "rodas4"),
+                                                  (_hires, 321.8122, "rodas5"), (_robertson, 40.0, "auto")])
 def test_stiff_test_set_against_radau(problem, t_end, method):
     model, f, x0 = problem()
     ref = solve_ivp(f, (0, t_end), x0, method="Radau", rtol=1e-12, atol=1e-16).y[:, -1]
@@ -60,7 +60,9 @@ def _stiff_hill(G=50, seed=0):
     g_old = base.params["production"].detach()[0].numpy()
     k = 10.0 ** rng.uniform(-2, 3, G)  # degradation over five decades
     model = gn.Hill(net, **{name: v.detach()[0] for name, v in base.params.items()})
-    model.set_params(degradation=k, production=g_old * k / k_old)  # same steady levels g/k
+    # same steady levels g/k; moderate regulation (n = 2, λ = 5) keeps it from oscillating, so the
+    # step size is set by stiffness, not by fast dynamics
+    model.set_params(degradation=k, production=g_old * k / k_old, hill=2.0, fold=5.0)
     x0 = g_old / k_old * rng.uniform(0.2, 1.5, G)
     return model, x0
 
@@ -83,18 +85,22 @@ def _radau_reference(model, t, x0):
 
 def test_stiff_hill_network_rodas_and_auto_vs_radau_and_dopri5():
     model, x0 = _stiff_hill()
-    t = np.linspace(0, 10, 11)
+    t = np.linspace(0, 50, 11)
     ref = _radau_reference(model, t, x0)
     scale = np.abs(ref).max()
     rhs = {}
     for method in ("rodas5", "auto"):
         traj = gn.simulate(model, t, x0=x0, method=method, rtol=1e-8, atol=1e-10)
-        assert np.abs(traj.y[0].numpy() - ref).max() / scale < 1e-6, method
+        assert np.abs(traj.y[0].detach().numpy() - ref).max() / scale < 1e-6, method
         rhs[method] = int(traj.stats["n_rhs"][0])
-    explicit = gn.simulate(model, t, x0=x0, method="dopri5", rtol=1e-8, atol=1e-10, max_steps=200_000)
+        if method == "auto":
+            assert traj.stats["switched"][0]
+    with torch.no_grad():
+        # its steps are limited by stability (h <= ~3/1000), not by the tolerance
+        explicit = gn.simulate(model, t, x0=x0, method="dopri5", rtol=1e-6, atol=1e-8, max_steps=200_000)
     rhs["dopri5"] = int(explicit.stats["n_rhs"][0])
-    assert rhs["dopri5"] > 10 * rhs["rodas5"], rhs
-    assert rhs["dopri5"] > 5 * rhs["auto"], rhs
+    assert rhs["dopri5"] > 10 * rhs["rodas5"], rhs  # measured ~13x
+    assert rhs["dopri5"] > 10 * rhs["auto"], rhs
 
 
 def _local_error(method, h):

@@ -9,19 +9,22 @@ from .fixed import EULER, RK4
 from .integrate import Solution, integrate
 from .rosenbrock import RODAS4, RODAS5, Rosenbrock
 from .status import SolverError, Status
+from .switching import AUTO, AutoSwitch, integrate_auto
 from .tableau import ButcherTableau, ExplicitRK
 from .tsit5 import TSIT5
 
 __all__ = ["METHODS", "get_method", "integrate", "Solution", "Status", "SolverError", "ButcherTableau",
            "ExplicitRK", "PIController", "FixedController", "DOPRI5", "TSIT5", "EULER", "RK4", "RODAS4", "RODAS5",
-           "Rosenbrock"]
+           "Rosenbrock", "AUTO", "AutoSwitch", "integrate_auto"]
 
-METHODS: dict[str, ExplicitRK | Rosenbrock] = {m.name: m for m in (DOPRI5, TSIT5, RK4, EULER, RODAS5, RODAS4)}
+METHODS: dict[str, ExplicitRK | Rosenbrock | AutoSwitch] = {
+    m.name: m for m in (DOPRI5, TSIT5, RK4, EULER, RODAS5, RODAS4, AUTO)}
 
 
-def get_method(method: str | ExplicitRK | Rosenbrock) -> ExplicitRK | Rosenbrock:
-    """Look up a solver by name (``"dopri5"``, ``"tsit5"``, ``"rk4"``, ``"euler"``, ``"rodas5"``, ``"rodas4"``)."""
-    if isinstance(method, (ExplicitRK, Rosenbrock)):
+def get_method(method: str | ExplicitRK | Rosenbrock | AutoSwitch) -> ExplicitRK | Rosenbrock | AutoSwitch:
+    """Look up a solver by name (``"dopri5"``, ``"tsit5"``, ``"rk4"``, ``"euler"``, ``"rodas5"``,
+    ``"rodas4"``, ``"auto"``)."""
+    if isinstance(method, (ExplicitRK, Rosenbrock, AutoSwitch)):
         return method
     key = str(method).lower()
     if key not in METHODS:

@@ -35,7 +35,8 @@ __all__ = ["Solution", "integrate"]
 
 @dataclass(frozen=True)
 class Solution:
-    """Raw output of :func:`integrate`: ``y`` (B, T, G), per-row ``status`` and counters."""
+    """Raw output of :func:`integrate`: ``y`` (B, T, G), per-row ``status`` and counters, and
+    where each row stopped (``t_last``, ``y_last``: a row declared stiff resumes from there)."""
 
     y: Tensor
     status: Tensor
@@ -43,6 +44,9 @@ class Solution:
     n_accepted: Tensor
     n_rejected: Tensor
     n_rhs: Tensor
+    t_last: Tensor | None = None  # (B,) time each row stopped at
+    y_last: Tensor | None = None  # (B, G) its state there
+    switched: Tensor | None = None  # (B,) rows that method="auto" moved to the implicit method
 
 
 def tree_index(tree: Any, idx: Tensor) -> Any:
@@ -67,6 +71,25 @@ def tree_where(mask: Tensor, new: Any, old: Any) -> Any:
     if isinstance(new, tuple):
         return tuple(tree_where(mask, a, b) for a, b in zip(new, old))
     return new
+
+
+# |h λ| past which DOPRI5/Tsit5 steps are limited by stability: the real stability boundary is ~3.3, and
+# the step controller settles a little inside it (~2.7 on a stiff Hill network); a mode with |h λ| > 2.5
+# decays by e^-2.5 per step, so accuracy no longer asks for such small steps
+STIFF_BOUND = 2.5
+
+
+def spectral_radius(J: Tensor, iterations: int = 12) -> Tensor:
+    """Power-iteration estimate of each row's largest |eigenvalue| of J (B, G, G) -> (B,)."""
+    G = J.shape[-1]
+    v = torch.cos(torch.arange(G, device=J.device, dtype=J.dtype) * 1.7 + 0.3).expand(J.shape[0], G)
+    v = v / v.norm(dim=1, keepdim=True)
+    norm = torch.zeros(J.shape[0], device=J.device, dtype=J.dtype)
+    for _ in range(iterations):
+        w = (J @ v[..., None])[..., 0]
+        norm = w.norm(dim=1)
+        v = w / norm.clamp_min(1e-300)[:, None]
+    return torch.nan_to_num(norm, nan=0.0, posinf=0.0)
 
 
 def _rms_norm(v: Tensor) -> Tensor:
@@ -131,6 +154,8 @@ def integrate(
     n_primal: int | None = None,
     jac: Callable[[Tensor, Tensor, dict], Tensor] | None = None,
     tgrad: Callable[[Tensor, Tensor, dict], Tensor | None] | None = None,
+    t_start: Tensor | None = None,
+    stiff_after: int | None = None,
 ) -> Solution:
     """Integrate ``dx/dt = f(t, x, args)`` for a batch of rows, saving at ``t_save``.
 
@@ -154,6 +179,13 @@ def integrate(
         the same steps, e.g. forward sensitivities, whose discrete derivative is then exact.
     jac, tgrad : ``(t, x, args) -> ∂f/∂x`` (B, G, G) and ``∂f/∂t`` (B, G) (or ``None``: autonomous),
         for implicit methods (:mod:`genenet.solvers.rosenbrock`); default: forward-mode autodiff of ``f``.
+    t_start : (B,) per-row start times in ``[t_save[0], t_save[-1])`` (default ``t_save[0]``); a row
+        starting later fills only the save times after its start (``y`` keeps NaN before).
+    stiff_after : stiffness detection for DOPRI5/Tsit5: a row whose step sits on the stability
+        boundary (``h·ρ > 2.5``) for this many accepted steps, not interrupted by 6 non-stiff ones,
+        stops with status ``STIFF`` at ``(t_last, y_last)``. ``ρ`` is the larger of Hairer's
+        estimate from the last two stages and, when ``jac`` is given, a power-iteration
+        estimate of the Jacobian's spectral radius refreshed every ``check_every`` steps.
 
     Returns
     -------
@@ -173,7 +205,7 @@ def integrate(
     out = torch.full((B, T + 1, G), float("nan"), device=dev, dtype=dtype)  # slot T: sink for masked writes
     out[:, 0] = x0
     if T == 1:
-        return Solution(out[:, :1], status_all, *counters_all)
+        return Solution(out[:, :1], status_all, *counters_all, t_last=t_save[:1].expand(B), y_last=x0)
 
     adaptive = method.adaptive
     if getattr(method, "implicit", False):
@@ -197,13 +229,16 @@ def integrate(
     switching = segment is not None and stops is not None  # interior switching times exist
     rows = torch.arange(B, device=dev)
 
-    t = t_save[0].expand(B).clone()
+    t = t_save[0].expand(B).clone() if t_start is None else t_start.to(dtype).clone()
     y = x0
     if segment is not None:
         args = segment(t, args)
     if reset is not None:
         y = reset(t, y, args)
+    if t_start is None:
         out[:, 0] = y
+    else:  # later starts: the save times at or before a row's start belong to someone else
+        out[:, 0] = torch.where((t_start <= t_save[0])[:, None], y, out[:, 0])
     f0 = f(t, y, args)
     counters = torch.zeros(4, B, device=dev, dtype=torch.long)
     counters[3] += 1
@@ -224,6 +259,14 @@ def integrate(
     last_singular = torch.zeros(B, device=dev, dtype=torch.bool)
     save_ptr = torch.ones(B, device=dev, dtype=torch.long)
     stop_ptr = torch.zeros(B, device=dev, dtype=torch.long)
+    if t_start is not None:
+        save_ptr = torch.searchsorted(t_save, t[:, None].contiguous(), right=True)[:, 0].clamp(min=1)
+        stop_ptr = (stop_table <= t[:, None]).sum(dim=1)
+    stiff_count = torch.zeros(B, device=dev, dtype=torch.long)
+    rho = None
+    calm_count = torch.zeros(B, device=dev, dtype=torch.long)
+    t_last_all = torch.full((B,), float("nan"), device=dev, dtype=dtype)
+    y_last_all = torch.full((B, G), float("nan"), device=dev, dtype=dtype)
     rhs_per_step = method.rhs_per_step
 
     def retire(keep: Tensor | None) -> None:
@@ -233,6 +276,8 @@ def integrate(
         status_all[idx] = status[done]
         counters[2] = counters[0] - counters[1]  # rejected = attempted - accepted
         counters_all[:, idx] = counters[:, done]
+        t_last_all[idx] = t[done]
+        y_last_all[idx] = y[done]
 
     step = 0
     while True:
@@ -249,6 +294,8 @@ def integrate(
                 status, prev_err, counters = status[running], prev_err[running], counters[:, running]
                 rejected_before, last_nonfinite = rejected_before[running], last_nonfinite[running]
                 last_singular = last_singular[running]
+                stiff_count, calm_count = stiff_count[running], calm_count[running]
+                rho = None
                 save_ptr, stop_ptr, stop_table = save_ptr[running], stop_ptr[running], stop_table[running]
                 args = tree_index(args, running)
         step += 1
@@ -315,6 +362,20 @@ def integrate(
                     counters[3] += switch
         counters[0] += running
         counters[1] += accept
+        if stiff_after is not None:
+            hl = method.stiffness(h_try, ks)
+            if hl is None:
+                raise ValueError(f"stiffness detection needs DOPRI5 or Tsit5, not {method.name!r}")
+            if jac is not None:  # the Jacobian's spectral radius, refreshed every few steps
+                if step % check_every == 1 or rho is None:
+                    with torch.no_grad():
+                        rho = spectral_radius(jac(t, y.detach(), args))
+                hl = torch.maximum(hl, h_try.detach() * rho)
+            on_edge = accept & (hl > STIFF_BOUND)
+            calm = accept & ~on_edge
+            calm_count = torch.where(on_edge, 0, calm_count + calm.long())
+            stiff_count = torch.where(on_edge, stiff_count + 1, torch.where(calm_count >= 6, 0, stiff_count))
+            status = torch.where(running & (stiff_count >= stiff_after) & (t < t_end), int(Status.STIFF), status)
 
         if steady_tol is not None:  # f0 is f(t, y) after an accepted FSAL step
             ahead = stop_table.gather(1, stop_ptr[:, None]).squeeze(1) < t_end
@@ -351,4 +412,4 @@ def integrate(
                              status)
 
     retire(None)
-    return Solution(out[:, :T], status_all, *counters_all)
+    return Solution(out[:, :T], status_all, *counters_all, t_last=t_last_all, y_last=y_last_all)

@@ -10,6 +10,7 @@ __all__ = ["Status", "SolverError"]
 class Status(IntEnum):
     """Outcome of one batch row. ``RUNNING`` only appears inside the solver loop."""
 
+    STIFF = -2  # internal: handed from the explicit to the implicit method by method="auto"
     RUNNING = -1
     SUCCESS = 0
     MAX_STEPS = 1
@@ -23,6 +24,7 @@ class Status(IntEnum):
 
 
 _MESSAGES = {
+    Status.STIFF: "detected stiff and stopped for an implicit method to take over (method='auto')",
     Status.RUNNING: "still running",
     Status.SUCCESS: "reached the final time",
     Status.MAX_STEPS: "stopped after max_steps steps before the final time: raise max_steps, loosen rtol/atol, "
