@@ -37,6 +37,7 @@ from .sensitivity import Sensitivities, sensitivities
 from .simulate import simulate
 from .solvers import SolverError, Status
 from .steady import SteadyState, jacobian, steady_state, steady_state_sensitivity
+from .stochastic import simulate_stochastic
 from .trajectory import Trajectory
 
 __version__ = "0.1.0"
@@ -50,6 +51,6 @@ __all__ = [
     "scan", "Bifurcation",
     "ExpressionData", "fit", "FitProblem", "FitResult", "sensitivities", "Sensitivities",
     "Sigmoid", "infer_network", "InferredNetwork", "score_edges", "baseline_scores", "read_dream_timeseries",
-    "read_dream_gold", "load_dream4",
+    "read_dream_gold", "load_dream4", "simulate_stochastic",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
 ]

@@ -551,18 +551,25 @@ class ConditionTerm:
                 out["p_dot"] = p_dot
         return out
 
-    def vf(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
-        """``mult * production + add - degradation``, zero for clamped genes; (B, G)."""
+    def rates(self, t: Tensor, x: Tensor, args: dict) -> tuple[Tensor, Tensor]:
+        """Production ``mult * production + add`` and degradation (B, G) under the current effects;
+        both zero for clamped genes. The CLE's noise is built from these."""
         p = args["p"]
         prod = self.model.production(t, x, p)
         if self.use_mult:
             prod = prod * args["mult"]
         if self.use_add:
             prod = prod + args["add"]
-        dx = prod - self.model.degradation(t, x, p)
+        deg = self.model.degradation(t, x, p)
         if self.use_clamp:
-            dx = torch.where(args["clamp"], 0.0, dx)
-        return dx
+            prod = torch.where(args["clamp"], 0.0, prod)
+            deg = torch.where(args["clamp"], 0.0, deg)
+        return prod, deg
+
+    def vf(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
+        """``mult * production + add - degradation``, zero for clamped genes; (B, G)."""
+        prod, deg = self.rates(t, x, args)
+        return prod - deg
 
     def vf_jvp(self, t: Tensor, x: Tensor, x_dot: Tensor, args: dict) -> tuple[Tensor, Tensor]:
         """``vf`` (B, G) and its directional derivatives (B, q, G) along q tangents: state

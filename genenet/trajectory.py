@@ -41,6 +41,8 @@ class Trajectory:
         Per-row ``n_steps``, ``n_accepted``, ``n_rejected``, ``n_rhs`` (RHS evaluations).
     method : str
         Solver used.
+    cells : np.ndarray (B,) or None
+        Cell index of each row (stochastic simulations); ``None`` for deterministic ones.
     """
 
     t: Tensor
@@ -52,6 +54,7 @@ class Trajectory:
     status: np.ndarray
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     method: str = ""
+    cells: np.ndarray | None = None
 
     # ---------------------------------------------------------------- summary
     @property
@@ -147,6 +150,49 @@ class Trajectory:
             "gene": np.tile(np.asarray(self.genes, dtype=object), B * T),
             "value": y.reshape(-1),
         })
+
+    def snapshot(self, time: float, *, condition: str | None = None, capture: float | None = None,
+                 library_sd: float = 0.0, dropout_midpoint: float | None = None, dropout_shape: float = 1.0,
+                 seed: int = 0, anndata: bool = False) -> Any:
+        r"""Cells x genes expression at the save time nearest ``time``, for comparison with single-cell data.
+
+        One row per batch row (cell), indexed by its label, with ``condition`` and ``cell``
+        columns first. Optional technical noise, as in SERGIO (Dibaeinia & Sinha 2020):
+
+        - ``capture``: UMI counts ``~ Poisson(capture * L_c * x)`` with a per-cell library
+          factor ``L_c ~ LogNormal(0, library_sd)``;
+        - ``dropout_midpoint``: each count is zeroed with probability
+          ``1 / (1 + exp(dropout_shape * (log x - log dropout_midpoint)))`` (more dropout for
+          lowly expressed genes).
+
+        ``anndata=True`` returns an ``anndata.AnnData`` (``obs``: condition, cell) instead
+        (needs the ``anndata`` extra). Returns a :class:`pandas.DataFrame` otherwise.
+        """
+        k = int(np.argmin(np.abs(self.t.detach().cpu().numpy() - float(time))))
+        rows = np.arange(self.n_rows) if condition is None else np.flatnonzero(np.asarray(self.conditions) == condition)
+        if condition is not None and rows.size == 0:
+            raise KeyError(f"no rows with condition {condition!r}; available: {sorted(set(self.conditions))}")
+        X = self.y[rows, k].detach().cpu().numpy().astype(np.float64)
+        rng = np.random.default_rng(seed)
+        if capture is not None:
+            if not capture > 0:
+                raise ValueError(f"capture must be > 0, got {capture!r}")
+            lib = rng.lognormal(0.0, library_sd, size=(len(rows), 1))
+            X = rng.poisson(np.clip(capture * lib * X, 0, None)).astype(np.float64)
+        if dropout_midpoint is not None:
+            level = np.log(np.clip(X, 1e-12, None)) - np.log(dropout_midpoint)
+            drop = rng.random(X.shape) < 1.0 / (1.0 + np.exp(np.clip(dropout_shape * level, -50, 50)))
+            X = np.where(drop, 0.0, X)
+        obs = pd.DataFrame({"condition": np.asarray(self.conditions, dtype=object)[rows],
+                            "cell": (self.cells[rows] if self.cells is not None else rows)},
+                           index=[self.labels[i] for i in rows])
+        if anndata:
+            try:
+                import anndata as ad
+            except ImportError as err:
+                raise ImportError("snapshot(anndata=True) needs the anndata package: pip install anndata") from err
+            return ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(self.genes)))
+        return pd.concat([obs, pd.DataFrame(X, columns=list(self.genes), index=obs.index)], axis=1)
 
     def to(self, device: str | torch.device) -> Trajectory:
         """A copy with ``t`` and ``y`` on ``device``."""
