@@ -136,7 +136,8 @@ class Run:
         kw = dict(args=term.initial_args, rtol=self.rtol, atol=self.atol, first_step=self.first_step,
                   max_steps=self.max_steps, stops=stops, segment=term.segment, reset=term.reset,
                   steady_tol=steady_tol, progress=report if bar else None, n_primal=n_primal,
-                  jac=term.jacobian if own else None, tgrad=term.time_derivative if own else None)
+                  jac=getattr(term, "jacobian", None) if own else None,
+                  tgrad=getattr(term, "time_derivative", None) if own else None)
         if isinstance(self.solver, AutoSwitch):
             sol = integrate_auto(self.solver, f, y0, t_save, **kw)
         else:

@@ -68,7 +68,7 @@ def test_convergence_order(name, order):
         t, y = torch.zeros(1), torch.full((1, 1), 0.1)
         f0 = _logistic(t, y, {})
         for _ in range(n):
-            y, _, _, f1 = method.step(_logistic, t, y, f0, h, {})
+            y, _, _, f1, _ = method.step(_logistic, t, y, f0, h, {})
             t = t + h
             f0 = f1 if f1 is not None else _logistic(t, y, {})
         errors.append(abs(float(y[0, 0]) - 1.0 / (1.0 + 9.0 * np.exp(-8.0))))
@@ -84,7 +84,7 @@ def test_dense_output_order(name):
     for h in (0.4, 0.2, 0.1, 0.05):
         t, y = torch.zeros(1), torch.ones(1, 1)
         hh = torch.full((1,), h)
-        y1, _, ks, _ = method.step(_forced, t, y, _forced(t, y, {}), hh, {})
+        y1, _, ks, _, _ = method.step(_forced, t, y, _forced(t, y, {}), hh, {})
         theta = torch.tensor([[0.3, 0.5, 1.0]])
         vals = method.interpolate(y, hh, ks, theta)[0, :, 0].numpy()
         assert vals[-1] == pytest.approx(float(y1[0, 0]), rel=1e-14)
