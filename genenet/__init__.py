@@ -16,7 +16,7 @@ from .io import (
     write_topo,
     write_tsv,
 )
-from .models import FunctionModel, Hill, Model, ParameterSpec, Sigmoid
+from .models import FunctionModel, Hill, Model, ParameterSpec, Sigmoid, TwoStage
 from .multistability import SteadyStates, find_steady_states
 from .network import Edge, Network
 from .perturb import (
@@ -51,6 +51,6 @@ __all__ = [
     "scan", "Bifurcation",
     "ExpressionData", "fit", "FitProblem", "FitResult", "sensitivities", "Sensitivities",
     "Sigmoid", "infer_network", "InferredNetwork", "score_edges", "baseline_scores", "read_dream_timeseries",
-    "read_dream_gold", "load_dream4", "simulate_stochastic",
+    "read_dream_gold", "load_dream4", "simulate_stochastic", "TwoStage",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
 ]

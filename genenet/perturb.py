@@ -400,8 +400,11 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
     parameters, a clamped gene that is also knocked out, values out of range.
     """
     genes = list(model.genes)
-    index = {g: i for i, g in enumerate(genes)}
+    names = list(dict.fromkeys([*getattr(model, "gene_names", []), *genes]))
     C, G = len(conditions), len(genes)
+
+    def targets(gs: Iterable[str], which: int) -> list[int]:
+        return [i for g in gs for i in model.perturbation_targets(g)[which]]
     pulses_per = [sum(isinstance(p, Pulse) for p in c.perturbations) for c in conditions]
     L = 1 + max(pulses_per, default=0)
 
@@ -422,8 +425,8 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
         slot = 0
         for pert in cond.perturbations:
             for g in pert.genes_named():
-                if g not in index:
-                    raise KeyError(_unknown_gene(g, genes))
+                if model.perturbation_targets(g) is None:
+                    raise KeyError(_unknown_gene(g, names))
             if isinstance(pert, Pulse):
                 slot += 1
                 layer, inner = layers[slot], pert.perturbation
@@ -431,12 +434,13 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
                 stops[c] += [pert.start] + ([pert.end] if math.isfinite(pert.end) else [])
             else:
                 layer, inner = layers[0], pert
-            gi = [index[g] for g in inner.genes_named()]
+            gi = targets(inner.genes_named(), 0)
             if isinstance(inner, Knockout):
                 layer.mult[c, gi] = 0.0
                 knocked.update(inner.genes)
                 if layer is layers[0]:
-                    x0_mask[c, gi], x0_value[c, gi] = True, 0.0
+                    zero = targets(inner.genes, 1)
+                    x0_mask[c, zero], x0_value[c, zero] = True, 0.0
             elif isinstance(inner, Knockdown):
                 layer.mult[c, gi] *= 1.0 - inner.fraction
             elif isinstance(inner, Overexpress):
@@ -445,6 +449,7 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
                 if inner.rate is not None:
                     layer.add[c, gi] += inner.rate
             elif isinstance(inner, Clamp):
+                gi = targets([inner.gene], 2)
                 layer.clamp[c, gi], layer.clamp_value[c, gi] = True, inner.value
                 clamped.add(inner.gene)
                 if layer is layers[0]:

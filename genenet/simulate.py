@@ -156,7 +156,7 @@ class Run:
             stats={"n_steps": sol.n_steps.cpu().numpy(), "n_accepted": sol.n_accepted.cpu().numpy(),
                    "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy(),
                    **({"switched": sol.switched.cpu().numpy()} if sol.switched is not None else {})},
-            method=self.solver.name,
+            method=self.solver.name, species=getattr(model, "species", None),
         )
         if throw and not traj.success:
             raise SolverError(f"{len(traj.failed)} of {batch.n_rows} rows failed (simulate(..., throw=False) "

@@ -143,7 +143,8 @@ def simulate_stochastic(
                       conditions=list(rep(np.asarray(batch.conditions, dtype=object), n_cells)),
                       parameter_sets=rep(np.asarray(batch.parameter_sets), n_cells),
                       status=np.zeros(B, dtype=int), stats={"n_steps": np.full(B, n_steps)},
-                      method=f"cle-{method}", cells=np.tile(np.arange(int(n_cells)), batch.n_rows))
+                      method=f"cle-{method}", cells=np.tile(np.arange(int(n_cells)), batch.n_rows),
+                      species=getattr(model, "species", None))
 
 
 def _step(term: Any, model: Model, t: Tensor, x: Tensor, args: dict, h: float, noise: float, method: str,

@@ -43,6 +43,9 @@ class Trajectory:
         Solver used.
     cells : np.ndarray (B,) or None
         Cell index of each row (stochastic simulations); ``None`` for deterministic ones.
+    species : list[str] or None
+        Species of each state for multi-species models (:class:`genenet.TwoStage`: ``"mRNA"``,
+        ``"protein"``), whose state names are ``"GENE:species"``; ``None`` otherwise.
     """
 
     t: Tensor
@@ -55,6 +58,7 @@ class Trajectory:
     stats: dict[str, np.ndarray] = field(default_factory=dict)
     method: str = ""
     cells: np.ndarray | None = None
+    species: list[str] | None = None
 
     # ---------------------------------------------------------------- summary
     @property
@@ -106,10 +110,17 @@ class Trajectory:
         except ValueError:
             raise KeyError(f"unknown gene {gene!r}; genes are {list(self.genes)}") from None
 
-    def __getitem__(self, gene: str) -> Tensor:
-        """``traj["GENE"]`` -> that gene's values, (B, T)."""
+    def __getitem__(self, gene: str | tuple[str, str]) -> Tensor:
+        """``traj["GENE"]`` -> that gene's values, (B, T); ``traj["GENE", "protein"]`` one species
+        of a multi-species model (same as ``traj["GENE:protein"]``)."""
+        if isinstance(gene, tuple) and len(gene) == 2 and all(isinstance(g, str) for g in gene):
+            if self.species is None:
+                raise KeyError(f"{gene!r}: this trajectory has one species per gene; index by gene name")
+            if gene[1] not in self.species:
+                raise KeyError(f"unknown species {gene[1]!r}; species are {sorted(set(self.species))}")
+            gene = f"{gene[0]}:{gene[1]}"
         if not isinstance(gene, str):
-            raise TypeError(f"index a Trajectory by gene name, got {type(gene).__name__}")
+            raise TypeError(f"index a Trajectory by gene name or (gene, species), got {type(gene).__name__}")
         return self.y[:, :, self.index(gene)]
 
     def row_indices(self, rows: int | str | Sequence[int | str] | None) -> list[int]:
@@ -137,17 +148,23 @@ class Trajectory:
         return self.y.detach().cpu().numpy()
 
     def to_frame(self, rows: Any = None) -> pd.DataFrame:
-        """Long table with columns ``row, condition, parameter_set, time, gene, value``."""
+        """Long table with columns ``row, condition, parameter_set, time, gene, value``; multi-species
+        trajectories have ``gene`` (the gene name) and ``species`` columns."""
         idx = self.row_indices(rows)
         y = self.numpy()[idx]
         B, T, G = y.shape
         t = self.t.detach().cpu().numpy()
+        names = np.asarray(self.genes, dtype=object)
+        columns = {"gene": np.tile(names, B * T)}
+        if self.species is not None:
+            base = np.asarray([g.rsplit(":", 1)[0] for g in self.genes], dtype=object)
+            columns = {"gene": np.tile(base, B * T), "species": np.tile(np.asarray(self.species, dtype=object), B * T)}
         return pd.DataFrame({
             "row": np.repeat(np.asarray(self.labels, dtype=object)[idx], T * G),
             "condition": np.repeat(np.asarray(self.conditions, dtype=object)[idx], T * G),
             "parameter_set": np.repeat(self.parameter_sets[idx], T * G),
             "time": np.tile(np.repeat(t, G), B),
-            "gene": np.tile(np.asarray(self.genes, dtype=object), B * T),
+            **columns,
             "value": y.reshape(-1),
         })
 

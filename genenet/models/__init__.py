@@ -3,5 +3,6 @@
 from .base import FunctionModel, Model, ParameterSpec
 from .hill import Hill
 from .sigmoid import Sigmoid
+from .two_stage import TwoStage
 
-__all__ = ["Model", "FunctionModel", "ParameterSpec", "Hill", "Sigmoid"]
+__all__ = ["Model", "FunctionModel", "ParameterSpec", "Hill", "Sigmoid", "TwoStage"]

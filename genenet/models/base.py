@@ -285,6 +285,17 @@ class Model(nn.Module):
         """``dx/dt = production - degradation``, ``(B, G)``."""
         return self.production(t, x, p) - self.degradation(t, x, p)
 
+    def perturbation_targets(self, name: str) -> tuple[list[int], list[int], list[int]] | None:
+        """State indices a perturbation of gene ``name`` acts on: ``(production, knockout, level)``
+        -- whose production a knockout/knockdown/overexpression scales, which states a knockout
+        starts at 0, and which state a clamp holds. ``None`` if the name is unknown. One state
+        per gene here; multi-species models (:class:`genenet.TwoStage`) map a gene to several."""
+        try:
+            i = list(self.genes).index(name)
+        except ValueError:
+            return None
+        return [i], [i], [i]
+
     def default_x0(self, n_rows: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Initial state when none is given: all zeros, ``(n_rows, G)``."""
         return torch.zeros(n_rows, self.n_genes, device=device, dtype=dtype)
@@ -328,25 +339,33 @@ class Model(nn.Module):
 
 
 class LinearDegradation:
-    """Mixin for models whose degradation is first order, ``k_i x_i`` with a per-gene parameter
-    ``degradation``: the rate, its tangents and its Jacobian in closed form."""
+    """Mixin for models whose degradation is first order, ``k_i x_i``: the rate, its tangents
+    and its Jacobian in closed form. The rates come from :meth:`_degradation_rates` (the
+    per-gene parameter ``degradation`` by default; multi-species models concatenate theirs)."""
+
+    _rate_names: tuple[str, ...] = ("degradation",)
+
+    def _degradation_rates(self, p: Params) -> Tensor:
+        return torch.cat([p[name] for name in self._rate_names], dim=1)
 
     def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``k_i * x_i``, shape ``(B, G)``."""
-        return p["degradation"] * x
+        return self._degradation_rates(p) * x
 
     def degradation_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
                         ) -> tuple[Tensor, Tensor]:
         """``k x`` and its tangents ``k ẋ + k̇ x``, (B, G) and (B, q, G)."""
-        k = p["degradation"]
+        k = self._degradation_rates(p)
         D_dot = k[:, None, :] * x_dot
-        if "degradation" in p_dot:
-            D_dot = D_dot + p_dot["degradation"] * x[:, None, :]
+        if any(name in p_dot for name in self._rate_names):
+            k_dot = torch.cat([p_dot[name] if name in p_dot else x_dot.new_zeros(*x_dot.shape[:2], p[name].shape[1])
+                               for name in self._rate_names], dim=2)
+            D_dot = D_dot + k_dot * x[:, None, :]
         return k * x, D_dot
 
     def degradation_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``diag(k)``, shape ``(B, G, G)``."""
-        return torch.diag_embed(p["degradation"].expand_as(x))
+        return torch.diag_embed(self._degradation_rates(p).expand_as(x))
 
 
 def _jvp_by_autodiff(fn: Callable, model: Model, t: Tensor, x: Tensor, p: Params, x_dot: Tensor,
