@@ -249,6 +249,18 @@ class Hill(LinearDegradation, Model):
         return super().labels(name)
 
     # ------------------------------------------------------------- RACIPE
+    def with_degradation(self, degradation: Any, keep_levels: bool = True) -> Hill:
+        """A copy with new degradation rates ``k'`` (scalar, (G,) or (P, G)); with ``keep_levels``
+        the production rates become ``g k'/k``, so every steady state (and the thresholds' meaning)
+        is unchanged and only the time scales move -- e.g. rates spread over decades for a stiff
+        variant of a network: ``model.with_degradation(10 ** rng.uniform(-2, 3, G))``."""
+        k_new = self._canonical(self.specs["degradation"], degradation)
+        values = {name: v.detach() for name, v in self.params.items()}
+        if keep_levels:
+            values["production"] = values["production"] * k_new / values["degradation"]
+        values["degradation"] = k_new
+        return Hill(self.net, **values)
+
     @classmethod
     def random(cls, net: Network, n: int = 100, seed: int | None = 0, *,
                production: tuple[float, float] = (1.0, 100.0),

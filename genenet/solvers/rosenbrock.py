@@ -120,7 +120,7 @@ class Rosenbrock:
         eye = torch.eye(G, dtype=y.dtype, device=y.device)
         W = eye / (tab.gamma * h)[:, None, None] - J
         LU, pivots, info = torch.linalg.lu_factor_ex(W)
-        singular = (info != 0) | ~torch.isfinite(W).flatten(1).all(dim=1)
+        singular = (info != 0) | ~torch.isfinite(W.sum(dim=(1, 2)))  # one NaN/inf entry makes the sum non-finite
         if bool(singular.any()):  # keep the solve finite; these rows are rejected
             LU = torch.where(singular[:, None, None], eye.expand(B, G, G), LU)
             pivots = torch.where(singular[:, None], torch.arange(1, G + 1, device=y.device, dtype=pivots.dtype),
