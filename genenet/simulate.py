@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .batch import build_batch
 from .models.base import Model
-from .solvers import AutoSwitch, SolverError, get_method, integrate, integrate_auto
+from .solvers import AutoSwitch, SolverError, get_method, integrate_auto
+from .solvers.integrate import implicit_chunk, integrate_in_chunks
 from .solvers.status import describe_failures
 from .trajectory import Trajectory
 from .validation import check_positive, check_times, check_tolerance, resolve_device, resolve_dtype
@@ -141,7 +142,8 @@ class Run:
         if isinstance(self.solver, AutoSwitch):
             sol = integrate_auto(self.solver, f, y0, t_save, **kw)
         else:
-            sol = integrate(f, y0, t_save, method=self.solver, dt=self.dt, **kw)
+            chunk = implicit_chunk(self.solver, y0.shape[0], y0.shape[1], y0.device)
+            sol = integrate_in_chunks(f, y0, t_save, chunk=chunk, method=self.solver, dt=self.dt, **kw)
         if bar is not None:
             bar.update(bar.total - bar.n)
             bar.close()

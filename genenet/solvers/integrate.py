@@ -30,7 +30,7 @@ from .controller import PIController
 from .status import Status
 from .tableau import ExplicitRK
 
-__all__ = ["Solution", "integrate"]
+__all__ = ["Solution", "integrate", "integrate_in_chunks"]
 
 
 @dataclass(frozen=True)
@@ -413,3 +413,29 @@ def integrate(
 
     retire(None)
     return Solution(out[:, :T], status_all, *counters_all, t_last=t_last_all, y_last=y_last_all)
+
+
+def integrate_in_chunks(f: Callable, x0: Tensor, t_save: Tensor, *, chunk: int | None, args: dict | None = None,
+                        stops: Tensor | None = None, t_start: Tensor | None = None, **kw: Any) -> Solution:
+    """:func:`integrate` over groups of at most ``chunk`` rows, joined; ``chunk=None`` or ``B <= chunk``
+    is one call. For the implicit methods on the CPU: their per-row (G, G) matrices of a large batch
+    spill out of the caches (1000 rows x 100 genes run ~1.8x slower in one batch than in ten)."""
+    B = x0.shape[0]
+    if chunk is None or B <= chunk:
+        return integrate(f, x0, t_save, args=args, stops=stops, t_start=t_start, **kw)
+    parts = []
+    for lo in range(0, B, chunk):
+        idx = torch.arange(lo, min(B, lo + chunk), device=x0.device)
+        parts.append(integrate(f, x0[idx], t_save, args=tree_index(dict(args or {}), idx),
+                               stops=stops[idx] if stops is not None and stops.ndim == 2 else stops,
+                               t_start=None if t_start is None else t_start[idx], **kw))
+    return Solution(*(torch.cat([getattr(p, name) for p in parts]) for name in
+                      ("y", "status", "n_steps", "n_accepted", "n_rejected", "n_rhs", "t_last", "y_last")))
+
+
+def implicit_chunk(method: Any, B: int, G: int, device: torch.device) -> int | None:
+    """Rows per chunk for an implicit method: about 2^20 Jacobian entries (8 MB in float64) on the
+    CPU, all rows at once on a GPU (which wants the largest batch)."""
+    if not getattr(method, "implicit", False) or device.type != "cpu":
+        return None
+    return max(16, (1 << 20) // max(G * G, 1))

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .dopri5 import DOPRI5
-from .integrate import Solution, integrate, tree_index
+from .integrate import Solution, implicit_chunk, integrate, integrate_in_chunks, tree_index
 from .rosenbrock import RODAS5, Rosenbrock
 from .status import Status
 from .tableau import ExplicitRK
@@ -61,8 +61,10 @@ def integrate_auto(auto: AutoSwitch, f: Any, x0: Tensor, t_save: Tensor, *, args
     idx = torch.nonzero(stiff).flatten()
     sub_stops = stops[idx] if stops is not None and stops.ndim == 2 else stops
     kw.pop("first_step", None)  # the implicit phase chooses its own first step
-    second = integrate(f, first.y_last[idx], t_save, method=auto.implicit, args=tree_index(args, idx),
-                       stops=sub_stops, t_start=first.t_last[idx], jac=jac, tgrad=tgrad, **kw)
+    chunk = implicit_chunk(auto.implicit, len(idx), x0.shape[1], x0.device)
+    second = integrate_in_chunks(f, first.y_last[idx], t_save, chunk=chunk, method=auto.implicit,
+                                 args=tree_index(args, idx), stops=sub_stops, t_start=first.t_last[idx], jac=jac,
+                                 tgrad=tgrad, **kw)
     T = t_save.numel()
     begin = torch.searchsorted(t_save, first.t_last[idx][:, None].contiguous(), right=True)  # (n, 1)
     later = torch.arange(T, device=t_save.device)[None, :] >= begin
