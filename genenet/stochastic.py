@@ -169,6 +169,11 @@ def _step(term: Any, model: Model, t: Tensor, x: Tensor, args: dict, h: float, n
 
 def _rate_sum_diagonal(term: Any, model: Model, t: Tensor, x: Tensor, args: dict) -> Tensor:
     """``∂P_i/∂x_i + ∂D_i/∂x_i`` (B, G): from the model's analytic Jacobians when it has them."""
+    if hasattr(model, "production_jacobian") and hasattr(model, "degradation_diagonal"):
+        dp = torch.diagonal(model.production_jacobian(t, x, args["p"]), dim1=1, dim2=2)
+        if term.use_mult:
+            dp = dp * args["mult"]
+        return dp + model.degradation_diagonal(t, x, args["p"])
     if hasattr(model, "production_jacobian") and hasattr(model, "degradation_jacobian"):
         jp = model.production_jacobian(t, x, args["p"])
         if term.use_mult:

@@ -363,9 +363,14 @@ class LinearDegradation:
             D_dot = D_dot + k_dot * x[:, None, :]
         return k * x, D_dot
 
+    def degradation_diagonal(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``∂D_i/∂x_i = k_i``, shape ``(B, G)``: the whole Jacobian of an elementwise degradation,
+        which lets a solver add it to a Jacobian's diagonal in place instead of forming ``diag(k)``."""
+        return self._degradation_rates(p).expand_as(x)
+
     def degradation_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``diag(k)``, shape ``(B, G, G)``."""
-        return torch.diag_embed(self._degradation_rates(p).expand_as(x))
+        return torch.diag_embed(self.degradation_diagonal(t, x, p))
 
 
 def _jvp_by_autodiff(fn: Callable, model: Model, t: Tensor, x: Tensor, p: Params, x_dot: Tensor,

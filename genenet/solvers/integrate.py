@@ -178,7 +178,8 @@ def integrate(
         initial step and steady detection (default: all). The other columns ride along with
         the same steps, e.g. forward sensitivities, whose discrete derivative is then exact.
     jac, tgrad : ``(t, x, args) -> ∂f/∂x`` (B, G, G) and ``∂f/∂t`` (B, G) (or ``None``: autonomous),
-        for implicit methods (:mod:`genenet.solvers.rosenbrock`); default: forward-mode autodiff of ``f``.
+        for implicit methods (:mod:`genenet.solvers.rosenbrock`), which overwrite the tensor ``jac``
+        returns (return a fresh one, never a cached one); default: forward-mode autodiff of ``f``.
     t_start : (B,) per-row start times in ``[t_save[0], t_save[-1])`` (default ``t_save[0]``); a row
         starting later fills only the save times after its start (``y`` keeps NaN before).
     stiff_after : stiffness detection for DOPRI5/Tsit5: a row whose step sits on the stability

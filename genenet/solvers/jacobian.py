@@ -12,13 +12,14 @@ __all__ = ["autodiff_jacobian", "autodiff_time_derivative"]
 
 
 def autodiff_jacobian(f: Any, t: Tensor, x: Tensor, args: dict) -> Tensor:
-    """Per-row Jacobian ``d f(t, x, args)_b / d x_b`` by ``vmap(jacfwd)``, (B, G, G)."""
+    """Per-row Jacobian ``d f(t, x, args)_b / d x_b`` by ``vmap(jacfwd)``, (B, G, G); a fresh tensor
+    (not a view), which the implicit methods overwrite with their iteration matrix."""
     from torch.func import jacfwd, vmap
 
     def single(tr: Tensor, xr: Tensor, ar: dict) -> Tensor:
         return f(tr[None], xr[None], _unsqueeze_tree(ar))[0]
 
-    return vmap(jacfwd(single, argnums=1))(t, x, args)
+    return vmap(jacfwd(single, argnums=1))(t, x, args).clone()
 
 
 def autodiff_time_derivative(f: Any, t: Tensor, x: Tensor, args: dict) -> Tensor:

@@ -116,9 +116,12 @@ class Rosenbrock:
         # rows with h = 0 (finished, not yet dropped) get a harmless h: their step is discarded
         h = torch.where(h > 0, h, torch.ones_like(h))
         hc = h[:, None]
-        J = jac(t, y, args)
+        # W = I / (h γ) - J formed in place in the fresh tensor ``jac`` returns: (B, G, G) passes and
+        # allocations are what a step costs beside the LU on a large network (contiguous(): a
+        # broadcast Jacobian cannot be written in place)
+        W = jac(t, y, args).contiguous().neg_()
+        W.diagonal(dim1=1, dim2=2).add_((1.0 / (tab.gamma * h))[:, None])
         eye = torch.eye(G, dtype=y.dtype, device=y.device)
-        W = eye / (tab.gamma * h)[:, None, None] - J
         LU, pivots, info = torch.linalg.lu_factor_ex(W)
         singular = (info != 0) | ~torch.isfinite(W.sum(dim=(1, 2)))  # one NaN/inf entry makes the sum non-finite
         if bool(singular.any()):  # keep the solve finite; these rows are rejected
