@@ -104,6 +104,35 @@ def run_torchode(model, g, x0, p, t, rtol, atol, device, dtype):
     return sol.ys
 
 
+def export_problem(n_rows: int, dtype: torch.dtype, rtol: float, atol: float, path: Path) -> None:
+    """The standard problem in genenet's slot layout, for the peers outside this Python (diffrax)."""
+    model, g, x0, p, t = problem(n_rows, torch.device("cpu"), torch.float64)
+    slot_source, _, K = model._slots(torch.device("cpu"))
+    mask = knockout_masks(model.n_genes, n_rows)
+    np.savez(path, slot_source=slot_source.numpy(), K=K, c0=p["_c0"][0].numpy(), c1=p["_c1"][0].numpy(),
+             inv_threshold=p["_inv_threshold"][0].numpy(), hill=p["_hill"][0].numpy(),
+             production=model.params["production"].detach()[0].numpy(),
+             degradation=model.params["degradation"].detach()[0].numpy(), masks=mask, x0=x0.numpy(), t=t.numpy(),
+             rtol=rtol, atol=atol, dtype=str(dtype).replace("torch.", ""))
+
+
+def run_diffrax_subprocess(python: str, n_rows: int, dtype: torch.dtype, rtol: float, atol: float, repeats: int
+                           ) -> tuple[float, np.ndarray, dict]:
+    """diffrax Tsit5 under jit(vmap) in ``python`` (benchmarks/peers/diffrax_solve.py): seconds (median
+    after the compiling call), states (B, T, G), and what the runner reported."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "problem.npz"
+        export_problem(n_rows, dtype, rtol, atol, path)
+        proc = subprocess.run([python, str(HERE / "peers" / "diffrax_solve.py"), str(path), str(repeats)],
+                              capture_output=True, text=True, check=True)
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        ys = np.load(str(path).replace(".npz", "_diffrax.npy"))
+    return info["seconds"], ys, info
+
+
 TOOLS = {"genenet": run_genenet, "torchdiffeq": run_torchdiffeq, "torchode": run_torchode}
 
 
@@ -120,6 +149,15 @@ def timeit(fn, repeats: int, device: torch.device):
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
     return statistics.median(times), out
+
+
+def genenet_backend(device: torch.device, dtype: torch.dtype) -> str:
+    from genenet import native
+
+    if device.type == "cpu" and native.available(dtype):
+        return "native whole-trajectory kernel (genenet/native/erk_hill.c, dopri5, OpenMP over rows)"
+    why = native.reason(dtype) if device.type == "cpu" else "not CPU"
+    return f"batched torch loop ({why})"
 
 
 def versions() -> dict[str, str]:
@@ -158,6 +196,8 @@ def main() -> None:
     parser.add_argument("--atol", type=float, default=1e-6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tools", nargs="+", default=list(TOOLS))
+    parser.add_argument("--diffrax-python", default=None,
+                        help="a Python with jax and diffrax: adds diffrax Tsit5 jit(vmap) to the table")
     parser.add_argument("--out", default=None,
                         help="results file (default benchmarks/results/solve_<device>_<dtype>_<date>.md)")
     args = parser.parse_args()
@@ -165,6 +205,7 @@ def main() -> None:
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
 
     rows = []
+    diffrax_info: dict = {}
     for n in args.sizes:
         ref = reference(n)
         scale = np.abs(ref).max()
@@ -183,7 +224,20 @@ def main() -> None:
             entry[tool] = {"seconds": seconds, "max_abs_err": err_abs, "max_rel_err": err_rel}
             print(f"N={n:6d} {tool:12s} {seconds * 1e3:9.1f} ms   max abs err {err_abs:.2e}  rel {err_rel:.2e}",
                   flush=True)
+        if args.diffrax_python:
+            try:
+                seconds, y, info = run_diffrax_subprocess(args.diffrax_python, n, dtype, args.rtol, args.atol,
+                                                          args.repeats)
+                err_abs = float(np.abs(y - ref).max())
+                err_rel = float((np.abs(y - ref) / (np.abs(ref) + 1e-3 * scale)).max())
+                entry["diffrax"] = {"seconds": seconds, "max_abs_err": err_abs, "max_rel_err": err_rel}
+                diffrax_info = info
+                print(f"N={n:6d} {'diffrax':12s} {seconds * 1e3:9.1f} ms   max abs err {err_abs:.2e}  "
+                      f"rel {err_rel:.2e}  (first call {info['first_seconds']:.1f} s)", flush=True)
+            except Exception as err:  # noqa: BLE001 - report, keep the others
+                entry["diffrax"] = {"error": f"{type(err).__name__}: {err}"}
         rows.append(entry)
+    tools = list(args.tools) + (["diffrax"] if args.diffrax_python else [])
 
     today = dt.date.today().isoformat()
     out = Path(args.out) if args.out else HERE / "results" / f"solve_{device.type}_{args.dtype}_{today}.md"
@@ -197,25 +251,28 @@ def main() -> None:
         f"double knockouts (production mask), dopri5, {args.dtype}, rtol {args.rtol:g}, atol {args.atol:g}, "
         f"device {device}",
         f"- time: median of {args.repeats} calls after a warm-up call, forward only (torch.no_grad)",
+        f"- genenet backend: {genenet_backend(device, dtype)}",
+        *([f"- diffrax: Tsit5 + PIDController, jit(vmap) over rows, jax {diffrax_info.get('jax')} on "
+           f"{diffrax_info.get('device')}; time excludes the first (compiling) call"] if diffrax_info else []),
         "- error: vs scipy DOP853 float64 rtol=atol=1e-12 on the flattened batch; "
         "rel = |y-ref|/(|ref| + 1e-3 max|ref|)",
         "- command: `python benchmarks/bench_solve.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items() if k != "out") + "`",
         "",
-        "| N | " + " | ".join(f"{tool} ms (max rel err)" for tool in args.tools) + " | "
-        + " | ".join(f"{tool} / genenet" for tool in args.tools if tool != "genenet") + " |",
-        "|---" * (1 + len(args.tools) + len(args.tools) - 1) + "|",
+        "| N | " + " | ".join(f"{tool} ms (max rel err)" for tool in tools) + " | "
+        + " | ".join(f"{tool} / genenet" for tool in tools if tool != "genenet") + " |",
+        "|---" * (1 + len(tools) + len(tools) - 1) + "|",
     ]
     for entry in rows:
         cells = []
-        for tool in args.tools:
+        for tool in tools:
             r = entry.get(tool, {})
             cells.append(f"{r['seconds'] * 1e3:.1f} ({r['max_rel_err']:.1e})" if "seconds" in r
                          else r.get("error", "-"))
         base = entry.get("genenet", {}).get("seconds")
         ratios = [f"{entry[tool]['seconds'] / base:.2f}x" if base and "seconds" in entry.get(tool, {}) else "-"
-                  for tool in args.tools if tool != "genenet"]
+                  for tool in tools if tool != "genenet"]
         lines.append(f"| {entry['N']} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

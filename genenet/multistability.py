@@ -164,7 +164,7 @@ def find_steady_states(
         x_start = term.reset(torch.zeros(R * n, dtype=dtp, device=dev), starts.reshape(R * n, G), args_n)
         t = torch.tensor([0.0, float(t_max)], dtype=dtp, device=dev)
         sol = integrate(term.vf, x_start, t, method=get_method("dopri5"), args=args_n, rtol=1e-6, atol=1e-9,
-                        max_steps=max_steps, steady_tol=1e-8)
+                        max_steps=max_steps, steady_tol=1e-8, native=term.native_spec)
         end = sol.y[:, -1]
         reached = torch.isfinite(end).all(dim=-1)
         end = torch.where(reached[:, None], end, x_start)

@@ -556,6 +556,22 @@ class ConditionTerm:
                 out["p_dot"] = p_dot
         return out
 
+    def native_spec(self, args: dict) -> dict | None:
+        """The model's native-kernel spec (see :mod:`genenet.native`) with the current condition
+        effects (``mult``, ``add``, ``clamp``) of ``args``; ``None`` when the model has no kernel."""
+        fn = getattr(self.model, "native_spec", None)
+        spec = fn(args["p"]) if fn is not None else None
+        if spec is None:
+            return None
+        spec = dict(spec)
+        if self.use_mult:
+            spec["mult"] = args["mult"]
+        if self.use_add:
+            spec["add"] = args["add"]
+        if self.use_clamp:
+            spec["clamp"] = args["clamp"]
+        return spec
+
     def rates(self, t: Tensor, x: Tensor, args: dict) -> tuple[Tensor, Tensor]:
         """Production ``mult * production + add`` and degradation (B, G) under the current effects;
         both zero for clamped genes. The CLE's noise is built from these."""

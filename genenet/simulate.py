@@ -138,7 +138,8 @@ class Run:
                   max_steps=self.max_steps, stops=stops, segment=term.segment, reset=term.reset,
                   steady_tol=steady_tol, progress=report if bar else None, n_primal=n_primal,
                   jac=getattr(term, "jacobian", None) if own else None,
-                  tgrad=getattr(term, "time_derivative", None) if own else None)
+                  tgrad=getattr(term, "time_derivative", None) if own else None,
+                  native=getattr(term, "native_spec", None) if own else None)
         if isinstance(self.solver, AutoSwitch):
             sol = integrate_auto(self.solver, f, y0, t_save, **kw)
         else:

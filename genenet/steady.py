@@ -336,7 +336,7 @@ def _integrate_to_steady(term: Any, args: dict, x: Tensor, t_max: float, max_ste
     """
     t = torch.linspace(0.0, float(t_max), n_save, dtype=x.dtype, device=x.device)
     sol = integrate(term.vf, x, t, method=get_method("dopri5"), args=args, rtol=1e-6, atol=1e-9,
-                    max_steps=max_steps, steady_tol=1e-8)
+                    max_steps=max_steps, steady_tol=1e-8, native=term.native_spec)
     y = sol.y  # (B, T, G); NaN after a row stopped at max_steps
     finite = torch.isfinite(y).all(dim=-1)  # (B, T)
     idx = torch.arange(n_save, device=x.device)

@@ -136,6 +136,17 @@ class Hill(LinearDegradation, Model):
         order = torch.argsort(slot_edge)[: self.net.n_edges]  # slot of each edge
         return H.index_select(1, order)
 
+    def native_spec(self, p: Params) -> dict | None:
+        """What the native whole-trajectory kernel (:mod:`genenet.native`) needs: the slot layout
+        and the prepared per-row parameters; ``None`` for a subclass with other kinetics."""
+        if type(self).production is not Hill.production or type(self).degradation is not Hill.degradation:
+            return None
+        slot_source, _, K = self._slots(p["production"].device)
+        q = self.prepare(p)
+        return {"K": K, "slot_source": slot_source, "c0": q["_c0"], "c1": q["_c1"],
+                "inv_threshold": q["_inv_threshold"], "hill": q["_hill"],
+                "production": p["production"], "degradation": self._degradation_rates(p)}
+
     def _slot_factors(self, x: Tensor, q: Params) -> Tensor:
         slot_source, _, _ = self._slots(x.device)
         xs = x.index_select(1, slot_source).clamp_min(0.0)  # x < 0 only from round-off; (x/T)^n needs x >= 0

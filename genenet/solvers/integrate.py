@@ -156,6 +156,7 @@ def integrate(
     tgrad: Callable[[Tensor, Tensor, dict], Tensor | None] | None = None,
     t_start: Tensor | None = None,
     stiff_after: int | None = None,
+    native: Callable[[dict], dict | None] | None = None,
 ) -> Solution:
     """Integrate ``dx/dt = f(t, x, args)`` for a batch of rows, saving at ``t_save``.
 
@@ -187,6 +188,10 @@ def integrate(
         stops with status ``STIFF`` at ``(t_last, y_last)``. ``ρ`` is the larger of Hairer's
         estimate from the last two stages and, when ``jac`` is given, a power-iteration
         estimate of the Jacobian's spectral radius refreshed every ``check_every`` steps.
+    native : ``args -> spec`` (e.g. ``ConditionTerm.native_spec``): when it gives a spec and the solve
+        qualifies (CPU, FSAL adaptive method, PI control, no switching times, no gradient being
+        recorded), every row runs in the native whole-trajectory kernel (:mod:`genenet.native`)
+        instead of this loop, with the same steps and results to rounding.
 
     Returns
     -------
@@ -240,6 +245,13 @@ def integrate(
         out[:, 0] = y
     else:  # later starts: the save times at or before a row's start belong to someone else
         out[:, 0] = torch.where((t_start <= t_save[0])[:, None], y, out[:, 0])
+    if native is not None and t_start is None and stiff_after is None and n_primal == G:
+        sol = _try_native(native, args, y, t_save, method, rtol, atol, first_step, max_steps, stops,
+                          steady_tol, window, controller)
+        if sol is not None:
+            if progress is not None:
+                progress(float(t_end))
+            return sol
     f0 = f(t, y, args)
     counters = torch.zeros(4, B, device=dev, dtype=torch.long)
     counters[3] += 1
@@ -414,6 +426,43 @@ def integrate(
 
     retire(None)
     return Solution(out[:, :T], status_all, *counters_all, t_last=t_last_all, y_last=y_last_all)
+
+
+def _requires_grad(tree: Any) -> bool:
+    if isinstance(tree, Tensor):
+        return tree.requires_grad
+    if isinstance(tree, dict):
+        return any(_requires_grad(v) for v in tree.values())
+    if isinstance(tree, (tuple, list)):
+        return any(_requires_grad(v) for v in tree)
+    return False
+
+
+def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method: Any, rtol: Any, atol: Any,
+                first_step: float | None, max_steps: int, stops: Tensor | None, steady_tol: float | None,
+                window: int, controller: PIController) -> Solution | None:
+    """The native kernel's solution when the solve qualifies (see ``integrate``'s ``native``), else None."""
+    from .. import native as native_mod
+
+    tab = getattr(method, "tableau", None)
+    if (y0.device.type != "cpu" or getattr(method, "implicit", False) or not method.adaptive or not tab.fsal
+            or type(controller) is not PIController):
+        return None
+    if stops is not None and bool(((stops > t_save[0]) & (stops < t_save[-1])).any()):
+        return None  # switching times: the regime changes inside the run
+    if torch.is_grad_enabled() and _requires_grad((y0, args, rtol, atol)):
+        return None  # the kernel is forward-only
+    if not native_mod.available(y0.dtype):
+        return None
+    spec = native(args)
+    if spec is None:
+        return None
+    rt = torch.as_tensor(rtol, dtype=y0.dtype)
+    at = torch.as_tensor(atol, dtype=y0.dtype)
+    y, status, counters, t_last, y_last = native_mod.integrate_hill_erk(
+        spec, y0, t_save, tableau=tab, rtol=rt, atol=at, first_step=first_step, max_steps=max_steps,
+        steady_tol=steady_tol, window=window, controller=controller)
+    return Solution(y, status, *counters, t_last=t_last, y_last=y_last)
 
 
 def integrate_in_chunks(f: Callable, x0: Tensor, t_save: Tensor, *, chunk: int | None, args: dict | None = None,

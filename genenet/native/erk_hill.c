@@ -1,0 +1,312 @@
+/* Whole-trajectory adaptive explicit Runge-Kutta for the shifted-Hill model, one row per task.
+
+   The CPU analogue of a per-trajectory GPU kernel (DiffEqGPU's EnsembleGPUKernel): each row
+   runs its own step loop from t0 to t_end with its own step size, so there is no per-step
+   Python, no per-step tensor allocation and no lock-step with the other rows. Rows are spread
+   over threads with OpenMP.
+
+   It reproduces genenet.solvers.integrate.integrate for an FSAL method (Dopri5, Tsit5) step
+   for step: the same initial step (Hairer), PI controller, save window, landing on the final
+   time, dense output, steady-state early stop, status codes and counters; the Python loop is
+   the reference it is tested against (same steps, values equal to rounding).
+
+   Model (genenet.Hill with its condition effects, see genenet/models/hill.py):
+     P_i  = g_i * prod_k H_(k,i)(x_src(k,i)) * mult_i + add_i
+     H    = c0 + c1 / (1 + (max(x, 0) / T)^n)          (slot layout (K, G), dummy slots H = 1)
+     dx_i = P_i - k_i x_i,   0 for clamped genes.
+
+   Compiled at first use by genenet/native/__init__.py with REAL = float or double. */
+
+#include <tgmath.h> /* pow, sqrt, fabs of the argument's type: powf for float */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL double
+#endif
+typedef REAL real;
+
+enum { RUNNING = -1, SUCCESS = 0, MAX_STEPS = 1, STEP_UNDERFLOW = 2, NONFINITE = 3 };
+
+typedef struct {
+    int64_t G, K;
+    const int32_t *slot_src;                 /* (K*G) */
+    const real *c0, *c1, *inv_thr, *hill;    /* (K*G) for this row */
+    const real *prod, *deg;                  /* (G) */
+    const real *mult, *add;                  /* (G) or NULL */
+    const uint8_t *clamp;                    /* (G) or NULL */
+    real *H;                                 /* work (K*G) */
+    const int *nint;                         /* (K*G) integer hill coefficients, or NULL */
+} Row;
+
+/* z^n: by repeated squaring for the integer hill coefficients RACIPE draws (1..6), about five times
+   cheaper than pow and equal to it within a few ulps; pow otherwise */
+static inline real hill_pow(real z, real n) {
+    if (n >= 0 && n <= 32 && n == (real)(int)n) {
+        int k = (int)n;
+        real acc = 1, base = z;
+        while (k) {
+            if (k & 1) acc *= base;
+            base *= base;
+            k >>= 1;
+        }
+        return acc;
+    }
+    return pow(z, n);
+}
+
+/* z^n for a small integer n (0..15) without branches, so the slot loop vectorizes (products of
+   z, z^2, z^4, z^8 by the bits of n, within an ulp or two of hill_pow) */
+static inline real int_pow8(real z, int n) {
+    real z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+    real f1 = (n & 1) ? z : (real)1;
+    real f2 = (n & 2) ? z2 : (real)1;
+    real f4 = (n & 4) ? z4 : (real)1;
+    real f8 = (n & 8) ? z8 : (real)1;
+    return ((f1 * f2) * f4) * f8;
+}
+
+static void rhs(const Row *r, const real *x, real *dx) {
+    const int64_t G = r->G, KG = r->K * r->G;
+    real *restrict H = r->H;
+    const real *restrict c0 = r->c0, *restrict c1 = r->c1, *restrict it = r->inv_thr;
+    if (r->nint) { /* every hill coefficient of the row is an integer in 0..15 */
+        const int *restrict nint = r->nint;
+        for (int64_t s = 0; s < KG; ++s) H[s] = x[r->slot_src[s]]; /* gather first: the rest vectorizes */
+        for (int64_t s = 0; s < KG; ++s) {
+            real xs = H[s] > 0 ? H[s] : (real)0;
+            real z = int_pow8(xs * it[s], nint[s]);
+            H[s] = c0[s] + c1[s] * ((real)1 / ((real)1 + z));
+        }
+    } else {
+        for (int64_t s = 0; s < KG; ++s) {
+            real xs = x[r->slot_src[s]];
+            xs = xs > 0 ? xs : (real)0;
+            real z = hill_pow(xs * it[s], r->hill[s]);
+            H[s] = c0[s] + c1[s] * ((real)1 / ((real)1 + z));
+        }
+    }
+    for (int64_t k = 1; k < r->K; ++k) /* product over the K slots of each gene, into slot row 0 */
+        for (int64_t i = 0; i < G; ++i) H[i] *= H[k * G + i];
+    for (int64_t i = 0; i < G; ++i) {
+        real P = r->K > 0 ? r->prod[i] * H[i] : r->prod[i];
+        if (r->mult) P = P * r->mult[i];
+        if (r->add) P = P + r->add[i];
+        real D = r->deg[i] * x[i];
+        dx[i] = (r->clamp && r->clamp[i]) ? (real)0 : P - D;
+    }
+}
+
+/* acc = sum_j c_j k_j over the nonzero c_j, in order (the same sums as the torch path) */
+static void weighted(const real *c, int64_t n, const real *restrict ks, int64_t G, real *restrict acc) {
+    int first = 1;
+    for (int64_t j = 0; j < n; ++j) {
+        const real cj = c[j], *restrict kj = ks + j * G;
+        if (cj == 0) continue;
+        if (first) {
+            for (int64_t i = 0; i < G; ++i) acc[i] = kj[i] * cj;
+        } else {
+            for (int64_t i = 0; i < G; ++i) acc[i] = acc[i] + cj * kj[i];
+        }
+        first = 0;
+    }
+    if (first) memset(acc, 0, sizeof(real) * (size_t)G);
+}
+
+static real rms(const real *v, const real *scale, int64_t G) {
+    real acc = 0;
+    for (int64_t i = 0; i < G; ++i) {
+        real q = v[i] / scale[i];
+        acc += q * q;
+    }
+    return sqrt(acc / (real)G);
+}
+
+int genenet_erk_hill(
+    int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save, const real *x0,
+    const int32_t *slot_src, const real *c0, const real *c1, const real *inv_thr, const real *hill,
+    const real *prod, const real *deg, const real *mult, const real *add, const uint8_t *clamp,
+    const real *rtol, const real *atol,
+    int64_t S, const double *A, const double *E, int64_t D, const double *P, int64_t error_order,
+    double first_step, int64_t max_steps, double steady_tol, int64_t window,
+    double safety, double beta, double factor_min, double factor_max,
+    real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads)
+{
+    const real t0 = t_save[0], t_end = t_save[T - 1];
+    const int64_t Kw = window < T - 1 ? (window > 1 ? window : 1) : (T - 1 > 1 ? T - 1 : 1);
+    const real eps = sizeof(real) == 4 ? (real)1.1920929e-07 : (real)2.220446049250313e-16;
+    real span_abs = fabs(t0) > fabs(t_end) ? fabs(t0) : fabs(t_end);
+    const real tiny = 16 * eps * (span_abs > 1 ? span_abs : (real)1);
+    const real alpha = (real)(1.0 / (error_order + 1) - 0.75 * beta);
+    real a[16 * 16], e[16], Pd[16 * 8];
+    if (S > 16 || D > 8) return -1;
+    for (int64_t i = 0; i < S * S; ++i) a[i] = (real)A[i];
+    for (int64_t i = 0; i < S; ++i) e[i] = (real)E[i];
+    for (int64_t i = 0; i < S * D; ++i) Pd[i] = (real)P[i];
+
+#pragma omp parallel num_threads((int)nthreads)
+    {
+        real *work = (real *)malloc(sizeof(real) * (size_t)((S + 6) * G + K * G + 64));
+        real *ks = work;                 /* S x G stages */
+        real *y = ks + S * G, *y1 = y + G, *yi = y1 + G, *err = yi + G, *scale = err + G, *tmp = scale + G;
+        real *Hw = tmp + G;
+        int *nint_w = (int *)malloc(sizeof(int) * (size_t)(K * G + 1));
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t b = 0; b < B; ++b) {
+            Row r = {G, K, slot_src, c0 + b * K * G, c1 + b * K * G, inv_thr + b * K * G, hill + b * K * G,
+                     prod + b * G, deg + b * G, mult ? mult + b * G : NULL, add ? add + b * G : NULL,
+                     clamp ? clamp + b * G : NULL, Hw, NULL};
+            int all_int = 1;
+            for (int64_t q = 0; q < K * G; ++q) {
+                real n = r.hill[q];
+                all_int &= n >= 0 && n <= 15 && n == (real)(int)n;
+                nint_w[q] = all_int ? (int)n : 0;
+            }
+            if (all_int) r.nint = nint_w;
+            real *ob = out + b * T * G;
+            int64_t n_steps = 0, n_acc = 0, n_rhs = 0, save_ptr = 1, st = RUNNING;
+            real t = t0, h, prev_err = 1;
+            int rejected_before = 0, last_nonfinite = 0;
+            memcpy(y, x0 + b * G, sizeof(real) * G);
+            memcpy(ob, y, sizeof(real) * G);
+            real *f0 = ks; /* FSAL: stage 0 of the next step */
+            rhs(&r, y, f0);
+            n_rhs++;
+            if (first_step > 0) {
+                h = (real)first_step;
+            } else { /* Hairer's starting step, as genenet.solvers.integrate.initial_step */
+                for (int64_t i = 0; i < G; ++i) scale[i] = atol[i] + rtol[i] * fabs(y[i]);
+                real d0 = rms(y, scale, G), d1 = rms(f0, scale, G);
+                real span = t_end - t;
+                real h0 = (d0 < (real)1e-5 || d1 < (real)1e-5) ? (real)1e-6
+                          : (real)0.01 * d0 / (d1 > (real)1e-300 ? d1 : (real)1e-300);
+                h0 = h0 < span ? h0 : span;
+                for (int64_t i = 0; i < G; ++i) yi[i] = y[i] + h0 * f0[i];
+                rhs(&r, yi, tmp);
+                for (int64_t i = 0; i < G; ++i) tmp[i] = tmp[i] - f0[i];
+                real d2 = rms(tmp, scale, G) / h0;
+                real dmax = d1 > d2 ? d1 : d2;
+                real h1 = dmax <= (real)1e-15 ? ((real)1e-6 > h0 * (real)1e-3 ? (real)1e-6 : h0 * (real)1e-3)
+                          : (real)pow((real)0.01 / (dmax > (real)1e-300 ? dmax : (real)1e-300),
+                                      (real)1 / (real)(error_order + 1));
+                h = 100 * h0 < h1 ? 100 * h0 : h1;
+                if (!(isfinite(h) && h > 0)) h = (real)1e-6;
+                h = h < span ? h : span;
+                n_rhs++;
+            }
+            while (st == RUNNING) {
+                int64_t wi = save_ptr + Kw - 1;
+                real window_end = t_save[wi < T - 1 ? wi : T - 1];
+                real target = t_end < window_end ? t_end : window_end;
+                int land = h * (real)(1 + 1e-6) >= target - t;
+                real h_try = land ? target - t : h;
+                real t1 = land ? target : t + h_try;
+                /* stages 1..S-1; the last (FSAL) one is f(t1, y1) with y1 = its stage value */
+                for (int64_t s = 1; s < S; ++s) {
+                    weighted(a + s * S, s, ks, G, tmp);
+                    for (int64_t i = 0; i < G; ++i) yi[i] = y[i] + h_try * tmp[i];
+                    if (s == S - 1) memcpy(y1, yi, sizeof(real) * G);
+                    rhs(&r, yi, ks + s * G);
+                }
+                n_rhs += S - 1;
+                weighted(e, S, ks, G, err);
+                for (int64_t i = 0; i < G; ++i) {
+                    err[i] = h_try * err[i];
+                    real ay = fabs(y[i]), ay1 = fabs(y1[i]);
+                    scale[i] = atol[i] + rtol[i] * (ay > ay1 ? ay : ay1);
+                }
+                real err_norm = rms(err, scale, G);
+                int finite = isfinite(err_norm);
+                if (!finite) err_norm = (real)INFINITY;
+                int accept = err_norm <= 1;
+                if (accept) { /* dense output at the save times in (t, t1] of the window */
+                    int64_t saved = 0;
+                    for (int64_t q = 0; q < Kw; ++q) {
+                        int64_t si = save_ptr + q;
+                        if (si >= T) break;
+                        real ts = t_save[si];
+                        if (!(ts <= t1)) continue;
+                        real *dst = ob + si * G;
+                        if (ts == t1) {
+                            memcpy(dst, y1, sizeof(real) * G);
+                        } else {
+                            real hd = h_try > 0 ? h_try : (real)1;
+                            real th = (ts - t) / hd;
+                            th = th < 0 ? 0 : (th > 1 ? 1 : th);
+                            real w[16];
+                            for (int64_t j = 0; j < S; ++j) {
+                                real acc = 0, pw = th;
+                                for (int64_t d = 0; d < D; ++d) { acc += Pd[j * D + d] * pw; pw *= th; }
+                                w[j] = acc;
+                            }
+                            for (int64_t i = 0; i < G; ++i) {
+                                real acc = 0;
+                                for (int64_t j = 0; j < S; ++j) acc += w[j] * ks[j * G + i];
+                                dst[i] = y[i] + h_try * acc;
+                            }
+                        }
+                        saved++;
+                    }
+                    save_ptr += saved;
+                    t = t1;
+                    memcpy(y, y1, sizeof(real) * G);
+                    memcpy(ks, ks + (S - 1) * G, sizeof(real) * G); /* FSAL */
+                }
+                n_steps++;
+                n_acc += accept;
+                if (steady_tol >= 0 && accept && t < t_end) {
+                    real fmax = 0, ymax = 0;
+                    for (int64_t i = 0; i < G; ++i) {
+                        real af = fabs(f0[i]), ay = fabs(y[i]);
+                        fmax = af > fmax ? af : fmax;
+                        ymax = ay > ymax ? ay : ymax;
+                    }
+                    if (fmax <= (real)steady_tol * (1 + ymax)) {
+                        for (int64_t si = save_ptr; si < T; ++si) memcpy(ob + si * G, y, sizeof(real) * G);
+                        save_ptr = T;
+                        st = SUCCESS;
+                        t = t_end;
+                    }
+                }
+                /* PI step control, as genenet.solvers.controller.PIController */
+                real safe_err = err_norm > (real)1e-10 ? err_norm : (real)1e-10;
+                real raw = (real)pow(safe_err, alpha);
+                real h_new;
+                if (accept) {
+                    real grow = raw / (real)pow(prev_err, (real)beta) / (real)safety;
+                    real lo = (real)(1.0 / factor_max), hi = (real)(1.0 / factor_min);
+                    grow = grow < lo ? lo : (grow > hi ? hi : grow);
+                    h_new = h_try / grow;
+                    if (rejected_before) h_new = h_new < h_try ? h_new : h_try;
+                    prev_err = err_norm > (real)1e-4 ? err_norm : (real)1e-4;
+                    if (land) h_new = h_new > h ? h_new : h;
+                } else {
+                    real q = raw / (real)safety;
+                    real hi = (real)(1.0 / factor_min);
+                    q = q > hi ? hi : q;
+                    q = q < 1 ? 1 : q;
+                    h_new = h_try / q;
+                }
+                if (st == RUNNING) {
+                    rejected_before = !accept;
+                    last_nonfinite = !finite;
+                    h = h_new;
+                    if (!accept && h < tiny) st = last_nonfinite ? NONFINITE : STEP_UNDERFLOW;
+                    if (accept && t >= t_end) st = SUCCESS;
+                    if (st == RUNNING && n_steps >= max_steps) st = MAX_STEPS;
+                }
+            }
+            status_out[b] = st;
+            counters[b] = n_steps;
+            counters[B + b] = n_acc;
+            counters[2 * B + b] = n_steps - n_acc;
+            counters[3 * B + b] = n_rhs;
+            t_last[b] = t;
+            memcpy(y_last + b * G, y, sizeof(real) * G);
+        }
+        free(work);
+        free(nint_w);
+    }
+    return 0;
+}
