@@ -258,7 +258,8 @@ def main() -> None:
         "rel = |y-ref|/(|ref| + 1e-3 max|ref|)",
         "- command: `python benchmarks/bench_solve.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-            for k, v in vars(args).items() if k != "out") + "`",
+            for k, v in vars(args).items() if k not in ("out", "diffrax_python"))
+        + (" --diffrax-python PY" if args.diffrax_python else "") + "`",
         "",
         "| N | " + " | ".join(f"{tool} ms (max rel err)" for tool in tools) + " | "
         + " | ".join(f"{tool} / genenet" for tool in tools if tool != "genenet") + " |",
