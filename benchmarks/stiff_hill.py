@@ -43,15 +43,10 @@ RTOL, ATOL, T_END, N_ROWS = 1e-6, 1e-8, 50.0, 1000
 
 
 def stiff_hill(G: int = 100, seed: int = 0) -> tuple[gn.Hill, np.ndarray]:
-    net = gn.Network.random(G, 3, seed=seed)
     rng = np.random.default_rng(seed)
-    base = gn.Hill.random(net, n=1, seed=seed)
-    # degradation over five decades, same steady levels g/k; moderate regulation (n = 2, λ = 5) keeps it
-    # from oscillating, so the step size is set by stiffness, not by fast dynamics
-    model = base.with_degradation(10.0 ** rng.uniform(-2, 3, G))
-    model.set_params(hill=2.0, fold=5.0)
-    levels = (base.params["production"] / base.params["degradation"]).detach()[0].numpy()
-    return model, levels * rng.uniform(0.2, 1.5, G)
+    model = gn.Hill.random_stiff(gn.Network.random(G, 3, seed=seed), seed=seed, rng=rng)
+    levels = (model.params["production"] / model.params["degradation"]).detach()[0].numpy()
+    return model, levels * rng.uniform(0.2, 1.5, G)  # starts around the levels g/k
 
 
 def conditions(model: gn.Hill) -> list:

@@ -26,15 +26,10 @@ import genenet as gn  # noqa: E402
 
 def stiff_hill(G: int = 50, seed: int = 0) -> tuple[gn.Hill, np.ndarray]:
     """A RACIPE network with degradation rates log-uniform over 1e-2..1e3 (levels g/k kept)."""
-    net = gn.Network.random(G, 3, seed=seed)
     rng = np.random.default_rng(seed)
-    base = gn.Hill.random(net, n=1, seed=seed)
-    # degradation over five decades, same steady levels g/k; moderate regulation (n = 2, λ = 5) keeps it
-    # from oscillating, so the step size is set by stiffness, not by fast dynamics
-    model = base.with_degradation(10.0 ** rng.uniform(-2, 3, G))
-    model.set_params(hill=2.0, fold=5.0)
-    levels = (base.params["production"] / base.params["degradation"]).detach()[0].numpy()
-    return model, levels * rng.uniform(0.2, 1.5, G)
+    model = gn.Hill.random_stiff(gn.Network.random(G, 3, seed=seed), seed=seed, rng=rng)
+    levels = (model.params["production"] / model.params["degradation"]).detach()[0].numpy()
+    return model, levels * rng.uniform(0.2, 1.5, G)  # starts around the levels g/k
 
 
 def main(out: str = "stiff_network.png") -> None:

@@ -620,30 +620,23 @@ class ConditionTerm:
         """``d vf / d x``, (B, G, G): the model's analytic production/degradation Jacobians when it
         has them, else forward-mode autodiff per row (``torch.func``). Clamped genes' rows are 0."""
         model, p = self.model, args["p"]
-        if hasattr(model, "production_jacobian") and hasattr(model, "degradation_diagonal"):
+        if hasattr(model, "production_jacobian") and hasattr(model, "degradation_jacobian"):
             # one (B, G, G) allocation: the condition effects scale rows in place and an elementwise
             # degradation goes onto the diagonal; on a 100-gene screen the Jacobian was a third of a
             # Rosenbrock step when every effect made a new (B, G, G) tensor
-            J = model.production_jacobian(t, x, p)
-            deg = model.degradation_diagonal(t, x, p)
-            keep = None
-            if self.use_mult:
-                keep = args["mult"]
-            if self.use_clamp:
-                free = (~args["clamp"]).to(x.dtype)
+            J = model.production_jacobian(t, x, p)  # a fresh tensor, written in place below
+            free = (~args["clamp"]).to(x.dtype) if self.use_clamp else None
+            keep = args["mult"] if self.use_mult else None
+            if free is not None:
                 keep = free if keep is None else keep * free
-                deg = deg * free
             if keep is not None:
                 J.mul_(keep[:, :, None])
-            J.diagonal(dim1=1, dim2=2).sub_(deg)
-            return J
-        if hasattr(model, "production_jacobian") and hasattr(model, "degradation_jacobian"):
-            J = model.production_jacobian(t, x, p)
-            if self.use_mult:
-                J = J * args["mult"][:, :, None]
-            J = J - model.degradation_jacobian(t, x, p)
-            if self.use_clamp:
-                J = torch.where(args["clamp"][:, :, None], 0.0, J)
+            if hasattr(model, "degradation_diagonal"):
+                deg = model.degradation_diagonal(t, x, p)
+                J.diagonal(dim1=1, dim2=2).sub_(deg if free is None else deg * free)
+            else:
+                D = model.degradation_jacobian(t, x, p)
+                J.sub_(D if free is None else D * free[:, :, None])
             return J
         return autodiff_jacobian(self.vf, t, x, args)
 

@@ -169,16 +169,13 @@ def _step(term: Any, model: Model, t: Tensor, x: Tensor, args: dict, h: float, n
 
 def _rate_sum_diagonal(term: Any, model: Model, t: Tensor, x: Tensor, args: dict) -> Tensor:
     """``∂P_i/∂x_i + ∂D_i/∂x_i`` (B, G): from the model's analytic Jacobians when it has them."""
-    if hasattr(model, "production_jacobian") and hasattr(model, "degradation_diagonal"):
-        dp = torch.diagonal(model.production_jacobian(t, x, args["p"]), dim1=1, dim2=2)
+    p = args["p"]
+    if hasattr(model, "production_jacobian") and hasattr(model, "degradation_jacobian"):
+        dp = torch.diagonal(model.production_jacobian(t, x, p), dim1=1, dim2=2)
         if term.use_mult:
             dp = dp * args["mult"]
-        return dp + model.degradation_diagonal(t, x, args["p"])
-    if hasattr(model, "production_jacobian") and hasattr(model, "degradation_jacobian"):
-        jp = model.production_jacobian(t, x, args["p"])
-        if term.use_mult:
-            jp = jp * args["mult"][:, :, None]
-        J = jp + model.degradation_jacobian(t, x, args["p"])
-    else:
-        J = autodiff_jacobian(lambda tt, xx, aa: sum(term.rates(tt, xx, aa)), t, x, args)
+        if hasattr(model, "degradation_diagonal"):
+            return dp + model.degradation_diagonal(t, x, p)
+        return dp + torch.diagonal(model.degradation_jacobian(t, x, p), dim1=1, dim2=2)
+    J = autodiff_jacobian(lambda tt, xx, aa: sum(term.rates(tt, xx, aa)), t, x, args)
     return torch.diagonal(J, dim1=1, dim2=2)

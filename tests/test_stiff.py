@@ -53,15 +53,10 @@ def test_stiff_test_set_against_radau(problem, t_end, method):
 
 
 def _stiff_hill(G=50, seed=0):
-    net = gn.Network.random(G, 3, seed=seed)
     rng = np.random.default_rng(seed)
-    base = gn.Hill.random(net, n=1, seed=seed)
-    # degradation over five decades, same steady levels g/k; moderate regulation (n = 2, λ = 5) keeps it
-    # from oscillating, so the step size is set by stiffness, not by fast dynamics
-    model = base.with_degradation(10.0 ** rng.uniform(-2, 3, G))
-    model.set_params(hill=2.0, fold=5.0)
-    levels = (base.params["production"] / base.params["degradation"]).detach()[0].numpy()
-    return model, levels * rng.uniform(0.2, 1.5, G)
+    model = gn.Hill.random_stiff(gn.Network.random(G, 3, seed=seed), seed=seed, rng=rng)
+    levels = (model.params["production"] / model.params["degradation"]).detach()[0].numpy()
+    return model, levels * rng.uniform(0.2, 1.5, G)  # starts around the levels g/k
 
 
 def _radau_reference(model, t, x0):

@@ -273,6 +273,20 @@ class Hill(LinearDegradation, Model):
         return Hill(self.net, **values)
 
     @classmethod
+    def random_stiff(cls, net: Network, seed: int = 0, *, decades: tuple[float, float] = (-2.0, 3.0),
+                     hill: float = 2.0, fold: float = 5.0, rng: np.random.Generator | None = None) -> Hill:
+        r"""A stiff variant of ``Hill.random(net, n=1, seed=seed)``: degradation rates log-uniform over
+        ``10**decades`` (five decades by default) with the steady levels ``g/k`` kept
+        (:meth:`with_degradation`), and moderate regulation (``hill``, ``fold``) so that the step size
+        is set by stiffness rather than by oscillations. ``rng`` draws the rates (default
+        ``np.random.default_rng(seed)``), so a caller can go on drawing from the same stream."""
+        rng = np.random.default_rng(seed) if rng is None else rng
+        base = cls.random(net, n=1, seed=seed)
+        model = base.with_degradation(10.0 ** rng.uniform(*decades, net.n_genes))
+        model.set_params(hill=hill, fold=fold)
+        return model
+
+    @classmethod
     def random(cls, net: Network, n: int = 100, seed: int | None = 0, *,
                production: tuple[float, float] = (1.0, 100.0),
                degradation: tuple[float, float] = (0.1, 1.0),

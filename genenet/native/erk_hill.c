@@ -58,7 +58,7 @@ static inline real hill_pow(real z, real n) {
 
 /* z^n for a small integer n (0..15) without branches, so the slot loop vectorizes (products of
    z, z^2, z^4, z^8 by the bits of n, within an ulp or two of hill_pow) */
-static inline real int_pow8(real z, int n) {
+static inline real small_int_pow(real z, int n) {
     real z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
     real f1 = (n & 1) ? z : (real)1;
     real f2 = (n & 2) ? z2 : (real)1;
@@ -76,7 +76,7 @@ static void rhs(const Row *r, const real *x, real *dx) {
         for (int64_t s = 0; s < KG; ++s) H[s] = x[r->slot_src[s]]; /* gather first: the rest vectorizes */
         for (int64_t s = 0; s < KG; ++s) {
             real xs = H[s] > 0 ? H[s] : (real)0;
-            real z = int_pow8(xs * it[s], nint[s]);
+            real z = small_int_pow(xs * it[s], nint[s]);
             H[s] = c0[s] + c1[s] * ((real)1 / ((real)1 + z));
         }
     } else {

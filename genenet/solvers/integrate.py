@@ -208,10 +208,8 @@ def integrate(
     dev, dtype = x0.device, x0.dtype
     status_all = torch.full((B,), int(Status.SUCCESS), device=dev, dtype=torch.long)
     counters_all = torch.zeros(4, B, device=dev, dtype=torch.long)  # steps, accepted, rejected, rhs
-    out = torch.full((B, T + 1, G), float("nan"), device=dev, dtype=dtype)  # slot T: sink for masked writes
-    out[:, 0] = x0
     if T == 1:
-        return Solution(out[:, :1], status_all, *counters_all, t_last=t_save[:1].expand(B), y_last=x0)
+        return Solution(x0[:, None, :].clone(), status_all, *counters_all, t_last=t_save[:1].expand(B), y_last=x0)
 
     adaptive = method.adaptive
     if getattr(method, "implicit", False):
@@ -241,10 +239,6 @@ def integrate(
         args = segment(t, args)
     if reset is not None:
         y = reset(t, y, args)
-    if t_start is None:
-        out[:, 0] = y
-    else:  # later starts: the save times at or before a row's start belong to someone else
-        out[:, 0] = torch.where((t_start <= t_save[0])[:, None], y, out[:, 0])
     if native is not None and t_start is None and stiff_after is None and n_primal == G:
         sol = _try_native(native, args, y, t_save, method, rtol, atol, first_step, max_steps, stops,
                           steady_tol, window, controller)
@@ -252,6 +246,12 @@ def integrate(
             if progress is not None:
                 progress(float(t_end))
             return sol
+    out = torch.full((B, T + 1, G), float("nan"), device=dev, dtype=dtype)  # slot T: sink for masked writes
+    out[:, 0] = x0
+    if t_start is None:
+        out[:, 0] = y
+    else:  # later starts: the save times at or before a row's start belong to someone else
+        out[:, 0] = torch.where((t_start <= t_save[0])[:, None], y, out[:, 0])
     f0 = f(t, y, args)
     counters = torch.zeros(4, B, device=dev, dtype=torch.long)
     counters[3] += 1
