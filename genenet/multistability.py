@@ -172,10 +172,12 @@ def find_steady_states(
         near = ((x_int - end).abs() <= 1e-3 * (end.abs() + M.index_select(0, rows_n))).all(dim=-1)
         dyn_ok = reached & conv_int & near
 
-        # 2. Newton from every start (random and diagonal): unstable states too
+        # 2. Newton from every start (random and diagonal): unstable states too; a start that
+        # has not halved its residual in 10 iterations is dropped (the others cover its state)
         rows_N = torch.arange(R, device=dev).repeat_interleave(N)
         args_N = tree_index(args, rows_N)
-        x_newton, conv_newton, _ = newton(term, all_starts.reshape(R * N, G), args_N, tol=tol, max_iter=50)
+        x_newton, conv_newton, _ = newton(term, all_starts.reshape(R * N, G), args_N, tol=tol, max_iter=50,
+                                          give_up=10)
 
         cands = torch.cat([x_int.view(R, n, G), x_newton.view(R, N, G)], dim=1)
         valid = torch.cat([dyn_ok.view(R, n), conv_newton.view(R, N)], dim=1)

@@ -7,6 +7,8 @@ from scipy.integrate import solve_ivp
 from scipy.optimize import fsolve
 
 import genenet as gn
+from genenet.solvers.integrate import tree_index
+from genenet.steady import _prepare, newton
 from reference import hill_rhs_numpy, hill_values, random_network, repressilator
 
 
@@ -63,6 +65,54 @@ def test_repressilator_has_one_unstable_steady_state():
     assert np.any((ev.real > 0) & (np.abs(ev.imag) > 0))  # a Hopf-unstable focus: oscillation around it
     x = ss.x[0].numpy()
     assert np.allclose(x, x[0])  # by symmetry all three equal
+
+
+def test_screen_with_oscillating_rows_finds_their_unstable_steady_states():
+    # in this 20-gene network about half of the knockout rows oscillate: Newton from the
+    # default start fails, integration never settles, and the steady state inside each
+    # cycle is found by Newton from points of the trajectory
+    net = random_network(20, 3, seed=3)
+    model = gn.Hill.random(net, n=1, seed=3)
+    screen = gn.knockout_screen(net, order=1)
+    ss = gn.steady_state(model, screen)
+    assert ss.converged.all()
+    assert (ss.method == "integrate").any()
+    base = hill_values(model)
+    unstable = 0
+    for r in range(len(screen)):
+        p = {k: v.copy() for k, v in base.items()}
+        ko = [net.index(g) for g in net.genes if f"KO({g})" in ss.conditions[r].split("+")]
+        p["production"][ko] = 0.0
+        f = hill_rhs_numpy(net, p)
+        x = ss.x[r].numpy()
+        assert np.abs(f(0, x)).max() <= 1e-10 * (1 + np.abs(x).max()), ss.labels[r]
+        # stability from a finite-difference Jacobian of the independent equations
+        h = 1e-6 * (1 + np.abs(x))
+        J = np.stack([(f(0, x + h[j] * e) - f(0, x - h[j] * e)) / (2 * h[j]) for j, e in enumerate(np.eye(20))], 1)
+        stable = (np.linalg.eigvals(J).real < 0).all()
+        assert stable == ss.stable[r], ss.labels[r]
+        if not stable:
+            unstable += 1
+            late = solve_ivp(f, (0, 300), np.full(20, 1.0), rtol=1e-8, atol=1e-10, t_eval=np.linspace(250, 300, 51)).y
+            assert np.ptp(late, axis=1).max() > 1e-2, ss.labels[r]  # still moving: no integration reaches x
+    assert unstable >= 5
+
+
+def test_newton_touches_only_active_rows():
+    net = random_network(8, 3, seed=1)
+    model = gn.Hill.random(net, n=1, seed=1)
+    screen = gn.knockout_screen(net, order=1)
+    batch, args, _, dtype = _prepare(model, screen, np.full(8, 3.0), None, "cpu", torch.float64)
+    x0 = batch.x0.detach()
+    active = torch.zeros(len(screen), dtype=torch.bool)
+    active[::2] = True
+    with torch.no_grad():
+        x, conv, iters = newton(batch.term, x0, args, tol=1e-10, max_iter=50, active=active)
+        sub = torch.nonzero(active).squeeze(1)
+        x_sub, conv_sub, _ = newton(batch.term, x0[sub], tree_index(args, sub), tol=1e-10, max_iter=50)
+    assert torch.equal(x[~active], x0[~active]) and (iters[~active] == 0).all() and not conv[~active].any()
+    torch.testing.assert_close(x[active], x_sub, rtol=0, atol=0)
+    assert torch.equal(conv[active], conv_sub) and conv_sub.any()
 
 
 def test_jacobian_analytic_matches_finite_differences():

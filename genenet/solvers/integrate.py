@@ -60,6 +60,17 @@ def tree_index(tree: Any, idx: Tensor) -> Any:
     return tree
 
 
+def tree_cast(tree: Any, dtype: torch.dtype) -> Any:
+    """Every floating tensor of a nested dict/tuple converted to ``dtype`` (others unchanged)."""
+    if isinstance(tree, Tensor):
+        return tree.to(dtype) if tree.is_floating_point() else tree
+    if isinstance(tree, dict):
+        return {k: tree_cast(v, dtype) for k, v in tree.items()}
+    if isinstance(tree, tuple):
+        return tuple(tree_cast(v, dtype) for v in tree)
+    return tree
+
+
 def tree_where(mask: Tensor, new: Any, old: Any) -> Any:
     """Row-wise ``where(mask, new, old)`` over a nested dict/tuple of per-row tensors."""
     if isinstance(new, Tensor):
