@@ -288,6 +288,7 @@ def steady_state(
     t_max: float = 1e3,
     device: str | torch.device = "auto",
     dtype: Any = None,
+    progress: bool = False,
 ) -> SteadyState:
     r"""Steady states ``f(x) = 0`` of every row (conditions x parameter sets) at once.
 
@@ -312,6 +313,7 @@ def steady_state(
         dynamics from ``x0`` (dopri5 until steady or ``t_max``) then polish by Newton;
         this gives the state the system actually reaches from ``x0``.
     max_iter : Newton / continuation iterations.
+    progress : a tqdm bar of converged rows over the stages (newton, integrate, ptc).
 
     **Returns** :class:`SteadyState` with ``.x`` (B, G), ``.converged``, ``.residual``,
     ``.jacobian_eigenvalues``, ``.stable``, row labels and ``.to_frame()``.
@@ -326,7 +328,9 @@ def steady_state(
     tol = max(tol, 100 * torch.finfo(dtp).eps)
     term = batch.term
     B = batch.n_rows
-    with torch.no_grad():
+    from tqdm.auto import tqdm
+
+    with torch.no_grad(), tqdm(total=B, desc="steady_state", unit="row", disable=not progress, leave=False) as bar:
         x = term.reset(torch.zeros(B, dtype=dtp, device=dev), batch.x0.detach(), args)
         how = np.full(B, "failed", dtype=object)
         if method == "newton":  # a cheap first attempt: rows making no progress try other starts
@@ -337,15 +341,18 @@ def steady_state(
             x1, conv = x.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
             iters = torch.zeros(B, dtype=torch.long, device=dev)
             fallbacks = [("integrate", _via_integration)]
+        bar.update(int(conv.sum()))
         for name, fallback in fallbacks:  # each on the rows still left, from x0
             if bool(conv.all()):
                 break
+            bar.set_postfix_str(name)
             sub = torch.nonzero(~conv).squeeze(1)
             xs, cs, its = fallback(term, tree_index(args, sub), x[sub], tol, max_iter, t_max)
             x1[sub] = torch.where(cs[:, None], xs, x1[sub])
             iters[sub] += its
             conv[sub] = cs
             how[sub[cs].cpu().numpy()] = name
+            bar.update(int(cs.sum()))
         F = term.vf(torch.zeros(B, dtype=dtp, device=dev), x1, args)
         ev, stable = stability(term, x1, args)
     conv_np = conv.cpu().numpy()

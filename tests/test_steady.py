@@ -178,3 +178,11 @@ def test_steady_state_table_and_bad_input(toggle):
     with pytest.raises(ValueError, match="unknown method 'euler'"):
         gn.steady_state(toggle, method="euler")
     torch.testing.assert_close(ss["B"], ss.x[:, 1])
+
+
+def test_steady_state_progress_bar(toggle, capsys):
+    quiet = gn.steady_state(toggle, x0=[[8.0, 0.5], [3.0, 3.0]])
+    assert "steady_state" not in capsys.readouterr().err
+    shown = gn.steady_state(toggle, x0=[[8.0, 0.5], [3.0, 3.0]], progress=True)
+    assert "steady_state" in capsys.readouterr().err
+    torch.testing.assert_close(shown.x, quiet.x)
