@@ -152,17 +152,16 @@ def _line_search(term: Any, t: Tensor, x: Tensor, F: Tensor, dx: Tensor, args: d
     F_new = term.vf(t, x_new, args)
     j = torch.arange(x.shape[0], device=x.device)
     a = torch.ones_like(r0)
-    floor = _MIN_STEP
     while j.numel():
         r, aj, r0j = F_new[j].pow(2).sum(dim=-1), a[j], r0[j]
         fail = ~((r <= (1.0 - 2e-4 * aj) * r0j) & torch.isfinite(r))
-        keep = fail & (aj > floor)
+        keep = fail & (aj > _MIN_STEP)
         j, aj, r, r0j = j[keep], aj[keep], r[keep], r0j[keep]
         if j.numel() == 0:
             break
         quad = r0j * aj * aj / (r - r0j + 2.0 * r0j * aj)  # nan / inf where r is not finite
         aj = torch.where(torch.isfinite(quad), torch.minimum(torch.maximum(quad, 0.1 * aj), 0.5 * aj), 0.1 * aj)
-        a[j] = aj = aj.clamp_min(floor)
+        a[j] = aj = aj.clamp_min(_MIN_STEP)
         x_new[j] = (x[j] + aj[:, None] * dx[j]).clamp_min(0.0)
         F_new[j] = term.vf(t[j], x_new[j], tree_index(args, j))
     return x_new, F_new
@@ -366,7 +365,8 @@ def steady_state(
 
 def _via_integration(term: Any, args: dict, x: Tensor, tol: float, max_iter: int, t_max: float
                      ) -> tuple[Tensor, Tensor, Tensor]:
-    """Follow the dynamics from ``x``, then Newton from the end and from the late mean."""
+    """Follow the dynamics from ``x``, then Newton from the trajectory's starts in turn
+    (:func:`_integrate_to_steady`)."""
     return _newton_from_starts(term, list(_integrate_to_steady(term, args, x, t_max)), args, tol, max_iter)
 
 
