@@ -14,8 +14,11 @@ once per source version, precision and compiler, and loaded with :mod:`ctypes`. 
 compiler, or with ``GENENET_NATIVE=0``, everything runs on the pure-torch path, which is
 the reference. :func:`available` says which, :func:`reason` why not.
 
-The kernel is a forward solver only: it is used when no gradient is being recorded
+The kernel is a forward solver: it is used when no gradient is being recorded
 (``torch.no_grad()``, or no input requires grad); differentiable solves take the torch path.
+It also carries forward sensitivities (:func:`genenet.sensitivities`, the residual Jacobian
+of ``gn.fit(method="lm")``): q tangent directions ride along with the state through the same
+steps, as the torch loop does with ``n_primal``.
 """
 
 from __future__ import annotations
@@ -137,6 +140,9 @@ def _rows(x: Tensor | None, B: int, dtype: torch.dtype) -> Tensor | None:
     return x.detach().to("cpu", dtype).expand(B, -1).contiguous()
 
 
+TANGENT_KEYS = ("c0", "c1", "inv_threshold", "hill", "production", "degradation")
+
+
 def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
                        first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
                        controller: Any) -> tuple[Tensor, ...]:
@@ -145,13 +151,30 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     (B or 1, G), optional ``mult``/``add`` (B, G) and ``clamp`` (B, G) bool. ``tableau``: an FSAL
     :class:`~genenet.solvers.tableau.ButcherTableau`.
 
-    Returns ``y`` (B, T, G) (NaN after a failure), ``status`` (B,), counters (4, B) (steps, accepted,
-    rejected, RHS evaluations), ``t_last`` (B,), ``y_last`` (B, G)."""
+    Forward sensitivities: ``spec["tangents"] = {key: (B, q, width)}`` for any of
+    :data:`TANGENT_KEYS` (absent keys: constant; ``{}``: tangents of x0 only); ``x0`` is then
+    ``[x, ẋ_1, ..., ẋ_q]`` (B, (1 + q) G) and so are the outputs; step control sees only the first
+    G columns.
+
+    Returns ``y`` (B, T, W) (NaN after a failure; W = G or (1 + q) G), ``status`` (B,), counters
+    (4, B) (steps, accepted, rejected, RHS evaluations), ``t_last`` (B,), ``y_last`` (B, W)."""
     dtype = x0.dtype
     lib = _lib(dtype)
     if lib is None:
         raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
-    B, G = x0.shape
+    B, W = x0.shape
+    G = spec["production"].shape[-1]
+    tangents = spec.get("tangents")
+    Q = W // G - 1
+    if W % G or (Q > 0) != (tangents is not None):
+        raise ValueError(f"state width {W} does not fit {G} genes {'with' if tangents is not None else 'without'}"
+                         " tangents")
+    tangents = tangents or {}
+    unknown = set(tangents) - set(TANGENT_KEYS)
+    if unknown:
+        raise KeyError(f"no native tangent for {sorted(unknown)}; allowed: {list(TANGENT_KEYS)}")
+    tan = {k: None if v is None else v.detach().to("cpu", dtype).expand(B, Q, -1).contiguous()
+           for k, v in tangents.items()}
     T = t_save.numel()
     K = int(spec["K"])
     x0c = x0.detach().to("cpu", dtype).contiguous()
@@ -170,15 +193,16 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
         A[i, : len(row)] = row
     E = np.ascontiguousarray(tableau.e, dtype=np.float64)
     P = np.ascontiguousarray(tableau.dense_matrix(), dtype=np.float64)
-    out = torch.full((B, T, G), float("nan"), dtype=dtype)
+    out = torch.full((B, T, W), float("nan"), dtype=dtype)
     status = torch.empty(B, dtype=torch.int64)
     counters = torch.zeros(4, B, dtype=torch.int64)
     t_last = torch.empty(B, dtype=dtype)
-    y_last = torch.empty(B, G, dtype=dtype)
+    y_last = torch.empty(B, W, dtype=dtype)
     i64, dbl = ctypes.c_int64, ctypes.c_double
     rc = lib.genenet_erk_hill(
         i64(B), i64(G), i64(K), i64(T), _ptr(ts), _ptr(x0c), _ptr(slot_src), *map(_ptr, per_slot),
-        *map(_ptr, per_gene), _ptr(mult), _ptr(add), _ptr(clamp), _ptr(rt), _ptr(at),
+        *map(_ptr, per_gene), _ptr(mult), _ptr(add), _ptr(clamp),
+        i64(Q), *(_ptr(tan.get(k)) for k in TANGENT_KEYS), _ptr(rt), _ptr(at),
         i64(S), _ptr(A), _ptr(E), i64(P.shape[1]), _ptr(P), i64(tableau.error_order),
         dbl(first_step if first_step is not None else -1.0), i64(max_steps),
         dbl(steady_tol if steady_tol is not None else -1.0), i64(window),

@@ -15,6 +15,14 @@
      H    = c0 + c1 / (1 + (max(x, 0) / T)^n)          (slot layout (K, G), dummy slots H = 1)
      dx_i = P_i - k_i x_i,   0 for clamped genes.
 
+   Forward sensitivities: with Q > 0 the state is [x, xdot_1..xdot_Q] ((1 + Q) G columns) and the
+   tangents follow the same steps (error control, initial step and steady stop see only x), as
+   genenet.sensitivity does on the torch loop with n_primal = G. Per direction j
+     Hdot  = c0dot + c1dot s + c1 ds,   ds = -s^2 d(z^n),
+     d(z^n) = n z^n (xdot_src / x_src + itdot / it) + z^n log(z) ndot      (x_src > 0)
+     Pdot_i = (gdot_i prod H + g_i prod H sum_k Hdot_k / H_k) mult_i,   Ddot_i = kdot_i x_i + k_i xdot_i
+   with the right derivative at x_src <= 0 (d(z^n)/dx = it for n = 1, else 0), as Hill.production_jvp.
+
    Compiled at first use by genenet/native/__init__.py with REAL = float or double. */
 
 #include <tgmath.h> /* pow, sqrt, fabs of the argument's type: powf for float */
@@ -38,6 +46,10 @@ typedef struct {
     const uint8_t *clamp;                    /* (G) or NULL */
     real *H;                                 /* work (K*G) */
     const int *nint;                         /* (K*G) integer hill coefficients, or NULL */
+    int64_t Q;                               /* tangent directions (0: state only) */
+    const real *c0d, *c1d, *itd, *hilld;     /* (Q, K*G) parameter tangents for this row, or NULL */
+    const real *prodd, *degd;                /* (Q, G), or NULL */
+    real *tw;                                /* tangent work (6 K*G + 2 G) */
 } Row;
 
 /* z^n: by repeated squaring for the integer hill coefficients RACIPE draws (1..6), about five times
@@ -67,7 +79,7 @@ static inline real small_int_pow(real z, int n) {
     return ((f1 * f2) * f4) * f8;
 }
 
-static void rhs(const Row *r, const real *x, real *dx) {
+static void rhs_state(const Row *r, const real *x, real *dx) {
     const int64_t G = r->G, KG = r->K * r->G;
     real *restrict H = r->H;
     const real *restrict c0 = r->c0, *restrict c1 = r->c1, *restrict it = r->inv_thr;
@@ -98,11 +110,60 @@ static void rhs(const Row *r, const real *x, real *dx) {
     }
 }
 
+/* d/dtheta of the right-hand side along the Q tangent directions stored after x (see the header).
+   Per slot first: the coefficients of xdot_src, itdot, ndot, c0dot, c1dot in Hdot / H; then each
+   direction is a few fused multiply-adds per slot. */
+static void rhs_tangents(const Row *r, const real *x, real *dx) {
+    const int64_t G = r->G, K = r->K, KG = K * G, Q = r->Q;
+    real *wx = r->tw, *wt = wx + KG, *wn = wt + KG, *w0 = wn + KG, *w1 = w0 + KG, *P0 = w1 + KG, *acc = P0 + G;
+    for (int64_t i = 0; i < G; ++i) P0[i] = 1;
+    for (int64_t s = 0; s < KG; ++s) {
+        real xsrc = x[r->slot_src[s]], xs = xsrc > 0 ? xsrc : (real)0;
+        real c0 = r->c0[s], c1 = r->c1[s], it = r->inv_thr[s], n = r->hill[s];
+        real z = xs * it, zn = hill_pow(z, n), sg = (real)1 / ((real)1 + zn), H = c0 + c1 * sg;
+        real wz = -c1 * sg * sg / H; /* (dH / d z^n) / H */
+        P0[s % G] *= H;
+        wx[s] = xsrc > 0 ? wz * n * zn / xs : (n == 1 ? -c1 * n * it / (c0 + c1) : (real)0);
+        wt[s] = wz * n * zn / it;
+        wn[s] = z > 0 ? wz * zn * log(z) : (real)0;
+        w0[s] = (real)1 / H;
+        w1[s] = sg / H;
+    }
+    for (int64_t j = 0; j < Q; ++j) {
+        const real *xd = x + (1 + j) * G;
+        real *out = dx + (1 + j) * G;
+        const int64_t o = j * KG;
+        for (int64_t i = 0; i < G; ++i) acc[i] = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t b0 = k * G;
+            for (int64_t i = 0; i < G; ++i) acc[i] += wx[b0 + i] * xd[r->slot_src[b0 + i]];
+            if (r->itd) for (int64_t i = 0; i < G; ++i) acc[i] += wt[b0 + i] * r->itd[o + b0 + i];
+            if (r->hilld) for (int64_t i = 0; i < G; ++i) acc[i] += wn[b0 + i] * r->hilld[o + b0 + i];
+            if (r->c0d) for (int64_t i = 0; i < G; ++i) acc[i] += w0[b0 + i] * r->c0d[o + b0 + i];
+            if (r->c1d) for (int64_t i = 0; i < G; ++i) acc[i] += w1[b0 + i] * r->c1d[o + b0 + i];
+        }
+        for (int64_t i = 0; i < G; ++i) {
+            real Pd = r->prod[i] * P0[i] * acc[i];
+            if (r->prodd) Pd += r->prodd[j * G + i] * P0[i];
+            if (r->mult) Pd *= r->mult[i];
+            real Dd = r->deg[i] * xd[i];
+            if (r->degd) Dd += r->degd[j * G + i] * x[i];
+            out[i] = (r->clamp && r->clamp[i]) ? (real)0 : Pd - Dd;
+        }
+    }
+}
+
+static void rhs(const Row *r, const real *x, real *dx) {
+    rhs_state(r, x, dx);
+    if (r->Q) rhs_tangents(r, x, dx);
+}
+
 /* acc = sum_j c_j k_j over the nonzero c_j, in order (the same sums as the torch path) */
-static void weighted(const real *c, int64_t n, const real *restrict ks, int64_t G, real *restrict acc) {
+static void weighted(const real *c, int64_t n, const real *restrict ks, int64_t stride, int64_t G,
+                     real *restrict acc) {
     int first = 1;
     for (int64_t j = 0; j < n; ++j) {
-        const real cj = c[j], *restrict kj = ks + j * G;
+        const real cj = c[j], *restrict kj = ks + j * stride;
         if (cj == 0) continue;
         if (first) {
             for (int64_t i = 0; i < G; ++i) acc[i] = kj[i] * cj;
@@ -127,13 +188,15 @@ int genenet_erk_hill(
     int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save, const real *x0,
     const int32_t *slot_src, const real *c0, const real *c1, const real *inv_thr, const real *hill,
     const real *prod, const real *deg, const real *mult, const real *add, const uint8_t *clamp,
-    const real *rtol, const real *atol,
+    int64_t Q, const real *c0d, const real *c1d, const real *itd, const real *hilld, const real *prodd,
+    const real *degd, const real *rtol, const real *atol,
     int64_t S, const double *A, const double *E, int64_t D, const double *P, int64_t error_order,
     double first_step, int64_t max_steps, double steady_tol, int64_t window,
     double safety, double beta, double factor_min, double factor_max,
     real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads)
 {
     const real t0 = t_save[0], t_end = t_save[T - 1];
+    const int64_t W = (1 + Q) * G; /* state width: x and its Q tangents */
     const int64_t Kw = window < T - 1 ? (window > 1 ? window : 1) : (T - 1 > 1 ? T - 1 : 1);
     const real eps = sizeof(real) == 4 ? (real)1.1920929e-07 : (real)2.220446049250313e-16;
     real span_abs = fabs(t0) > fabs(t_end) ? fabs(t0) : fabs(t_end);
@@ -147,16 +210,19 @@ int genenet_erk_hill(
 
 #pragma omp parallel num_threads((int)nthreads)
     {
-        real *work = (real *)malloc(sizeof(real) * (size_t)((S + 6) * G + K * G + 64));
-        real *ks = work;                 /* S x G stages */
-        real *y = ks + S * G, *y1 = y + G, *yi = y1 + G, *err = yi + G, *scale = err + G, *tmp = scale + G;
-        real *Hw = tmp + G;
+        real *work = (real *)malloc(sizeof(real) * (size_t)((S + 4) * W + 4 * G + 7 * K * G + 64));
+        real *ks = work;                 /* S x W stages */
+        real *y = ks + S * W, *y1 = y + W, *yi = y1 + W, *tmp = yi + W, *err = tmp + W, *scale = err + G;
+        real *Hw = scale + G, *tw = Hw + K * G;
         int *nint_w = (int *)malloc(sizeof(int) * (size_t)(K * G + 1));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < B; ++b) {
             Row r = {G, K, slot_src, c0 + b * K * G, c1 + b * K * G, inv_thr + b * K * G, hill + b * K * G,
                      prod + b * G, deg + b * G, mult ? mult + b * G : NULL, add ? add + b * G : NULL,
-                     clamp ? clamp + b * G : NULL, Hw, NULL};
+                     clamp ? clamp + b * G : NULL, Hw, NULL, Q,
+                     c0d ? c0d + b * Q * K * G : NULL, c1d ? c1d + b * Q * K * G : NULL,
+                     itd ? itd + b * Q * K * G : NULL, hilld ? hilld + b * Q * K * G : NULL,
+                     prodd ? prodd + b * Q * G : NULL, degd ? degd + b * Q * G : NULL, tw};
             int all_int = 1;
             for (int64_t q = 0; q < K * G; ++q) {
                 real n = r.hill[q];
@@ -164,12 +230,12 @@ int genenet_erk_hill(
                 nint_w[q] = all_int ? (int)n : 0;
             }
             if (all_int) r.nint = nint_w;
-            real *ob = out + b * T * G;
+            real *ob = out + b * T * W;
             int64_t n_steps = 0, n_acc = 0, n_rhs = 0, save_ptr = 1, st = RUNNING;
             real t = t0, h, prev_err = 1;
             int rejected_before = 0, last_nonfinite = 0;
-            memcpy(y, x0 + b * G, sizeof(real) * G);
-            memcpy(ob, y, sizeof(real) * G);
+            memcpy(y, x0 + b * W, sizeof(real) * W);
+            memcpy(ob, y, sizeof(real) * W);
             real *f0 = ks; /* FSAL: stage 0 of the next step */
             rhs(&r, y, f0);
             n_rhs++;
@@ -183,7 +249,7 @@ int genenet_erk_hill(
                           : (real)0.01 * d0 / (d1 > (real)1e-300 ? d1 : (real)1e-300);
                 h0 = h0 < span ? h0 : span;
                 for (int64_t i = 0; i < G; ++i) yi[i] = y[i] + h0 * f0[i];
-                rhs(&r, yi, tmp);
+                rhs_state(&r, yi, tmp); /* the tangents do not steer the step */
                 for (int64_t i = 0; i < G; ++i) tmp[i] = tmp[i] - f0[i];
                 real d2 = rms(tmp, scale, G) / h0;
                 real dmax = d1 > d2 ? d1 : d2;
@@ -204,13 +270,13 @@ int genenet_erk_hill(
                 real t1 = land ? target : t + h_try;
                 /* stages 1..S-1; the last (FSAL) one is f(t1, y1) with y1 = its stage value */
                 for (int64_t s = 1; s < S; ++s) {
-                    weighted(a + s * S, s, ks, G, tmp);
-                    for (int64_t i = 0; i < G; ++i) yi[i] = y[i] + h_try * tmp[i];
-                    if (s == S - 1) memcpy(y1, yi, sizeof(real) * G);
-                    rhs(&r, yi, ks + s * G);
+                    weighted(a + s * S, s, ks, W, W, tmp);
+                    for (int64_t i = 0; i < W; ++i) yi[i] = y[i] + h_try * tmp[i];
+                    if (s == S - 1) memcpy(y1, yi, sizeof(real) * W);
+                    rhs(&r, yi, ks + s * W);
                 }
                 n_rhs += S - 1;
-                weighted(e, S, ks, G, err);
+                weighted(e, S, ks, W, G, err);
                 for (int64_t i = 0; i < G; ++i) {
                     err[i] = h_try * err[i];
                     real ay = fabs(y[i]), ay1 = fabs(y1[i]);
@@ -227,9 +293,9 @@ int genenet_erk_hill(
                         if (si >= T) break;
                         real ts = t_save[si];
                         if (!(ts <= t1)) continue;
-                        real *dst = ob + si * G;
+                        real *dst = ob + si * W;
                         if (ts == t1) {
-                            memcpy(dst, y1, sizeof(real) * G);
+                            memcpy(dst, y1, sizeof(real) * W);
                         } else {
                             real hd = h_try > 0 ? h_try : (real)1;
                             real th = (ts - t) / hd;
@@ -240,9 +306,9 @@ int genenet_erk_hill(
                                 for (int64_t d = 0; d < D; ++d) { acc += Pd[j * D + d] * pw; pw *= th; }
                                 w[j] = acc;
                             }
-                            for (int64_t i = 0; i < G; ++i) {
+                            for (int64_t i = 0; i < W; ++i) {
                                 real acc = 0;
-                                for (int64_t j = 0; j < S; ++j) acc += w[j] * ks[j * G + i];
+                                for (int64_t j = 0; j < S; ++j) acc += w[j] * ks[j * W + i];
                                 dst[i] = y[i] + h_try * acc;
                             }
                         }
@@ -250,8 +316,8 @@ int genenet_erk_hill(
                     }
                     save_ptr += saved;
                     t = t1;
-                    memcpy(y, y1, sizeof(real) * G);
-                    memcpy(ks, ks + (S - 1) * G, sizeof(real) * G); /* FSAL */
+                    memcpy(y, y1, sizeof(real) * W);
+                    memcpy(ks, ks + (S - 1) * W, sizeof(real) * W); /* FSAL */
                 }
                 n_steps++;
                 n_acc += accept;
@@ -263,7 +329,7 @@ int genenet_erk_hill(
                         ymax = ay > ymax ? ay : ymax;
                     }
                     if (fmax <= (real)steady_tol * (1 + ymax)) {
-                        for (int64_t si = save_ptr; si < T; ++si) memcpy(ob + si * G, y, sizeof(real) * G);
+                        for (int64_t si = save_ptr; si < T; ++si) memcpy(ob + si * W, y, sizeof(real) * W);
                         save_ptr = T;
                         st = SUCCESS;
                         t = t_end;
@@ -303,7 +369,7 @@ int genenet_erk_hill(
             counters[2 * B + b] = n_steps - n_acc;
             counters[3 * B + b] = n_rhs;
             t_last[b] = t;
-            memcpy(y_last + b * G, y, sizeof(real) * G);
+            memcpy(y_last + b * W, y, sizeof(real) * W);
         }
         free(work);
         free(nint_w);

@@ -201,8 +201,9 @@ def integrate(
         estimate of the Jacobian's spectral radius refreshed every ``check_every`` steps.
     native : ``args -> spec`` (e.g. ``ConditionTerm.native_spec``): when it gives a spec and the solve
         qualifies (CPU, FSAL adaptive method, PI control, no switching times, no gradient being
-        recorded), every row runs in the native whole-trajectory kernel (:mod:`genenet.native`)
-        instead of this loop, with the same steps and results to rounding.
+        recorded; with ``n_primal``, a spec that carries the tangents), every row runs in the
+        native whole-trajectory kernel (:mod:`genenet.native`) instead of this loop, with the
+        same steps and results to rounding.
 
     Returns
     -------
@@ -250,9 +251,9 @@ def integrate(
         args = segment(t, args)
     if reset is not None:
         y = reset(t, y, args)
-    if native is not None and t_start is None and stiff_after is None and n_primal == G:
+    if native is not None and t_start is None and stiff_after is None:
         sol = _try_native(native, args, y, t_save, method, rtol, atol, first_step, max_steps, stops,
-                          steady_tol, window, controller)
+                          steady_tol, window, controller, n_primal)
         if sol is not None:
             if progress is not None:
                 progress(float(t_end))
@@ -451,8 +452,9 @@ def _requires_grad(tree: Any) -> bool:
 
 def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method: Any, rtol: Any, atol: Any,
                 first_step: float | None, max_steps: int, stops: Tensor | None, steady_tol: float | None,
-                window: int, controller: PIController) -> Solution | None:
-    """The native kernel's solution when the solve qualifies (see ``integrate``'s ``native``), else None."""
+                window: int, controller: PIController, n_primal: int) -> Solution | None:
+    """The native kernel's solution when the solve qualifies (see ``integrate``'s ``native``), else None.
+    Columns after ``n_primal`` are tangents: the spec must carry theirs (``spec["tangents"]``)."""
     from .. import native as native_mod
 
     tab = getattr(method, "tableau", None)
@@ -466,7 +468,7 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
     if not native_mod.available(y0.dtype):
         return None
     spec = native(args)
-    if spec is None:
+    if spec is None or spec["production"].shape[-1] != n_primal or ("tangents" in spec) != (n_primal < y0.shape[1]):
         return None
     rt = torch.as_tensor(rtol, dtype=y0.dtype)
     at = torch.as_tensor(atol, dtype=y0.dtype)
