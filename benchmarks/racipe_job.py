@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_solve import machine, versions
+from solve_screen import machine, versions
 
 import genenet as gn
 

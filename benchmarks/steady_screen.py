@@ -1,6 +1,6 @@
 """Steady states of the whole double-knockout screen of the standard network (issue 6).
 
-Problem: the standard 100-gene network of bench_solve.py (Network.random(100, 3, seed=0),
+Problem: the standard 100-gene network of solve_screen.py (Network.random(100, 3, seed=0),
 Hill.random seed 0); rows = wild type + 100 single + 4950 double knockouts (5051); each row
 from the model's default state (knocked-out genes at 0); float64, convergence when
 max_i |f_i| <= 1e-10 (1 + max_i x_i). Most rows of this network oscillate (a steady state
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_solve import machine, standard_network, versions
+from solve_screen import machine, standard_network, versions
 from scipy.integrate import solve_ivp
 from scipy.optimize import root
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_solve import machine, versions
+from solve_screen import machine, versions
 from scipy.integrate import solve_ivp
 
 import genenet as gn

@@ -1,6 +1,6 @@
-"""diffrax runner for benchmarks/bench_solve.py (run with a Python that has jax and diffrax).
+"""diffrax runner for benchmarks/solve_screen.py (run with a Python that has jax and diffrax).
 
-Reads the standard problem exported by bench_solve.py (npz: genenet's Hill slot layout,
+Reads the standard problem exported by solve_screen.py (npz: genenet's Hill slot layout,
 per-row production masks, x0, save times, tolerances, dtype), integrates every row with
 Tsit5 + PIDController (same rtol/atol, same save times) under jit(vmap) on jax's default
 device, and prints one JSON line: median seconds of ``repeats`` calls after the first

@@ -8,7 +8,7 @@ calls (LSODA, atol = rtol/100) of a vectorised numpy Hill right-hand side,
 Jacobian by 2-point finite differences. Reported: wall time, final loss of each, and the
 loss of its fitted parameters re-evaluated with one tight solve (tools run at rtol 1e-8 and 1e-6).
 
-    python benchmarks/bench_fit.py
+    python benchmarks/fit_lm.py
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_solve import machine, versions
+from solve_screen import machine, versions
 from scipy.integrate import solve_ivp
 from scipy.optimize import least_squares
 
@@ -150,7 +150,7 @@ def main() -> None:
              "re-evaluated with one rtol 1e-11 solve, the fair comparison across tolerances",
              "- iterations: Jacobian evaluations (genenet: LM / trust-region iterations; scipy: njev); "
              "ms / iteration = wall time / iterations, which includes the rejected trial steps",
-             "- command: `python benchmarks/bench_fit.py`", "",
+             "- command: `python benchmarks/fit_lm.py`", "",
              "| tool | seconds | iterations | ms / iteration | final loss | reference loss "
              "| speed-up vs scipy rtol 1e-8 |",
              "|---|---|---|---|---|---|---|"]

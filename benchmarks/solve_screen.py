@@ -10,8 +10,8 @@ rtol 1e-12 atol 1e-12, on the flattened batch) is reported next to its time.
 
 Times: median of --repeats calls after one warm-up call, forward only (no_grad).
 
-    python benchmarks/bench_solve.py                    # CPU, N = 1, 200, 1000, float32
-    python benchmarks/bench_solve.py --device cuda --sizes 1 1000 5050
+    python benchmarks/solve_screen.py                    # CPU, N = 1, 200, 1000, float32
+    python benchmarks/solve_screen.py --device cuda --sizes 1 1000 5050
 """
 
 from __future__ import annotations
@@ -256,7 +256,7 @@ def main() -> None:
            f"{diffrax_info.get('device')}; time excludes the first (compiling) call"] if diffrax_info else []),
         "- error: vs scipy DOP853 float64 rtol=atol=1e-12 on the flattened batch; "
         "rel = |y-ref|/(|ref| + 1e-3 max|ref|)",
-        "- command: `python benchmarks/bench_solve.py " + " ".join(
+        "- command: `python benchmarks/solve_screen.py " + " ".join(
             f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
             for k, v in vars(args).items() if k not in ("out", "diffrax_python"))
         + (" --diffrax-python PY" if args.diffrax_python else "") + "`",
