@@ -225,3 +225,21 @@ def test_cuda_matches_cpu(case20):
     assert traj.y.is_cuda
     assert gn.simulate(model, t, x0=x0, device="auto").y.dtype == torch.float32
     np.testing.assert_allclose(traj.numpy()[0], ref, rtol=1e-7, atol=1e-9)
+
+
+def test_a_differentiable_solve_that_exhausts_memory_fails_with_a_message(monkeypatch):
+    """The graph of a long differentiable solve grows per step; when the memory left falls below a
+    tenth of what the solve started with, a MemoryError names the way out (no OOM kill)."""
+    from genenet.solvers import memory
+
+    levels = iter([10 * 2**30] + [5 * 2**30, 0.5 * 2**30] + [0.4 * 2**30] * 1000)
+    monkeypatch.setattr(memory, "available_memory", lambda device: next(levels))
+    net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-")])
+    model = gn.Hill(net)
+    with pytest.raises(MemoryError, match=r"torch\.no_grad\(\).*adjoint"):
+        gn.simulate(model, np.linspace(0, 200, 5), x0=[1.0, 2.0], rtol=1e-10, atol=1e-12)
+    # without a graph nothing is watched: the same memory readings do not stop a no_grad solve
+    levels = iter([10 * 2**30] + [0.1 * 2**30] * 1000)
+    with torch.no_grad():
+        traj = gn.simulate(model, np.linspace(0, 200, 5), x0=[1.0, 2.0], rtol=1e-10, atol=1e-12)
+    assert (traj.status == 0).all()

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .controller import PIController
+from .memory import GraphMemoryGuard
 from .status import Status
 from .tableau import ExplicitRK
 
@@ -304,6 +305,8 @@ def integrate(
         t_last_all[idx] = t[done]
         y_last_all[idx] = y[done]
 
+    # a differentiable solve keeps every step's graph: fail with a message before the OOM killer does
+    guard = GraphMemoryGuard(dev) if torch.is_grad_enabled() and _requires_grad((y, args)) else None
     step = 0
     while True:
         if step % check_every == 0:
@@ -313,6 +316,8 @@ def integrate(
                 progress(float(t[running].min()))
             if n_running == 0:
                 break
+            if guard is not None and step:
+                guard.check(step, n_running, float(t[running].min()), float(t_end))
             if n_running < running.numel():  # drop finished rows: they would only cost
                 retire(running)
                 rows, t, y, f0, h = rows[running], t[running], y[running], f0[running], h[running]
