@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from solve_screen import machine, versions
 from scipy.integrate import solve_ivp
 from scipy.optimize import least_squares
+from solve_screen import machine, versions
 
 import genenet as gn
 

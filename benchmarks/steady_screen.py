@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from solve_screen import machine, standard_network, versions
 from scipy.integrate import solve_ivp
 from scipy.optimize import root
+from solve_screen import machine, standard_network, versions
 
 import genenet as gn
 from genenet.solvers.integrate import tree_index

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from solve_screen import machine, versions
 from scipy.integrate import solve_ivp
+from solve_screen import machine, versions
 
 import genenet as gn
 

@@ -170,3 +170,64 @@ def test_native_sensitivities_agree_with_finite_differences(monkeypatch):
     assert (np.abs(fd[-1]) > 1e-3).sum() >= 3
     # FD noise: the perturbed solves take other steps, ~rtol / 1e-5 of the state
     np.testing.assert_allclose(sens.dy[0, :, j].numpy(), fd, rtol=1e-5, atol=1e-6 * np.abs(ys[0]).max())
+
+
+def _stiff_problem(G=20, seed=0):
+    rng = np.random.default_rng(seed)
+    net = gn.Network.random(G, 3, seed=seed)
+    model = gn.Hill.random_stiff(net, seed=seed, rng=rng)
+    levels = (model.params["production"] / model.params["degradation"]).detach()[0].numpy()
+    return net, model, levels * rng.uniform(0.2, 1.5, G)
+
+
+@pytest.mark.parametrize("method", ["rodas5", "rodas4", "auto"])
+def test_rosenbrock_kernel_matches_the_torch_loop(monkeypatch, method):
+    """Same steps and values to rounding for the stiff methods, under every condition effect; for
+    "auto" the implicit phase starts mid-run (per-row start times) in the kernel."""
+    net, model, x0 = _stiff_problem()
+    genes = list(net.genes)
+    conds = [[], gn.Knockout(genes[0]), gn.Knockdown(genes[1], 0.3), gn.Overexpress(genes[2], fold=2.0),
+             gn.Overexpress(genes[3], rate=5.0), gn.Clamp(genes[4], 2.0)]
+    t = np.linspace(0, 20, 9)
+    kw = dict(x0=x0, perturbations=conds, method=method, rtol=1e-6, atol=1e-8)
+    ref = _solve(monkeypatch, False, model, t, **kw)
+    calls = []
+    real = native.integrate_hill_rodas
+    monkeypatch.setattr(native, "integrate_hill_rodas", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fast = _solve(monkeypatch, True, model, t, **kw)
+    assert calls, "the native Rosenbrock kernel did not run"
+    _assert_same(ref, fast, rtol=1e-9)
+    assert ref.stats["n_steps"].min() > 50  # a stiff solve, not a trivial one
+    if method == "auto":
+        np.testing.assert_array_equal(fast.stats["switched"], ref.stats["switched"])
+        assert fast.stats["switched"].any()
+
+
+def test_rosenbrock_kernel_against_scipy_radau_and_its_failures(monkeypatch):
+    """An independent reference for the native Rosenbrock path, and per-row failure statuses."""
+    from scipy.integrate import solve_ivp
+
+    from reference import hill_rhs_numpy, hill_values
+
+    monkeypatch.setenv("GENENET_NATIVE", "1")
+    net, model, x0 = _stiff_problem(G=12, seed=3)
+    t = np.linspace(0, 10, 6)
+    with torch.no_grad():
+        traj = gn.simulate(model, t, x0=x0, method="rodas5", rtol=1e-9, atol=1e-11)
+    f = hill_rhs_numpy(net, hill_values(model))
+    ref = solve_ivp(f, (0, 10), x0, method="Radau", t_eval=t, rtol=1e-12, atol=1e-14).y.T
+    assert np.abs(traj.y[0].numpy() - ref).max() < 1e-6 * np.abs(ref).max()
+    with torch.no_grad():
+        short = gn.simulate(model, t, x0=x0, method="rodas5", max_steps=5, throw=False)
+    assert (short.status == Status.MAX_STEPS).all()
+    assert np.isnan(short.y[0, -1].numpy()).all()
+
+
+def test_rosenbrock_kernel_float32(monkeypatch):
+    net, model, x0 = _stiff_problem(G=15, seed=1)
+    t = np.linspace(0, 10, 6)
+    kw = dict(x0=x0, perturbations=gn.knockout_screen(net, order=1), method="rodas5", rtol=1e-4, atol=1e-5,
+              dtype=torch.float32)
+    ref, fast = _both(monkeypatch, model, t, **kw)
+    scale = float(ref.y.abs().max())
+    assert float((fast.y - ref.y).abs().max()) < 1e-3 * scale

@@ -1,24 +1,27 @@
-r"""Native CPU kernels: whole-trajectory adaptive Runge-Kutta for the Hill model, one row per task.
+r"""Native CPU kernels: whole-trajectory adaptive integration of the Hill model, one row per task.
 
 The batched Python loop (:func:`genenet.solvers.integrate.integrate`) pays a few
 microseconds of dispatch per tensor operation and about a hundred operations per step;
 on the CPU that overhead is as large as the arithmetic itself for a 100-gene network.
-This kernel (``erk_hill.c``) runs each row's whole step loop in C — the CPU analogue of
-a per-trajectory GPU kernel (DiffEqGPU's ``EnsembleGPUKernel``) — and reproduces the
-Python loop step for step (same initial step, PI control, save window, dense output,
-steady-state stop, status codes and counters), which the tests check.
+These kernels (``kernels.c``: the model in ``hill.h``, one row's step loop in ``driver.h``)
+run each row's whole step loop in C — the CPU analogue of a per-trajectory GPU kernel
+(DiffEqGPU's ``EnsembleGPUKernel``) — and reproduce the Python loop step for step (same
+initial step, PI control, save window, dense output, steady-state stop, status codes and
+counters), which the tests check. Two step methods share the loop: the FSAL explicit pairs
+(dopri5, tsit5) and the Rosenbrock methods (rodas5, rodas4; analytic Jacobian, LU with
+partial pivoting per step).
 
-It is compiled at first use with the system C compiler (``$CC``, else ``cc``/``gcc``;
+They are compiled at first use with the system C compiler (``$CC``, else ``cc``/``gcc``;
 OpenMP when available) into ``$GENENET_CACHE/native`` (default ``~/.cache/genenet``),
 once per source version, precision and compiler, and loaded with :mod:`ctypes`. Without a
 compiler, or with ``GENENET_NATIVE=0``, everything runs on the pure-torch path, which is
 the reference. :func:`available` says which, :func:`reason` why not.
 
-The kernel is a forward solver: it is used when no gradient is being recorded
+The kernels are forward solvers: used when no gradient is being recorded
 (``torch.no_grad()``, or no input requires grad); differentiable solves take the torch path.
-It also carries forward sensitivities (:func:`genenet.sensitivities`, the residual Jacobian
-of ``gn.fit(method="lm")``): q tangent directions ride along with the state through the same
-steps, as the torch loop does with ``n_primal``.
+The explicit one also carries forward sensitivities (:func:`genenet.sensitivities`, the
+residual Jacobian of ``gn.fit(method="lm")``): q tangent directions ride along with the
+state through the same steps, as the torch loop does with ``n_primal``.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["available", "reason", "integrate_hill_erk"]
+__all__ = ["available", "reason", "integrate_hill_erk", "integrate_hill_rodas"]
 
-_SOURCE = Path(__file__).with_name("erk_hill.c")
+_DIR = Path(__file__).parent
+_SOURCE = _DIR / "kernels.c"
 _LIBS: dict[torch.dtype, Any] = {}
 _FAILED: dict[torch.dtype, str] = {}
 _REAL = {torch.float32: "float", torch.float64: "double"}
@@ -72,11 +76,11 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
-    src = _SOURCE.read_bytes()
+    src = b"".join(f.read_bytes() for f in sorted([*_DIR.glob("*.c"), *_DIR.glob("*.h")]))
     flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", f"-DREAL={_REAL[dtype]}"]
     # -march=native: the library is built for this CPU, so the CPU is part of its name
     key = hashlib.sha256(src + " ".join([cc, *flags, sys.platform, _cpu_id()]).encode()).hexdigest()[:16]
-    lib_path = _cache_dir() / f"erk_hill_{_REAL[dtype]}_{key}.so"
+    lib_path = _cache_dir() / f"genenet_kernels_{_REAL[dtype]}_{key}.so"
     if not lib_path.exists():
         lib_path.parent.mkdir(parents=True, exist_ok=True)
         errors = []
@@ -92,8 +96,8 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
         else:
             raise RuntimeError("compiling the native kernel failed:\n" + "\n".join(errors))
     lib = ctypes.CDLL(str(lib_path))
-    fn = lib.genenet_erk_hill
-    fn.restype = ctypes.c_int
+    for name in ("genenet_erk_hill", "genenet_rodas_hill"):
+        getattr(lib, name).restype = ctypes.c_int
     return lib
 
 
@@ -141,15 +145,53 @@ def _rows(x: Tensor | None, B: int, dtype: torch.dtype) -> Tensor | None:
 
 
 TANGENT_KEYS = ("c0", "c1", "inv_threshold", "hill", "production", "degradation")
+_i64, _dbl = ctypes.c_int64, ctypes.c_double
+
+
+def _problem(lib_dtype: torch.dtype, spec: dict, x0: Tensor, t_save: Tensor, t_start: Tensor | None,
+             rtol: Tensor, atol: Tensor) -> tuple[list, dict]:
+    """The model/problem arguments every kernel takes, and the arrays that must stay alive."""
+    dtype = lib_dtype
+    B, W = x0.shape
+    G = spec["production"].shape[-1]
+    keep = {
+        "x0": x0.detach().to("cpu", dtype).contiguous(),
+        "t_save": t_save.detach().to("cpu", dtype).contiguous(),
+        "t_start": None if t_start is None else t_start.detach().to("cpu", dtype).contiguous(),
+        "slot_src": spec["slot_source"].to("cpu", torch.int32).contiguous(),
+        **{k: _rows(spec[k], B, dtype) for k in ("c0", "c1", "inv_threshold", "hill", "production", "degradation")},
+        "mult": _rows(spec.get("mult"), B, dtype), "add": _rows(spec.get("add"), B, dtype),
+        "clamp": None if spec.get("clamp") is None else spec["clamp"].detach().to("cpu", torch.uint8).expand(
+            B, -1).contiguous(),
+        "rtol": rtol.detach().to("cpu", dtype).expand(G).contiguous(),
+        "atol": atol.detach().to("cpu", dtype).expand(G).contiguous(),
+    }
+    args = [_i64(B), _i64(G), _i64(int(spec["K"])), _i64(t_save.numel())] + [_ptr(keep[k]) for k in (
+        "t_save", "t_start", "x0", "slot_src", "c0", "c1", "inv_threshold", "hill", "production", "degradation",
+        "mult", "add", "clamp", "rtol", "atol")]
+    return args, keep
+
+
+def _loop(B: int, T: int, W: int, dtype: torch.dtype, first_step: float | None, max_steps: int,
+          steady_tol: float | None, window: int, controller: Any) -> tuple[list, tuple[Tensor, ...]]:
+    """The step-loop arguments and the output arrays (y, status, counters, t_last, y_last)."""
+    outs = (torch.full((B, T, W), float("nan"), dtype=dtype), torch.empty(B, dtype=torch.int64),
+            torch.zeros(4, B, dtype=torch.int64), torch.empty(B, dtype=dtype), torch.empty(B, W, dtype=dtype))
+    args = [_dbl(first_step if first_step is not None else -1.0), _i64(max_steps),
+            _dbl(steady_tol if steady_tol is not None else -1.0), _i64(window),
+            _dbl(controller.safety), _dbl(controller.beta), _dbl(controller.factor_min),
+            _dbl(controller.factor_max), *map(_ptr, outs), _i64(torch.get_num_threads())]
+    return args, outs
 
 
 def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
                        first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
-                       controller: Any) -> tuple[Tensor, ...]:
-    """Run the kernel on every row. ``spec`` (from ``ConditionTerm.native_spec``): ``slot_source``
+                       controller: Any, t_start: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Run the explicit kernel on every row. ``spec`` (from ``ConditionTerm.native_spec``): ``slot_source``
     (K*G,), ``K``, ``c0``/``c1``/``inv_threshold``/``hill`` (B or 1, K*G), ``production``/``degradation``
     (B or 1, G), optional ``mult``/``add`` (B, G) and ``clamp`` (B, G) bool. ``tableau``: an FSAL
-    :class:`~genenet.solvers.tableau.ButcherTableau`.
+    :class:`~genenet.solvers.tableau.ButcherTableau`. ``t_start`` (B,): per-row start times (default
+    ``t_save[0]``; save times at or before a later start keep NaN).
 
     Forward sensitivities: ``spec["tangents"] = {key: (B, q, width)}`` for any of
     :data:`TANGENT_KEYS` (absent keys: constant; ``{}``: tangents of x0 only); ``x0`` is then
@@ -173,42 +215,41 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     unknown = set(tangents) - set(TANGENT_KEYS)
     if unknown:
         raise KeyError(f"no native tangent for {sorted(unknown)}; allowed: {list(TANGENT_KEYS)}")
-    tan = {k: None if v is None else v.detach().to("cpu", dtype).expand(B, Q, -1).contiguous()
-           for k, v in tangents.items()}
-    T = t_save.numel()
-    K = int(spec["K"])
-    x0c = x0.detach().to("cpu", dtype).contiguous()
-    ts = t_save.detach().to("cpu", dtype).contiguous()
-    slot_src = spec["slot_source"].to("cpu", torch.int32).contiguous()
-    per_slot = [_rows(spec[k], B, dtype) for k in ("c0", "c1", "inv_threshold", "hill")]
-    per_gene = [_rows(spec[k], B, dtype) for k in ("production", "degradation")]
-    mult, add = _rows(spec.get("mult"), B, dtype), _rows(spec.get("add"), B, dtype)
-    clamp = spec.get("clamp")
-    clamp = None if clamp is None else clamp.detach().to("cpu", torch.uint8).expand(B, -1).contiguous()
-    rt = rtol.detach().to("cpu", dtype).expand(G).contiguous()
-    at = atol.detach().to("cpu", dtype).expand(G).contiguous()
+    tan = {k: v.detach().to("cpu", dtype).expand(B, Q, -1).contiguous() for k, v in tangents.items()}
+    prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
     S = tableau.stages
     A = np.zeros((S, S))
     for i, row in enumerate(tableau.a):
         A[i, : len(row)] = row
     E = np.ascontiguousarray(tableau.e, dtype=np.float64)
     P = np.ascontiguousarray(tableau.dense_matrix(), dtype=np.float64)
-    out = torch.full((B, T, W), float("nan"), dtype=dtype)
-    status = torch.empty(B, dtype=torch.int64)
-    counters = torch.zeros(4, B, dtype=torch.int64)
-    t_last = torch.empty(B, dtype=dtype)
-    y_last = torch.empty(B, W, dtype=dtype)
-    i64, dbl = ctypes.c_int64, ctypes.c_double
-    rc = lib.genenet_erk_hill(
-        i64(B), i64(G), i64(K), i64(T), _ptr(ts), _ptr(x0c), _ptr(slot_src), *map(_ptr, per_slot),
-        *map(_ptr, per_gene), _ptr(mult), _ptr(add), _ptr(clamp),
-        i64(Q), *(_ptr(tan.get(k)) for k in TANGENT_KEYS), _ptr(rt), _ptr(at),
-        i64(S), _ptr(A), _ptr(E), i64(P.shape[1]), _ptr(P), i64(tableau.error_order),
-        dbl(first_step if first_step is not None else -1.0), i64(max_steps),
-        dbl(steady_tol if steady_tol is not None else -1.0), i64(window),
-        dbl(controller.safety), dbl(controller.beta), dbl(controller.factor_min), dbl(controller.factor_max),
-        _ptr(out), _ptr(status), _ptr(counters), _ptr(t_last), _ptr(y_last), i64(torch.get_num_threads()))
+    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
+    rc = lib.genenet_erk_hill(*prob, _i64(Q), *(_ptr(tan.get(k)) for k in TANGENT_KEYS), _i64(S), _ptr(A),
+                              _ptr(E), _i64(P.shape[1]), _ptr(P), _i64(tableau.error_order), *loop)
     if rc != 0:
         raise RuntimeError(f"native kernel rejected the tableau ({S} stages, dense degree {P.shape[1]})")
-    dev = x0.device
-    return out.to(dev), status.to(dev), counters.to(dev), t_last.to(dev), y_last.to(dev)
+    return tuple(o.to(x0.device) for o in outs)
+
+
+def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
+                         first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
+                         controller: Any, t_start: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Run the Rosenbrock kernel on every row: as :func:`integrate_hill_erk` (no tangents) with a
+    :class:`~genenet.solvers.rosenbrock.RosenbrockTableau`; an autonomous model (``∂f/∂t = 0``)."""
+    dtype = x0.dtype
+    lib = _lib(dtype)
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    if "tangents" in spec:
+        raise ValueError("the native Rosenbrock kernel carries no tangents")
+    B, W = x0.shape
+    prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
+    arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (tableau.a, tableau.C, tableau.b, tableau.e,
+                                                                  tableau.H)]
+    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
+    S, M = tableau.stages, tableau.H.shape[0]
+    rc = lib.genenet_rodas_hill(*prob, _i64(S), _dbl(tableau.gamma), *map(_ptr, arrays[:4]), _i64(M),
+                                _ptr(arrays[4]), _i64(tableau.error_order), *loop)
+    if rc != 0:
+        raise RuntimeError(f"native kernel rejected the tableau ({S} stages, {M} dense rows)")
+    return tuple(o.to(x0.device) for o in outs)

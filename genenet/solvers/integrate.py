@@ -201,10 +201,10 @@ def integrate(
         estimate from the last two stages and, when ``jac`` is given, a power-iteration
         estimate of the Jacobian's spectral radius refreshed every ``check_every`` steps.
     native : ``args -> spec`` (e.g. ``ConditionTerm.native_spec``): when it gives a spec and the solve
-        qualifies (CPU, FSAL adaptive method, PI control, no switching times, no gradient being
-        recorded; with ``n_primal``, a spec that carries the tangents), every row runs in the
-        native whole-trajectory kernel (:mod:`genenet.native`) instead of this loop, with the
-        same steps and results to rounding.
+        qualifies (CPU, an adaptive FSAL explicit or Rosenbrock method, PI control, no switching
+        times, no gradient being recorded; with ``n_primal``, an explicit method and a spec that
+        carries the tangents), every row runs in the native whole-trajectory kernel
+        (:mod:`genenet.native`) instead of this loop, with the same steps and results to rounding.
 
     Returns
     -------
@@ -252,9 +252,9 @@ def integrate(
         args = segment(t, args)
     if reset is not None:
         y = reset(t, y, args)
-    if native is not None and t_start is None and stiff_after is None:
+    if native is not None and stiff_after is None:
         sol = _try_native(native, args, y, t_save, method, rtol, atol, first_step, max_steps, stops,
-                          steady_tol, window, controller, n_primal)
+                          steady_tol, window, controller, n_primal, t_start)
         if sol is not None:
             if progress is not None:
                 progress(float(t_end))
@@ -457,14 +457,14 @@ def _requires_grad(tree: Any) -> bool:
 
 def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method: Any, rtol: Any, atol: Any,
                 first_step: float | None, max_steps: int, stops: Tensor | None, steady_tol: float | None,
-                window: int, controller: PIController, n_primal: int) -> Solution | None:
+                window: int, controller: PIController, n_primal: int, t_start: Tensor | None) -> Solution | None:
     """The native kernel's solution when the solve qualifies (see ``integrate``'s ``native``), else None.
     Columns after ``n_primal`` are tangents: the spec must carry theirs (``spec["tangents"]``)."""
     from .. import native as native_mod
 
     tab = getattr(method, "tableau", None)
-    if (y0.device.type != "cpu" or getattr(method, "implicit", False) or not method.adaptive or not tab.fsal
-            or type(controller) is not PIController):
+    implicit = getattr(method, "implicit", False)
+    if (y0.device.type != "cpu" or not method.adaptive or not tab.fsal or type(controller) is not PIController):
         return None
     if stops is not None and bool(((stops > t_save[0]) & (stops < t_save[-1])).any()):
         return None  # switching times: the regime changes inside the run
@@ -475,11 +475,13 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
     spec = native(args)
     if spec is None or spec["production"].shape[-1] != n_primal or ("tangents" in spec) != (n_primal < y0.shape[1]):
         return None
-    rt = torch.as_tensor(rtol, dtype=y0.dtype)
-    at = torch.as_tensor(atol, dtype=y0.dtype)
-    y, status, counters, t_last, y_last = native_mod.integrate_hill_erk(
-        spec, y0, t_save, tableau=tab, rtol=rt, atol=at, first_step=first_step, max_steps=max_steps,
-        steady_tol=steady_tol, window=window, controller=controller)
+    if implicit and "tangents" in spec:
+        return None  # the Rosenbrock kernel carries no tangents
+    kernel = native_mod.integrate_hill_rodas if implicit else native_mod.integrate_hill_erk
+    y, status, counters, t_last, y_last = kernel(
+        spec, y0, t_save, tableau=tab, rtol=torch.as_tensor(rtol, dtype=y0.dtype),
+        atol=torch.as_tensor(atol, dtype=y0.dtype), first_step=first_step, max_steps=max_steps,
+        steady_tol=steady_tol, window=window, controller=controller, t_start=t_start)
     return Solution(y, status, *counters, t_last=t_last, y_last=y_last)
 
 

@@ -1,0 +1,178 @@
+/* One row's whole adaptive step loop, generic over the step method (a Stepper): explicit
+   Runge-Kutta and Rosenbrock share it, as genenet.solvers.integrate.integrate does in Python.
+
+   It reproduces that loop for one row step for step: the same initial step (Hairer), PI
+   controller, save window, landing on the final time, dense output, steady-state early stop,
+   status codes and counters; with Q tangents (forward sensitivities) only the first G columns
+   steer the step. The Python loop is the reference it is tested against. */
+
+#ifndef GENENET_DRIVER_H
+#define GENENET_DRIVER_H
+
+#include "hill.h"
+
+typedef struct Stepper Stepper;
+struct Stepper {
+    /* Attempt a step of size h from (t, y) with f0 = f(t, y): write y1 (W), the error estimate
+       err (G) and f1 = f(t + h, y1) (W). Returns 1 when the step matrix is singular (the step is
+       then rejected without using y1, err or f1). */
+    int (*step)(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err, real *f1);
+    /* Dense output of the last attempted step at t + theta h, W columns. */
+    void (*dense)(Stepper *m, const real *y, const real *y1, real h, real theta, real *dst);
+    int64_t rhs_per_step;  /* RHS evaluations a step counts */
+    int64_t error_order;
+    void *ws;              /* the method's coefficients and work arrays */
+};
+
+typedef struct {
+    int64_t T, window;
+    const real *t_save, *rtol, *atol;
+    double first_step, steady_tol, safety, beta, factor_min, factor_max;
+    int64_t max_steps;
+} LoopSettings;
+
+typedef struct {
+    int64_t status, steps, accepted, rhs;
+    real t_last;
+} RowResult;
+
+/* Integrate one row from (t_begin, y0) to t_save[T-1]; writes out (T, W) at the save times after
+   t_begin (earlier ones stay as they are), y_last (W). Work: 4 W + 2 G reals. */
+static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettings *c, real t_begin,
+                           const real *y0, real *out, real *y_last, real *work) {
+    const int64_t G = r->G, T = c->T;
+    const real *t_save = c->t_save, *rtol = c->rtol, *atol = c->atol;
+    const real t0 = t_save[0], t_end = t_save[T - 1];
+    const int64_t Kw = c->window < T - 1 ? (c->window > 1 ? c->window : 1) : (T - 1 > 1 ? T - 1 : 1);
+    const real eps = sizeof(real) == 4 ? (real)1.1920929e-07 : (real)2.220446049250313e-16;
+    const real span_abs = fabs(t0) > fabs(t_end) ? fabs(t0) : fabs(t_end);
+    const real tiny = 16 * eps * (span_abs > 1 ? span_abs : (real)1);
+    const real alpha = (real)(1.0 / (m->error_order + 1) - 0.75 * c->beta);
+    real *y = work, *y1 = y + W, *f0 = y1 + W, *f1 = f0 + W, *err = f1 + W, *scale = err + G;
+    RowResult res = {RUNNING, 0, 0, 0, t_begin};
+    int64_t save_ptr = 1;
+    while (save_ptr < T && t_save[save_ptr] <= t_begin) save_ptr++; /* searchsorted(right), at least 1 */
+    real t = t_begin, h, prev_err = 1;
+    int rejected_before = 0, last_nonfinite = 0, last_singular = 0;
+    memcpy(y, y0, sizeof(real) * W);
+    if (t_begin <= t0) memcpy(out, y, sizeof(real) * W);
+    rhs(r, y, f0);
+    res.rhs++;
+    if (c->first_step > 0) {
+        h = (real)c->first_step;
+    } else { /* Hairer's starting step, as genenet.solvers.integrate.initial_step */
+        real *yi = y1, *tmp = f1;
+        for (int64_t i = 0; i < G; ++i) scale[i] = atol[i] + rtol[i] * fabs(y[i]);
+        real d0 = rms(y, scale, G), d1 = rms(f0, scale, G);
+        real span = t_end - t;
+        real h0 = (d0 < (real)1e-5 || d1 < (real)1e-5) ? (real)1e-6
+                  : (real)0.01 * d0 / (d1 > (real)1e-300 ? d1 : (real)1e-300);
+        h0 = h0 < span ? h0 : span;
+        for (int64_t i = 0; i < G; ++i) yi[i] = y[i] + h0 * f0[i];
+        rhs_state(r, yi, tmp); /* the tangents do not steer the step */
+        for (int64_t i = 0; i < G; ++i) tmp[i] = tmp[i] - f0[i];
+        real d2 = rms(tmp, scale, G) / h0;
+        real dmax = d1 > d2 ? d1 : d2;
+        real h1 = dmax <= (real)1e-15 ? ((real)1e-6 > h0 * (real)1e-3 ? (real)1e-6 : h0 * (real)1e-3)
+                  : (real)pow((real)0.01 / (dmax > (real)1e-300 ? dmax : (real)1e-300),
+                              (real)1 / (real)(m->error_order + 1));
+        h = 100 * h0 < h1 ? 100 * h0 : h1;
+        if (!(isfinite(h) && h > 0)) h = (real)1e-6;
+        h = h < span ? h : span;
+        res.rhs++;
+    }
+    while (res.status == RUNNING) {
+        int64_t wi = save_ptr + Kw - 1;
+        real window_end = t_save[wi < T - 1 ? wi : T - 1];
+        real target = t_end < window_end ? t_end : window_end;
+        int land = h * (real)(1 + 1e-6) >= target - t;
+        real h_try = land ? target - t : h;
+        real t1 = land ? target : t + h_try;
+        int singular = m->step(m, r, y, f0, h_try, y1, err, f1);
+        res.rhs += m->rhs_per_step;
+        real err_norm = (real)INFINITY;
+        if (!singular) {
+            for (int64_t i = 0; i < G; ++i) {
+                real ay = fabs(y[i]), ay1 = fabs(y1[i]);
+                scale[i] = atol[i] + rtol[i] * (ay > ay1 ? ay : ay1);
+            }
+            err_norm = rms(err, scale, G);
+        }
+        int finite = isfinite(err_norm);
+        if (!finite) err_norm = (real)INFINITY;
+        int accept = err_norm <= 1;
+        if (accept) { /* dense output at the save times in (t, t1] of the window */
+            int64_t saved = 0;
+            for (int64_t q = 0; q < Kw; ++q) {
+                int64_t si = save_ptr + q;
+                if (si >= T) break;
+                real ts = t_save[si];
+                if (!(ts <= t1)) continue;
+                real *dst = out + si * W;
+                if (ts == t1) {
+                    memcpy(dst, y1, sizeof(real) * W);
+                } else {
+                    real hd = h_try > 0 ? h_try : (real)1;
+                    real th = (ts - t) / hd;
+                    th = th < 0 ? 0 : (th > 1 ? 1 : th);
+                    m->dense(m, y, y1, h_try, th, dst);
+                }
+                saved++;
+            }
+            save_ptr += saved;
+            t = t1;
+            memcpy(y, y1, sizeof(real) * W);
+            memcpy(f0, f1, sizeof(real) * W);
+        }
+        res.steps++;
+        res.accepted += accept;
+        if (c->steady_tol >= 0 && accept && t < t_end) {
+            real fmax = 0, ymax = 0;
+            for (int64_t i = 0; i < G; ++i) {
+                real af = fabs(f0[i]), ay = fabs(y[i]);
+                fmax = af > fmax ? af : fmax;
+                ymax = ay > ymax ? ay : ymax;
+            }
+            if (fmax <= (real)c->steady_tol * (1 + ymax)) {
+                for (int64_t si = save_ptr; si < T; ++si) memcpy(out + si * W, y, sizeof(real) * W);
+                save_ptr = T;
+                res.status = SUCCESS;
+                t = t_end;
+            }
+        }
+        /* PI step control, as genenet.solvers.controller.PIController */
+        real safe_err = err_norm > (real)1e-10 ? err_norm : (real)1e-10;
+        real raw = (real)pow(safe_err, alpha);
+        real h_new;
+        if (accept) {
+            real grow = raw / (real)pow(prev_err, (real)c->beta) / (real)c->safety;
+            real lo = (real)(1.0 / c->factor_max), hi = (real)(1.0 / c->factor_min);
+            grow = grow < lo ? lo : (grow > hi ? hi : grow);
+            h_new = h_try / grow;
+            if (rejected_before) h_new = h_new < h_try ? h_new : h_try;
+            prev_err = err_norm > (real)1e-4 ? err_norm : (real)1e-4;
+            if (land) h_new = h_new > h ? h_new : h;
+        } else {
+            real q = raw / (real)c->safety;
+            real hi = (real)(1.0 / c->factor_min);
+            q = q > hi ? hi : q;
+            q = q < 1 ? 1 : q;
+            h_new = h_try / q;
+        }
+        if (res.status == RUNNING) {
+            rejected_before = !accept;
+            last_nonfinite = !finite;
+            last_singular = singular;
+            h = h_new;
+            if (!accept && h < tiny)
+                res.status = last_singular ? SINGULAR : (last_nonfinite ? NONFINITE : STEP_UNDERFLOW);
+            if (accept && t >= t_end) res.status = SUCCESS;
+            if (res.status == RUNNING && res.steps >= c->max_steps) res.status = MAX_STEPS;
+        }
+    }
+    res.t_last = t;
+    memcpy(y_last, y, sizeof(real) * W);
+    return res;
+}
+
+#endif

@@ -1,0 +1,222 @@
+/* The shifted-Hill model of genenet.Hill with its condition effects: right-hand side, forward
+   tangents and Jacobian, for one row. Shared by the integrators in kernels.c.
+
+     P_i  = g_i * prod_k H_(k,i)(x_src(k,i)) * mult_i + add_i
+     H    = c0 + c1 / (1 + (max(x, 0) * it)^n)        (slot layout (K, G), dummy slots H = 1)
+     dx_i = P_i - k_i x_i,   0 for clamped genes.
+
+   Forward sensitivities: with Q > 0 the state is [x, xdot_1..xdot_Q] ((1 + Q) G columns). Per
+   direction j
+     Hdot  = c0dot + c1dot s + c1 ds,   ds = -s^2 d(z^n),   z = x_src it
+     d(z^n) = n z^n (xdot_src / x_src + itdot / it) + z^n log(z) ndot      (x_src > 0)
+     Pdot_i = (gdot_i prod H + g_i prod H sum_k Hdot_k / H_k) mult_i,   Ddot_i = kdot_i x_i + k_i xdot_i
+   with the right derivative at x_src <= 0 (d(z^n)/dx = it for n = 1, else 0), as Hill.production_jvp.
+
+   Jacobian: dP_i/dx_src = g_i mult_i prod H / H_s * dH_s/dx, dH/dx = -c1 s^2 n it z^(n-1), as
+   Hill.production_jacobian; -k_i on the diagonal; clamped rows 0 (ConditionTerm.jacobian). */
+
+#ifndef GENENET_HILL_H
+#define GENENET_HILL_H
+
+#include <tgmath.h> /* pow, sqrt, fabs, log of the argument's type: powf for float */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef REAL
+#define REAL double
+#endif
+typedef REAL real;
+
+enum { RUNNING = -1, SUCCESS = 0, MAX_STEPS = 1, STEP_UNDERFLOW = 2, NONFINITE = 3, SINGULAR = 4 };
+
+typedef struct {
+    int64_t G, K;
+    const int32_t *slot_src;                 /* (K*G) */
+    const real *c0, *c1, *inv_thr, *hill;    /* (K*G) for this row */
+    const real *prod, *deg;                  /* (G) */
+    const real *mult, *add;                  /* (G) or NULL */
+    const uint8_t *clamp;                    /* (G) or NULL */
+    real *H;                                 /* work (K*G) */
+    const int *nint;                         /* (K*G) integer hill coefficients, or NULL */
+    int64_t Q;                               /* tangent directions (0: state only) */
+    const real *c0d, *c1d, *itd, *hilld;     /* (Q, K*G) parameter tangents for this row, or NULL */
+    const real *prodd, *degd;                /* (Q, G), or NULL */
+    real *tw;                                /* tangent / Jacobian work (5 K*G + 2 G) */
+} Row;
+
+/* z^n: by repeated squaring for the integer hill coefficients RACIPE draws (1..6), about five times
+   cheaper than pow and equal to it within a few ulps; pow otherwise */
+static inline real hill_pow(real z, real n) {
+    if (n >= 0 && n <= 32 && n == (real)(int)n) {
+        int k = (int)n;
+        real acc = 1, base = z;
+        while (k) {
+            if (k & 1) acc *= base;
+            base *= base;
+            k >>= 1;
+        }
+        return acc;
+    }
+    return pow(z, n);
+}
+
+/* z^n for a small integer n (0..15) without branches, so the slot loop vectorizes (products of
+   z, z^2, z^4, z^8 by the bits of n, within an ulp or two of hill_pow) */
+static inline real small_int_pow(real z, int n) {
+    real z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
+    real f1 = (n & 1) ? z : (real)1;
+    real f2 = (n & 2) ? z2 : (real)1;
+    real f4 = (n & 4) ? z4 : (real)1;
+    real f8 = (n & 8) ? z8 : (real)1;
+    return ((f1 * f2) * f4) * f8;
+}
+
+/* integer hill coefficients of a row (all in 0..15) into nint, for the vectorized power; else NULL */
+static inline const int *integer_hill(const real *hill, int64_t KG, int *nint) {
+    int all_int = 1;
+    for (int64_t q = 0; q < KG; ++q) {
+        real n = hill[q];
+        all_int &= n >= 0 && n <= 15 && n == (real)(int)n;
+        nint[q] = all_int ? (int)n : 0;
+    }
+    return all_int ? nint : NULL;
+}
+
+static void rhs_state(const Row *r, const real *x, real *dx) {
+    const int64_t G = r->G, KG = r->K * r->G;
+    real *restrict H = r->H;
+    const real *restrict c0 = r->c0, *restrict c1 = r->c1, *restrict it = r->inv_thr;
+    if (r->nint) { /* every hill coefficient of the row is an integer in 0..15 */
+        const int *restrict nint = r->nint;
+        for (int64_t s = 0; s < KG; ++s) H[s] = x[r->slot_src[s]]; /* gather first: the rest vectorizes */
+        for (int64_t s = 0; s < KG; ++s) {
+            real xs = H[s] > 0 ? H[s] : (real)0;
+            real z = small_int_pow(xs * it[s], nint[s]);
+            H[s] = c0[s] + c1[s] * ((real)1 / ((real)1 + z));
+        }
+    } else {
+        for (int64_t s = 0; s < KG; ++s) {
+            real xs = x[r->slot_src[s]];
+            xs = xs > 0 ? xs : (real)0;
+            real z = hill_pow(xs * it[s], r->hill[s]);
+            H[s] = c0[s] + c1[s] * ((real)1 / ((real)1 + z));
+        }
+    }
+    for (int64_t k = 1; k < r->K; ++k) /* product over the K slots of each gene, into slot row 0 */
+        for (int64_t i = 0; i < G; ++i) H[i] *= H[k * G + i];
+    for (int64_t i = 0; i < G; ++i) {
+        real P = r->K > 0 ? r->prod[i] * H[i] : r->prod[i];
+        if (r->mult) P = P * r->mult[i];
+        if (r->add) P = P + r->add[i];
+        real D = r->deg[i] * x[i];
+        dx[i] = (r->clamp && r->clamp[i]) ? (real)0 : P - D;
+    }
+}
+
+/* Per slot: H, prod H per gene (P0), and the coefficients of xdot_src, itdot, ndot, c0dot, c1dot in
+   Hdot / H (wx, wt, wn, w0, w1); the Jacobian needs wx and P0 only */
+static void slot_derivatives(const Row *r, const real *x, int tangents) {
+    const int64_t G = r->G, KG = r->K * G;
+    real *wx = r->tw, *wt = wx + KG, *wn = wt + KG, *w0 = wn + KG, *w1 = w0 + KG, *P0 = w1 + KG;
+    for (int64_t i = 0; i < G; ++i) P0[i] = 1;
+    for (int64_t s = 0; s < KG; ++s) {
+        real xsrc = x[r->slot_src[s]], xs = xsrc > 0 ? xsrc : (real)0;
+        real c0 = r->c0[s], c1 = r->c1[s], it = r->inv_thr[s], n = r->hill[s];
+        real z = xs * it, zn = hill_pow(z, n), sg = (real)1 / ((real)1 + zn), H = c0 + c1 * sg;
+        real wz = -c1 * sg * sg / H; /* (dH / d z^n) / H */
+        P0[s % G] *= H;
+        wx[s] = xsrc > 0 ? wz * n * zn / xs : (n == 1 ? -c1 * n * it / (c0 + c1) : (real)0);
+        if (!tangents) continue;
+        wt[s] = wz * n * zn / it;
+        wn[s] = z > 0 ? wz * zn * log(z) : (real)0;
+        w0[s] = (real)1 / H;
+        w1[s] = sg / H;
+    }
+}
+
+/* d/dtheta of the right-hand side along the Q tangent directions stored after x (see the header):
+   the per-slot coefficients once, then a few fused multiply-adds per slot and direction */
+static void rhs_tangents(const Row *r, const real *x, real *dx) {
+    const int64_t G = r->G, K = r->K, KG = K * G, Q = r->Q;
+    slot_derivatives(r, x, 1);
+    real *wx = r->tw, *wt = wx + KG, *wn = wt + KG, *w0 = wn + KG, *w1 = w0 + KG, *P0 = w1 + KG, *acc = P0 + G;
+    for (int64_t j = 0; j < Q; ++j) {
+        const real *xd = x + (1 + j) * G;
+        real *out = dx + (1 + j) * G;
+        const int64_t o = j * KG;
+        for (int64_t i = 0; i < G; ++i) acc[i] = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            const int64_t b0 = k * G;
+            for (int64_t i = 0; i < G; ++i) acc[i] += wx[b0 + i] * xd[r->slot_src[b0 + i]];
+            if (r->itd) for (int64_t i = 0; i < G; ++i) acc[i] += wt[b0 + i] * r->itd[o + b0 + i];
+            if (r->hilld) for (int64_t i = 0; i < G; ++i) acc[i] += wn[b0 + i] * r->hilld[o + b0 + i];
+            if (r->c0d) for (int64_t i = 0; i < G; ++i) acc[i] += w0[b0 + i] * r->c0d[o + b0 + i];
+            if (r->c1d) for (int64_t i = 0; i < G; ++i) acc[i] += w1[b0 + i] * r->c1d[o + b0 + i];
+        }
+        for (int64_t i = 0; i < G; ++i) {
+            real Pd = r->prod[i] * P0[i] * acc[i];
+            if (r->prodd) Pd += r->prodd[j * G + i] * P0[i];
+            if (r->mult) Pd *= r->mult[i];
+            real Dd = r->deg[i] * xd[i];
+            if (r->degd) Dd += r->degd[j * G + i] * x[i];
+            out[i] = (r->clamp && r->clamp[i]) ? (real)0 : Pd - Dd;
+        }
+    }
+}
+
+static void rhs(const Row *r, const real *x, real *dx) {
+    rhs_state(r, x, dx);
+    if (r->Q) rhs_tangents(r, x, dx);
+}
+
+/* J = d(dx)/dx, (G, G) row-major */
+static void jacobian(const Row *r, const real *x, real *J) {
+    const int64_t G = r->G, KG = r->K * G;
+    memset(J, 0, sizeof(real) * (size_t)(G * G));
+    slot_derivatives(r, x, 0);
+    const real *wx = r->tw, *P0 = wx + 5 * KG;
+    for (int64_t s = 0; s < KG; ++s) { /* (dH/dx) / H times g prod H: dummy slots add 0 */
+        int64_t i = s % G;
+        J[i * G + r->slot_src[s]] += r->prod[i] * P0[i] * wx[s];
+    }
+    for (int64_t i = 0; i < G; ++i) {
+        real *Ji = J + i * G;
+        if (r->clamp && r->clamp[i]) {
+            memset(Ji, 0, sizeof(real) * (size_t)G);
+            continue;
+        }
+        if (r->mult)
+            for (int64_t j = 0; j < G; ++j) Ji[j] *= r->mult[i];
+        Ji[i] -= r->deg[i];
+    }
+}
+
+/* acc = sum_j c_j k_j over the nonzero c_j, in order (the same sums as the torch path); the k_j
+   are ``stride`` apart, the first G entries of each are summed */
+static void weighted(const real *c, int64_t n, const real *restrict ks, int64_t stride, int64_t G,
+                     real *restrict acc) {
+    int first = 1;
+    for (int64_t j = 0; j < n; ++j) {
+        const real cj = c[j], *restrict kj = ks + j * stride;
+        if (cj == 0) continue;
+        if (first) {
+            for (int64_t i = 0; i < G; ++i) acc[i] = kj[i] * cj;
+        } else {
+            for (int64_t i = 0; i < G; ++i) acc[i] = acc[i] + cj * kj[i];
+        }
+        first = 0;
+    }
+    if (first) memset(acc, 0, sizeof(real) * (size_t)G);
+}
+
+static real rms(const real *v, const real *scale, int64_t G) {
+    real acc = 0;
+    for (int64_t i = 0; i < G; ++i) {
+        real q = v[i] / scale[i];
+        acc += q * q;
+    }
+    return sqrt(acc / (real)G);
+}
+
+#endif

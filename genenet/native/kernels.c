@@ -1,0 +1,309 @@
+/* Whole-trajectory adaptive integrators for the shifted-Hill model, one row per task.
+
+   The CPU analogue of a per-trajectory GPU kernel (DiffEqGPU's EnsembleGPUKernel): each row
+   runs its own step loop (driver.h) from its start to t_end with its own step size, so there is
+   no per-step Python, no per-step tensor allocation and no lock-step with the other rows. Rows
+   are spread over threads with OpenMP. Two step methods:
+
+   - genenet_erk_hill: an FSAL explicit Runge-Kutta pair (Dopri5, Tsit5) with its dense output,
+     optionally carrying Q forward-sensitivity tangents beside the state;
+   - genenet_rodas_hill: a stiffly accurate Rosenbrock method (Rodas4, Rodas5P) in Hairer &
+     Wanner's transformed form, W = I/(h gamma) - J from the analytic Jacobian, one LU with
+     partial pivoting per step (a zero pivot or a non-finite W rejects the step: SINGULAR).
+
+   Model: hill.h. Compiled at first use by genenet/native/__init__.py with REAL = float or double. */
+
+#include "driver.h"
+
+/* ------------------------------------------------------------------ explicit Runge-Kutta */
+
+typedef struct {
+    int64_t S, D, W;
+    const real *a, *e, *P; /* (S, S), (S,), (S, D) */
+    real *ks, *yi, *tmp;   /* (S, W), (W), (W) */
+} ErkWork;
+
+static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err,
+                    real *f1) {
+    ErkWork *w = (ErkWork *)m->ws;
+    const int64_t S = w->S, W = w->W, G = r->G;
+    real *ks = w->ks;
+    memcpy(ks, f0, sizeof(real) * W);
+    /* stages 1..S-1; the last (FSAL) one is f(t1, y1) with y1 = its stage value */
+    for (int64_t s = 1; s < S; ++s) {
+        weighted(w->a + s * S, s, ks, W, W, w->tmp);
+        for (int64_t i = 0; i < W; ++i) w->yi[i] = y[i] + h * w->tmp[i];
+        if (s == S - 1) memcpy(y1, w->yi, sizeof(real) * W);
+        rhs(r, w->yi, ks + s * W);
+    }
+    weighted(w->e, S, ks, W, G, err);
+    for (int64_t i = 0; i < G; ++i) err[i] = h * err[i];
+    memcpy(f1, ks + (S - 1) * W, sizeof(real) * W);
+    return 0;
+}
+
+static void erk_dense(Stepper *m, const real *y, const real *y1, real h, real th, real *dst) {
+    (void)y1;
+    ErkWork *w = (ErkWork *)m->ws;
+    const int64_t S = w->S, D = w->D, W = w->W;
+    real b[16];
+    for (int64_t j = 0; j < S; ++j) {
+        real acc = 0, pw = th;
+        for (int64_t d = 0; d < D; ++d) { acc += w->P[j * D + d] * pw; pw *= th; }
+        b[j] = acc;
+    }
+    for (int64_t i = 0; i < W; ++i) {
+        real acc = 0;
+        for (int64_t j = 0; j < S; ++j) acc += b[j] * w->ks[j * W + i];
+        dst[i] = y[i] + h * acc;
+    }
+}
+
+/* ------------------------------------------------------------------ Rosenbrock */
+
+typedef struct {
+    int64_t S, M, G;
+    real gamma;
+    const real *a, *C, *b, *e, *H; /* (S, S), (S, S), (S,), (S,), (M, S) */
+    real *ks, *U, *rhs, *Wm, *Dn;  /* (S, G), (G), (G), (G, G), (M, G) */
+    int64_t *piv;                  /* (G) */
+} RodasWork;
+
+/* LU with partial pivoting of the (G, G) row-major A in place (LAPACK getrf's algorithm, pivots as
+   row swaps); 1 when a pivot is exactly zero (torch.linalg.lu_factor_ex's info != 0) */
+static int lu_factor(real *A, int64_t G, int64_t *piv) {
+    for (int64_t k = 0; k < G; ++k) {
+        int64_t p = k;
+        real best = fabs(A[k * G + k]);
+        for (int64_t i = k + 1; i < G; ++i) {
+            real v = fabs(A[i * G + k]);
+            if (v > best) { best = v; p = i; }
+        }
+        piv[k] = p;
+        if (best == 0) return 1;
+        if (p != k) {
+            real *rk = A + k * G, *rp = A + p * G;
+            for (int64_t j = 0; j < G; ++j) { real t = rk[j]; rk[j] = rp[j]; rp[j] = t; }
+        }
+        const real *restrict rk = A + k * G;
+        const real inv = (real)1 / rk[k];
+        for (int64_t i = k + 1; i < G; ++i) {
+            real *restrict ri = A + i * G;
+            real l = ri[k] * inv;
+            ri[k] = l;
+            if (l == 0) continue;
+            for (int64_t j = k + 1; j < G; ++j) ri[j] -= l * rk[j];
+        }
+    }
+    return 0;
+}
+
+/* sum_j a[j] b[j], j < n, in eight interleaved partial sums: the dot products of the triangular
+   solves are otherwise one chain of dependent additions (latency-bound, ~4x slower) */
+static inline real dot(const real *restrict a, const real *restrict b, int64_t n) {
+    real s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int q = 0; q < 8; ++q) s[q] += a[j + q] * b[j + q];
+    real acc = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; j < n; ++j) acc += a[j] * b[j];
+    return acc;
+}
+
+static void lu_solve(const real *LU, int64_t G, const int64_t *piv, real *x) {
+    for (int64_t k = 0; k < G; ++k)
+        if (piv[k] != k) { real t = x[k]; x[k] = x[piv[k]]; x[piv[k]] = t; }
+    for (int64_t i = 1; i < G; ++i) /* L y = P b, unit diagonal */
+        x[i] -= dot(LU + i * G, x, i);
+    for (int64_t i = G - 1; i >= 0; --i) { /* U x = y */
+        const real *ri = LU + i * G;
+        x[i] = (x[i] - dot(ri + i + 1, x + i + 1, G - i - 1)) / ri[i];
+    }
+}
+
+/* acc = base + sum_j c_j k_j over the nonzero c_j, added in order as the torch step does */
+static void add_weighted(const real *base, const real *c, int64_t n, const real *ks, int64_t G, real *acc) {
+    if (base) memcpy(acc, base, sizeof(real) * (size_t)G);
+    else memset(acc, 0, sizeof(real) * (size_t)G);
+    for (int64_t j = 0; j < n; ++j) {
+        if (c[j] == 0) continue;
+        const real cj = c[j], *kj = ks + j * G;
+        for (int64_t i = 0; i < G; ++i) acc[i] = acc[i] + cj * kj[i];
+    }
+}
+
+static int rodas_step(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err,
+                      real *f1) {
+    RodasWork *w = (RodasWork *)m->ws;
+    const int64_t S = w->S, G = w->G;
+    real *Wm = w->Wm, *ks = w->ks;
+    jacobian(r, y, Wm);
+    const real diag = (real)1 / (w->gamma * h);
+    real total = 0;
+    for (int64_t i = 0; i < G * G; ++i) { Wm[i] = -Wm[i]; total += Wm[i]; }
+    for (int64_t i = 0; i < G; ++i) Wm[i * G + i] += diag;
+    if (!isfinite(total + diag) || lu_factor(Wm, G, w->piv)) return 1;
+    for (int64_t s = 0; s < S; ++s) {
+        const real *fi = f0;
+        if (s > 0) {
+            add_weighted(y, w->a + s * S, s, ks, G, w->U);
+            rhs(r, w->U, w->rhs);
+            fi = w->rhs;
+        }
+        real *k = ks + s * G;
+        if (fi != k) memcpy(k, fi, sizeof(real) * (size_t)G);
+        for (int64_t j = 0; j < s; ++j) { /* + (C_sj / h) k_j */
+            real cj = w->C[s * S + j];
+            if (cj == 0) continue;
+            real q = cj / h;
+            const real *kj = ks + j * G;
+            for (int64_t i = 0; i < G; ++i) k[i] = k[i] + q * kj[i];
+        }
+        lu_solve(Wm, G, w->piv, k);
+    }
+    add_weighted(y, w->b, S, ks, G, y1);
+    add_weighted(NULL, w->e, S, ks, G, err);
+    for (int64_t q = 0; q < w->M; ++q) add_weighted(NULL, w->H + q * S, S, ks, G, w->Dn + q * G);
+    rhs(r, y1, f1);
+    return 0;
+}
+
+/* (1 - th) y + th (y1 + (1 - th) (D_1 + th (D_2 + th D_3 ...))) */
+static void rodas_dense(Stepper *m, const real *y, const real *y1, real h, real th, real *dst) {
+    (void)h;
+    RodasWork *w = (RodasWork *)m->ws;
+    const int64_t G = w->G, M = w->M;
+    for (int64_t i = 0; i < G; ++i) {
+        real acc = w->Dn[(M - 1) * G + i];
+        for (int64_t q = M - 2; q >= 0; --q) acc = w->Dn[q * G + i] + th * acc;
+        dst[i] = (1 - th) * y[i] + th * (y1[i] + (1 - th) * acc);
+    }
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+typedef struct {
+    int64_t B, G, K, Q;
+    const int32_t *slot_src;
+    const real *c0, *c1, *inv_thr, *hill, *prod, *deg, *mult, *add;
+    const uint8_t *clamp;
+    const real *c0d, *c1d, *itd, *hilld, *prodd, *degd;
+} Problem;
+
+static Row row_of(const Problem *p, int64_t b, real *H, const int *nint, real *tw) {
+    const int64_t G = p->G, KG = p->K * G, Q = p->Q;
+    Row r = {G, p->K, p->slot_src, p->c0 + b * KG, p->c1 + b * KG, p->inv_thr + b * KG, p->hill + b * KG,
+             p->prod + b * G, p->deg + b * G, p->mult ? p->mult + b * G : NULL, p->add ? p->add + b * G : NULL,
+             p->clamp ? p->clamp + b * G : NULL, H, nint, Q,
+             p->c0d ? p->c0d + b * Q * KG : NULL, p->c1d ? p->c1d + b * Q * KG : NULL,
+             p->itd ? p->itd + b * Q * KG : NULL, p->hilld ? p->hilld + b * Q * KG : NULL,
+             p->prodd ? p->prodd + b * Q * G : NULL, p->degd ? p->degd + b * Q * G : NULL, tw};
+    return r;
+}
+
+/* every row: the model's work arrays, then the method's (make_stepper), then drive_row */
+typedef void (*MakeStepper)(Stepper *m, const void *method, int64_t G, int64_t W, real *work);
+
+static void run_rows(const Problem *p, const LoopSettings *c, const real *t_start, const real *x0,
+                     MakeStepper make, const void *method, int64_t method_work, Stepper proto,
+                     real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads) {
+    const int64_t B = p->B, G = p->G, KG = p->K * G, W = (1 + p->Q) * G, T = c->T;
+#pragma omp parallel num_threads((int)nthreads)
+    {
+        real *work = (real *)malloc(sizeof(real) * (size_t)(4 * W + 2 * G + 6 * KG + 2 * G + method_work + 64));
+        real *loop_work = work, *H = loop_work + 4 * W + 2 * G, *tw = H + KG, *mw = tw + 5 * KG + 2 * G;
+        int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
+        Stepper m = proto;
+        make(&m, method, G, W, mw);
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t b = 0; b < B; ++b) {
+            Row r = row_of(p, b, H, integer_hill(p->hill + b * KG, KG, nint_w), tw);
+            real tb = t_start ? t_start[b] : c->t_save[0];
+            RowResult res = drive_row(&m, &r, W, c, tb, x0 + b * W, out + b * T * W, y_last + b * W, loop_work);
+            status_out[b] = res.status;
+            counters[b] = res.steps;
+            counters[B + b] = res.accepted;
+            counters[2 * B + b] = res.steps - res.accepted;
+            counters[3 * B + b] = res.rhs;
+            t_last[b] = res.t_last;
+        }
+        free(m.ws);
+        free(work);
+        free(nint_w);
+    }
+}
+
+typedef struct {
+    int64_t S, D;
+    real a[16 * 16], e[16], P[16 * 8];
+} ErkMethod;
+
+static void make_erk(Stepper *m, const void *method, int64_t G, int64_t W, real *work) {
+    (void)G;
+    const ErkMethod *e = (const ErkMethod *)method;
+    ErkWork *w = (ErkWork *)malloc(sizeof(ErkWork));
+    *w = (ErkWork){e->S, e->D, W, e->a, e->e, e->P, work, work + e->S * W, work + (e->S + 1) * W};
+    m->ws = w;
+}
+
+typedef struct {
+    int64_t S, M;
+    real gamma, a[16 * 16], C[16 * 16], b[16], e[16], H[8 * 16];
+} RodasMethod;
+
+static void make_rodas(Stepper *m, const void *method, int64_t G, int64_t W, real *work) {
+    (void)W;
+    const RodasMethod *d = (const RodasMethod *)method;
+    RodasWork *w = (RodasWork *)malloc(sizeof(RodasWork) + sizeof(int64_t) * (size_t)G);
+    real *ks = work, *U = ks + d->S * G, *rh = U + G, *Wm = rh + G, *Dn = Wm + G * G;
+    *w = (RodasWork){d->S, d->M, G, d->gamma, d->a, d->C, d->b, d->e, d->H, ks, U, rh, Wm, Dn,
+                     (int64_t *)(w + 1)};
+    m->ws = w;
+}
+
+#define PROBLEM_ARGS                                                                                        \
+    int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save, const real *t_start, const real *x0,     \
+        const int32_t *slot_src, const real *c0, const real *c1, const real *inv_thr, const real *hill,     \
+        const real *prod, const real *deg, const real *mult, const real *add, const uint8_t *clamp,         \
+        const real *rtol, const real *atol
+#define LOOP_ARGS                                                                                           \
+    double first_step, int64_t max_steps, double steady_tol, int64_t window, double safety, double beta,    \
+        double factor_min, double factor_max, real *out, int64_t *status_out, int64_t *counters,            \
+        real *t_last, real *y_last, int64_t nthreads
+
+int genenet_erk_hill(PROBLEM_ARGS, int64_t Q, const real *c0d, const real *c1d, const real *itd,
+                     const real *hilld, const real *prodd, const real *degd,
+                     int64_t S, const double *A, const double *E, int64_t D, const double *P, int64_t error_order,
+                     LOOP_ARGS) {
+    if (S > 16 || D > 8) return -1;
+    ErkMethod e = {S, D, {0}, {0}, {0}};
+    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
+    for (int64_t i = 0; i < S; ++i) e.e[i] = (real)E[i];
+    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    Problem p = {B, G, K, Q, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
+                 c0d, c1d, itd, hilld, prodd, degd};
+    LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
+                      factor_max, max_steps};
+    Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL};
+    const int64_t W = (1 + Q) * G;
+    run_rows(&p, &c, t_start, x0, make_erk, &e, (S + 2) * W, proto, out, status_out, counters, t_last, y_last,
+             nthreads);
+    return 0;
+}
+
+int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, const double *Cm, const double *Bv,
+                       const double *E, int64_t M, const double *H, int64_t error_order, LOOP_ARGS) {
+    if (S > 16 || M > 8) return -1;
+    RodasMethod d = {S, M, (real)gamma, {0}, {0}, {0}, {0}, {0}};
+    for (int64_t i = 0; i < S * S; ++i) { d.a[i] = (real)A[i]; d.C[i] = (real)Cm[i]; }
+    for (int64_t i = 0; i < S; ++i) { d.b[i] = (real)Bv[i]; d.e[i] = (real)E[i]; }
+    for (int64_t i = 0; i < M * S; ++i) d.H[i] = (real)H[i];
+    Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
+                 NULL, NULL, NULL, NULL, NULL, NULL};
+    LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
+                      factor_max, max_steps};
+    Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL};
+    run_rows(&p, &c, t_start, x0, make_rodas, &d, (S + 2 + M) * G + G * G, proto, out, status_out, counters,
+             t_last, y_last, nthreads);
+    return 0;
+}
