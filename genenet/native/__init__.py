@@ -17,11 +17,16 @@ once per source version, precision and compiler, and loaded with :mod:`ctypes`. 
 compiler, or with ``GENENET_NATIVE=0``, everything runs on the pure-torch path, which is
 the reference. :func:`available` says which, :func:`reason` why not.
 
-The kernels are forward solvers: used when no gradient is being recorded
-(``torch.no_grad()``, or no input requires grad); differentiable solves take the torch path.
-The explicit one also carries forward sensitivities (:func:`genenet.sensitivities`, the
-residual Jacobian of ``gn.fit(method="lm")``): q tangent directions ride along with the
-state through the same steps, as the torch loop does with ``n_primal``.
+Gradients: a differentiable explicit solve (an input requires grad) runs the explicit
+kernel with a *tape* — each accepted step's t, h and stage inputs — and its backward pass
+replays the tape in reverse in C (:func:`integrate_hill_erk_grad`): the discrete adjoint,
+i.e. the same gradient as backpropagation through the torch loop (exact for the computed
+solution, step sizes constant), for the Hill parameters and the initial state, with the
+tape's memory (S G numbers per accepted step and row) in place of autograd's graph.
+Rosenbrock solves with gradients take the torch path. The explicit kernel also carries
+forward sensitivities (:func:`genenet.sensitivities`, the residual Jacobian of
+``gn.fit(method="lm")``): q tangent directions ride along with the state through the same
+steps, as the torch loop does with ``n_primal``.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["available", "reason", "integrate_hill_erk", "integrate_hill_rodas"]
+__all__ = ["available", "reason", "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad"]
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "kernels.c"
@@ -96,8 +101,10 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
         else:
             raise RuntimeError("compiling the native kernel failed:\n" + "\n".join(errors))
     lib = ctypes.CDLL(str(lib_path))
-    for name in ("genenet_erk_hill", "genenet_rodas_hill"):
+    for name in ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint"):
         getattr(lib, name).restype = ctypes.c_int
+    lib.genenet_tapes_new.restype = ctypes.c_void_p
+    lib.genenet_tapes_oom.restype = ctypes.c_int64
     return lib
 
 
@@ -184,9 +191,19 @@ def _loop(B: int, T: int, W: int, dtype: torch.dtype, first_step: float | None, 
     return args, outs
 
 
+def _erk_arrays(tableau: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    S = tableau.stages
+    A = np.zeros((S, S))
+    for i, row in enumerate(tableau.a):
+        A[i, : len(row)] = row
+    return (A, np.ascontiguousarray(tableau.e, dtype=np.float64),
+            np.ascontiguousarray(tableau.dense_matrix(), dtype=np.float64))
+
+
 def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
                        first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
-                       controller: Any, t_start: Tensor | None = None) -> tuple[Tensor, ...]:
+                       controller: Any, t_start: Tensor | None = None, tape: int | None = None
+                       ) -> tuple[Tensor, ...]:
     """Run the explicit kernel on every row. ``spec`` (from ``ConditionTerm.native_spec``): ``slot_source``
     (K*G,), ``K``, ``c0``/``c1``/``inv_threshold``/``hill`` (B or 1, K*G), ``production``/``degradation``
     (B or 1, G), optional ``mult``/``add`` (B, G) and ``clamp`` (B, G) bool. ``tableau``: an FSAL
@@ -196,7 +213,7 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     Forward sensitivities: ``spec["tangents"] = {key: (B, q, width)}`` for any of
     :data:`TANGENT_KEYS` (absent keys: constant; ``{}``: tangents of x0 only); ``x0`` is then
     ``[x, ẋ_1, ..., ẋ_q]`` (B, (1 + q) G) and so are the outputs; step control sees only the first
-    G columns.
+    G columns. ``tape``: a ``genenet_tapes_new`` handle that records the accepted steps (no tangents).
 
     Returns ``y`` (B, T, W) (NaN after a failure; W = G or (1 + q) G), ``status`` (B,), counters
     (4, B) (steps, accepted, rejected, RHS evaluations), ``t_last`` (B,), ``y_last`` (B, W)."""
@@ -218,14 +235,11 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     tan = {k: v.detach().to("cpu", dtype).expand(B, Q, -1).contiguous() for k, v in tangents.items()}
     prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
     S = tableau.stages
-    A = np.zeros((S, S))
-    for i, row in enumerate(tableau.a):
-        A[i, : len(row)] = row
-    E = np.ascontiguousarray(tableau.e, dtype=np.float64)
-    P = np.ascontiguousarray(tableau.dense_matrix(), dtype=np.float64)
+    A, E, P = _erk_arrays(tableau)
     loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
     rc = lib.genenet_erk_hill(*prob, _i64(Q), *(_ptr(tan.get(k)) for k in TANGENT_KEYS), _i64(S), _ptr(A),
-                              _ptr(E), _i64(P.shape[1]), _ptr(P), _i64(tableau.error_order), *loop)
+                              _ptr(E), _i64(P.shape[1]), _ptr(P), _i64(tableau.error_order), *loop,
+                              ctypes.c_void_p(tape))
     if rc != 0:
         raise RuntimeError(f"native kernel rejected the tableau ({S} stages, dense degree {P.shape[1]})")
     return tuple(o.to(x0.device) for o in outs)
@@ -253,3 +267,90 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
     if rc != 0:
         raise RuntimeError(f"native kernel rejected the tableau ({S} stages, {M} dense rows)")
     return tuple(o.to(x0.device) for o in outs)
+
+
+_SPEC_GRAD = ("c0", "c1", "inv_threshold", "hill", "production", "degradation")
+
+
+class _Tapes:
+    """Owner of the C tapes of one differentiable solve; freed with the autograd graph."""
+
+    def __init__(self, lib: Any, B: int, S: int, G: int) -> None:
+        self.lib, self.B = lib, B
+        self.handle = lib.genenet_tapes_new(_i64(B), _i64(S), _i64(G))
+        if not self.handle:
+            raise MemoryError(f"could not allocate the step tapes of {B} rows")
+
+    def __del__(self) -> None:
+        if getattr(self, "handle", None):
+            self.lib.genenet_tapes_free(ctypes.c_void_p(self.handle), _i64(self.B))
+            self.handle = None
+
+
+class _ErkHill(torch.autograd.Function):
+    """The explicit kernel as an autograd function of x0 and the spec arrays (see the module doc)."""
+
+    @staticmethod
+    def forward(ctx: Any, x0: Tensor, c0: Tensor, c1: Tensor, it: Tensor, hill: Tensor, prod: Tensor,
+                deg: Tensor, static: dict) -> tuple[Tensor, ...]:
+        spec = {**static["spec"], "c0": c0, "c1": c1, "inv_threshold": it, "hill": hill, "production": prod,
+                "degradation": deg}
+        lib = _lib(x0.dtype)
+        B, G = x0.shape
+        tapes = _Tapes(lib, B, static["tableau"].stages, G)
+        outs = integrate_hill_erk(spec, x0, static["t_save"], tape=tapes.handle, **static["kw"])
+        lost = int(lib.genenet_tapes_oom(ctypes.c_void_p(tapes.handle), _i64(B)))
+        if lost:
+            raise MemoryError(f"the step tapes of {lost} rows could not grow (out of memory); use fewer rows per "
+                              "call or a shorter span")
+        ctx.tapes, ctx.static, ctx.spec = tapes, static, spec
+        y, status, counters, t_last, y_last = outs
+        ctx.mark_non_differentiable(status, counters, t_last)
+        return y, status, counters, t_last, y_last
+
+    @staticmethod
+    def backward(ctx: Any, y_bar: Tensor | None, _s: Any, _c: Any, _t: Any, last_bar: Tensor | None
+                 ) -> tuple[Tensor | None, ...]:
+        static, spec = ctx.static, ctx.spec
+        t_save = static["t_save"]
+        y0 = static["shape"]
+        B, G = y0
+        T = t_save.numel()
+        dtype = static["dtype"]
+        lib = _lib(dtype)
+        ybar = (torch.zeros(B, T, G, dtype=dtype) if y_bar is None
+                else torch.nan_to_num(y_bar.detach().to("cpu", dtype), nan=0.0).contiguous())
+        lbar = (torch.zeros(B, G, dtype=dtype) if last_bar is None
+                else last_bar.detach().to("cpu", dtype).contiguous())
+        K = int(spec["K"])
+        arrays = {k: _rows(spec[k], B, dtype) for k in _SPEC_GRAD}
+        grads = {k: torch.zeros_like(v) for k, v in arrays.items()}
+        x0b = torch.zeros(B, G, dtype=dtype)
+        A, _, P = _erk_arrays(static["tableau"])
+        clamp = spec.get("clamp")
+        clamp = None if clamp is None else clamp.detach().to("cpu", torch.uint8).expand(B, -1).contiguous()
+        mult, add = _rows(spec.get("mult"), B, dtype), _rows(spec.get("add"), B, dtype)
+        ts = t_save.detach().to("cpu", dtype).contiguous()
+        slot = spec["slot_source"].to("cpu", torch.int32).contiguous()
+        rc = lib.genenet_erk_hill_adjoint(
+            _i64(B), _i64(G), _i64(K), _i64(T), _ptr(ts), _ptr(slot), *(_ptr(arrays[k]) for k in _SPEC_GRAD),
+            _ptr(mult), _ptr(add), _ptr(clamp), _i64(A.shape[0]), _ptr(A), _i64(P.shape[1]), _ptr(P),
+            ctypes.c_void_p(ctx.tapes.handle), _ptr(ybar), _ptr(lbar), _ptr(x0b),
+            *(_ptr(grads[k]) for k in _SPEC_GRAD), _i64(torch.get_num_threads()))
+        if rc != 0:
+            raise RuntimeError("native adjoint rejected the tableau")
+        dev = static["device"]
+        return (x0b.to(dev), *(grads[k].to(dev) for k in _SPEC_GRAD), None)
+
+
+def integrate_hill_erk_grad(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, **kw: Any
+                            ) -> tuple[Tensor, ...]:
+    """:func:`integrate_hill_erk` (no tangents) differentiable with respect to ``x0`` and the spec's
+    parameter arrays (:data:`_SPEC_GRAD`) by the discrete adjoint in C (see the module doc); the
+    condition effects (``mult``, ``add``, ``clamp``) are constants."""
+    B = x0.shape[0]
+    static = {"spec": {k: spec[k] for k in ("K", "slot_source", "mult", "add", "clamp") if k in spec},
+              "tableau": tableau, "t_save": t_save, "kw": {"tableau": tableau, **kw}, "shape": tuple(x0.shape),
+              "dtype": x0.dtype, "device": x0.device}
+    params = [spec[k].expand(B, -1) for k in _SPEC_GRAD]
+    return _ErkHill.apply(x0, *params, static)

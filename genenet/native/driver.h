@@ -11,6 +11,35 @@
 
 #include "hill.h"
 
+/* The accepted steps of one row, for the discrete adjoint (backpropagation through the solver
+   replayed in C): each step's t, t1, h and its S stage inputs (G each; no tangents). */
+typedef struct {
+    int64_t n, cap, S, G;
+    real *t, *t1, *h, *Y;
+    int64_t steady_from; /* saves from here on copy the final state (steady stop); T if none */
+    int64_t first_saved; /* 1 when out[0] is the initial state */
+    int oom;             /* the tape could not grow: the caller raises MemoryError */
+} Tape;
+
+static int tape_push(Tape *tp, real t, real t1, real h, const real *Y) {
+    if (tp->n == tp->cap) {
+        int64_t cap = tp->cap ? 2 * tp->cap : 64;
+        real *nt = (real *)realloc(tp->t, sizeof(real) * (size_t)(3 * cap));
+        real *nY = (real *)realloc(tp->Y, sizeof(real) * (size_t)(cap * tp->S * tp->G));
+        if (!nt || !nY) { tp->t = nt ? nt : tp->t; tp->Y = nY ? nY : tp->Y; return 1; }
+        if (tp->n) { /* t, t1, h live in one block of 3 cap: move t1 and h up */
+            memmove(nt + 2 * cap, nt + 2 * tp->cap, sizeof(real) * (size_t)tp->n);
+            memmove(nt + cap, nt + tp->cap, sizeof(real) * (size_t)tp->n);
+        }
+        tp->t = nt; tp->Y = nY; tp->cap = cap;
+        tp->t1 = nt + cap; tp->h = nt + 2 * cap;
+    }
+    tp->t[tp->n] = t; tp->t1[tp->n] = t1; tp->h[tp->n] = h;
+    memcpy(tp->Y + tp->n * tp->S * tp->G, Y, sizeof(real) * (size_t)(tp->S * tp->G));
+    tp->n++;
+    return 0;
+}
+
 typedef struct Stepper Stepper;
 struct Stepper {
     /* Attempt a step of size h from (t, y) with f0 = f(t, y): write y1 (W), the error estimate
@@ -22,6 +51,7 @@ struct Stepper {
     int64_t rhs_per_step;  /* RHS evaluations a step counts */
     int64_t error_order;
     void *ws;              /* the method's coefficients and work arrays */
+    const real *stage_inputs; /* (S, G) the last step's stage inputs, for a Tape; NULL if not kept */
 };
 
 typedef struct {
@@ -39,7 +69,7 @@ typedef struct {
 /* Integrate one row from (t_begin, y0) to t_save[T-1]; writes out (T, W) at the save times after
    t_begin (earlier ones stay as they are), y_last (W). Work: 4 W + 2 G reals. */
 static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettings *c, real t_begin,
-                           const real *y0, real *out, real *y_last, real *work) {
+                           const real *y0, real *out, real *y_last, real *work, Tape *tape) {
     const int64_t G = r->G, T = c->T;
     const real *t_save = c->t_save, *rtol = c->rtol, *atol = c->atol;
     const real t0 = t_save[0], t_end = t_save[T - 1];
@@ -56,6 +86,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     int rejected_before = 0, last_nonfinite = 0, last_singular = 0;
     memcpy(y, y0, sizeof(real) * W);
     if (t_begin <= t0) memcpy(out, y, sizeof(real) * W);
+    if (tape) { tape->steady_from = T; tape->first_saved = t_begin <= t0; }
     rhs(r, y, f0);
     res.rhs++;
     if (c->first_step > 0) {
@@ -120,6 +151,11 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
                 saved++;
             }
             save_ptr += saved;
+            if (tape && tape_push(tape, t, t1, h_try, m->stage_inputs)) { /* out of memory */
+                tape->oom = 1;
+                res.status = MAX_STEPS;
+                break;
+            }
             t = t1;
             memcpy(y, y1, sizeof(real) * W);
             memcpy(f0, f1, sizeof(real) * W);
@@ -135,6 +171,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
             }
             if (fmax <= (real)c->steady_tol * (1 + ymax)) {
                 for (int64_t si = save_ptr; si < T; ++si) memcpy(out + si * W, y, sizeof(real) * W);
+                if (tape) tape->steady_from = save_ptr;
                 save_ptr = T;
                 res.status = SUCCESS;
                 t = t_end;

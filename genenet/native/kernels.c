@@ -20,7 +20,7 @@
 typedef struct {
     int64_t S, D, W;
     const real *a, *e, *P; /* (S, S), (S,), (S, D) */
-    real *ks, *yi, *tmp;   /* (S, W), (W), (W) */
+    real *ks, *Ys, *tmp;   /* stages (S, W), stage inputs (S, W), (W) */
 } ErkWork;
 
 static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err,
@@ -29,12 +29,14 @@ static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, rea
     const int64_t S = w->S, W = w->W, G = r->G;
     real *ks = w->ks;
     memcpy(ks, f0, sizeof(real) * W);
+    memcpy(w->Ys, y, sizeof(real) * W);
     /* stages 1..S-1; the last (FSAL) one is f(t1, y1) with y1 = its stage value */
     for (int64_t s = 1; s < S; ++s) {
+        real *Yi = w->Ys + s * W;
         weighted(w->a + s * S, s, ks, W, W, w->tmp);
-        for (int64_t i = 0; i < W; ++i) w->yi[i] = y[i] + h * w->tmp[i];
-        if (s == S - 1) memcpy(y1, w->yi, sizeof(real) * W);
-        rhs(r, w->yi, ks + s * W);
+        for (int64_t i = 0; i < W; ++i) Yi[i] = y[i] + h * w->tmp[i];
+        if (s == S - 1) memcpy(y1, Yi, sizeof(real) * W);
+        rhs(r, Yi, ks + s * W);
     }
     weighted(w->e, S, ks, W, G, err);
     for (int64_t i = 0; i < G; ++i) err[i] = h * err[i];
@@ -206,7 +208,8 @@ typedef void (*MakeStepper)(Stepper *m, const void *method, int64_t G, int64_t W
 
 static void run_rows(const Problem *p, const LoopSettings *c, const real *t_start, const real *x0,
                      MakeStepper make, const void *method, int64_t method_work, Stepper proto,
-                     real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads) {
+                     real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads,
+                     Tape *tapes) {
     const int64_t B = p->B, G = p->G, KG = p->K * G, W = (1 + p->Q) * G, T = c->T;
 #pragma omp parallel num_threads((int)nthreads)
     {
@@ -219,7 +222,8 @@ static void run_rows(const Problem *p, const LoopSettings *c, const real *t_star
         for (int64_t b = 0; b < B; ++b) {
             Row r = row_of(p, b, H, integer_hill(p->hill + b * KG, KG, nint_w), tw);
             real tb = t_start ? t_start[b] : c->t_save[0];
-            RowResult res = drive_row(&m, &r, W, c, tb, x0 + b * W, out + b * T * W, y_last + b * W, loop_work);
+            RowResult res = drive_row(&m, &r, W, c, tb, x0 + b * W, out + b * T * W, y_last + b * W, loop_work,
+                                      tapes ? tapes + b : NULL);
             status_out[b] = res.status;
             counters[b] = res.steps;
             counters[B + b] = res.accepted;
@@ -242,8 +246,9 @@ static void make_erk(Stepper *m, const void *method, int64_t G, int64_t W, real 
     (void)G;
     const ErkMethod *e = (const ErkMethod *)method;
     ErkWork *w = (ErkWork *)malloc(sizeof(ErkWork));
-    *w = (ErkWork){e->S, e->D, W, e->a, e->e, e->P, work, work + e->S * W, work + (e->S + 1) * W};
+    *w = (ErkWork){e->S, e->D, W, e->a, e->e, e->P, work, work + e->S * W, work + 2 * e->S * W};
     m->ws = w;
+    m->stage_inputs = w->Ys;
 }
 
 typedef struct {
@@ -271,11 +276,12 @@ static void make_rodas(Stepper *m, const void *method, int64_t G, int64_t W, rea
         double factor_min, double factor_max, real *out, int64_t *status_out, int64_t *counters,            \
         real *t_last, real *y_last, int64_t nthreads
 
+/* tapes: NULL, or B zeroed Tape structs (genenet_tapes_new) that record every row's accepted steps */
 int genenet_erk_hill(PROBLEM_ARGS, int64_t Q, const real *c0d, const real *c1d, const real *itd,
                      const real *hilld, const real *prodd, const real *degd,
                      int64_t S, const double *A, const double *E, int64_t D, const double *P, int64_t error_order,
-                     LOOP_ARGS) {
-    if (S > 16 || D > 8) return -1;
+                     LOOP_ARGS, Tape *tapes) {
+    if (S > 16 || D > 8 || (tapes && Q)) return -1;
     ErkMethod e = {S, D, {0}, {0}, {0}};
     for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
     for (int64_t i = 0; i < S; ++i) e.e[i] = (real)E[i];
@@ -284,10 +290,10 @@ int genenet_erk_hill(PROBLEM_ARGS, int64_t Q, const real *c0d, const real *c1d, 
                  c0d, c1d, itd, hilld, prodd, degd};
     LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
                       factor_max, max_steps};
-    Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL};
+    Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL, NULL};
     const int64_t W = (1 + Q) * G;
-    run_rows(&p, &c, t_start, x0, make_erk, &e, (S + 2) * W, proto, out, status_out, counters, t_last, y_last,
-             nthreads);
+    run_rows(&p, &c, t_start, x0, make_erk, &e, (2 * S + 1) * W, proto, out, status_out, counters, t_last, y_last,
+             nthreads, tapes);
     return 0;
 }
 
@@ -302,8 +308,144 @@ int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, c
                  NULL, NULL, NULL, NULL, NULL, NULL};
     LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
                       factor_max, max_steps};
-    Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL};
+    Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL, NULL};
     run_rows(&p, &c, t_start, x0, make_rodas, &d, (S + 2 + M) * G + G * G, proto, out, status_out, counters,
-             t_last, y_last, nthreads);
+             t_last, y_last, nthreads, NULL);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ discrete adjoint of the explicit kernel */
+
+Tape *genenet_tapes_new(int64_t B, int64_t S, int64_t G) {
+    Tape *tp = (Tape *)calloc((size_t)(B > 0 ? B : 1), sizeof(Tape));
+    for (int64_t b = 0; tp && b < B; ++b) { tp[b].S = S; tp[b].G = G; }
+    return tp;
+}
+
+int64_t genenet_tapes_oom(const Tape *tp, int64_t B) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b) n += tp[b].oom;
+    return n;
+}
+
+void genenet_tapes_free(Tape *tp, int64_t B) {
+    if (!tp) return;
+    for (int64_t b = 0; b < B; ++b) { free(tp[b].t); free(tp[b].Y); }
+    free(tp);
+}
+
+/* v^T df/dY at the state Y: adds to Ybar (G) and to the parameter cotangents of the row
+   (c0b, c1b, itb, nb (K*G); gb, kb (G)); clamped genes have f = 0 and pass nothing */
+static void rhs_vjp(const Row *r, const real *Y, const real *v, real *Ybar, real *c0b, real *c1b, real *itb,
+                    real *nb, real *gb, real *kb) {
+    const int64_t G = r->G, KG = r->K * G;
+    slot_derivatives(r, Y, 1);
+    const real *wx = r->tw, *wt = wx + KG, *wn = wt + KG, *w0 = wn + KG, *w1 = w0 + KG, *P0 = w1 + KG;
+    real *A = r->tw + 5 * KG + G; /* g_i mult_i prod H_i v_i, per gene */
+    for (int64_t i = 0; i < G; ++i) {
+        real vi = (r->clamp && r->clamp[i]) ? (real)0 : v[i];
+        real u = r->mult ? vi * r->mult[i] : vi;
+        gb[i] += u * P0[i];
+        kb[i] -= vi * Y[i];
+        Ybar[i] -= vi * r->deg[i];
+        A[i] = u * r->prod[i] * P0[i];
+    }
+    for (int64_t s = 0; s < KG; ++s) {
+        real a = A[s % G];
+        if (a == 0) continue;
+        Ybar[r->slot_src[s]] += a * wx[s];
+        c0b[s] += a * w0[s];
+        c1b[s] += a * w1[s];
+        itb[s] += a * wt[s];
+        nb[s] += a * wn[s];
+    }
+}
+
+/* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
+   the initial state; ylast_bar (G): of the final state. Work: (S + 3) G + S reals. */
+static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, const real *t_save, int64_t T,
+                            const real *ybar, const real *ylast_bar, real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb,
+                            real *kb, real *work) {
+    const int64_t G = r->G, S = e->S, D = e->D;
+    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *wd = yb1 + G;
+    memcpy(yb, ylast_bar, sizeof(real) * (size_t)G); /* the final state y_last */
+    for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
+        for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
+    int64_t si_hi = tp->steady_from - 1; /* last save index written by a step */
+    for (int64_t n = tp->n - 1; n >= 0; --n) {
+        const real t = tp->t[n], t1 = tp->t1[n], h = tp->h[n];
+        const real *Y = tp->Y + n * S * G;
+        memcpy(yb1, yb, sizeof(real) * (size_t)G); /* cotangent of y1, the state after the step */
+        memset(yb, 0, sizeof(real) * (size_t)G);
+        memset(kbar, 0, sizeof(real) * (size_t)(S * G));
+        for (; si_hi >= 1 && t_save[si_hi] > t; --si_hi) { /* the saves this step wrote: (t, t1] */
+            if (t_save[si_hi] > t1) continue; /* after a failure: never written */
+            const real *ob = ybar + si_hi * G;
+            if (t_save[si_hi] == t1) {
+                for (int64_t i = 0; i < G; ++i) yb1[i] += ob[i];
+                continue;
+            }
+            real hd = h > 0 ? h : (real)1, th = (t_save[si_hi] - t) / hd;
+            th = th < 0 ? 0 : (th > 1 ? 1 : th);
+            for (int64_t j = 0; j < S; ++j) {
+                real acc = 0, pw = th;
+                for (int64_t d = 0; d < D; ++d) { acc += e->P[j * D + d] * pw; pw *= th; }
+                wd[j] = acc;
+            }
+            for (int64_t i = 0; i < G; ++i) yb[i] += ob[i]; /* y + h sum_j w_j k_j */
+            for (int64_t j = 0; j < S; ++j) {
+                if (wd[j] == 0) continue;
+                real q = h * wd[j];
+                for (int64_t i = 0; i < G; ++i) kbar[j * G + i] += q * ob[i];
+            }
+        }
+        /* stages in reverse: Y_s = y + h sum_l a_sl k_l, k_s = f(Y_s); y1 = Y_{S-1} */
+        for (int64_t s = S - 1; s >= 0; --s) {
+            if (s == S - 1) memcpy(Yb, yb1, sizeof(real) * (size_t)G);
+            else memset(Yb, 0, sizeof(real) * (size_t)G);
+            real *ks = kbar + s * G;
+            int any = 0;
+            for (int64_t i = 0; i < G; ++i) any |= ks[i] != 0;
+            if (any) rhs_vjp(r, Y + s * G, ks, Yb, c0b, c1b, itb, nb, gb, kb);
+            for (int64_t i = 0; i < G; ++i) yb[i] += Yb[i];
+            for (int64_t l = 0; l < s; ++l) {
+                real q = h * e->a[s * S + l];
+                if (q == 0) continue;
+                for (int64_t i = 0; i < G; ++i) kbar[l * G + i] += q * Yb[i];
+            }
+        }
+    }
+    for (int64_t i = 0; i < G; ++i) x0b[i] = yb[i] + (tp->first_saved ? ybar[i] : (real)0);
+}
+
+int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save,
+                             const int32_t *slot_src, const real *c0, const real *c1, const real *inv_thr,
+                             const real *hill, const real *prod, const real *deg, const real *mult,
+                             const real *add, const uint8_t *clamp, int64_t S, const double *A, int64_t D,
+                             const double *P, const Tape *tapes, const real *ybar, const real *ylast_bar,
+                             real *x0b, real *c0b,
+                             real *c1b, real *itb, real *nb, real *gb, real *kb, int64_t nthreads) {
+    if (S > 16 || D > 8) return -1;
+    ErkMethod e = {S, D, {0}, {0}, {0}};
+    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
+    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
+                 NULL, NULL, NULL, NULL, NULL, NULL};
+    const int64_t KG = K * G;
+#pragma omp parallel num_threads((int)nthreads)
+    {
+        real *work = (real *)malloc(sizeof(real) * (size_t)((S + 3) * G + S + KG + 6 * KG + 2 * G + 64));
+        real *H = work + (S + 3) * G + S, *tw = H + KG;
+        int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t b = 0; b < B; ++b) {
+            Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
+            erk_adjoint_row(&r, tapes + b, &e, t_save, T, ybar + b * T * G, ylast_bar + b * G, x0b + b * G,
+                            c0b + b * KG,
+                            c1b + b * KG, itb + b * KG, nb + b * KG, gb + b * G, kb + b * G, work);
+        }
+        free(work);
+        free(nint_w);
+    }
     return 0;
 }

@@ -202,9 +202,10 @@ def integrate(
         estimate of the Jacobian's spectral radius refreshed every ``check_every`` steps.
     native : ``args -> spec`` (e.g. ``ConditionTerm.native_spec``): when it gives a spec and the solve
         qualifies (CPU, an adaptive FSAL explicit or Rosenbrock method, PI control, no switching
-        times, no gradient being recorded; with ``n_primal``, an explicit method and a spec that
-        carries the tangents), every row runs in the native whole-trajectory kernel
-        (:mod:`genenet.native`) instead of this loop, with the same steps and results to rounding.
+        times; with ``n_primal``, an explicit method and a spec that carries the tangents; when a
+        gradient is being recorded, an explicit method, differentiated by the kernel's discrete
+        adjoint), every row runs in the native whole-trajectory kernel (:mod:`genenet.native`)
+        instead of this loop, with the same steps and results to rounding.
 
     Returns
     -------
@@ -468,8 +469,9 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None
     if stops is not None and bool(((stops > t_save[0]) & (stops < t_save[-1])).any()):
         return None  # switching times: the regime changes inside the run
-    if torch.is_grad_enabled() and _requires_grad((y0, args, rtol, atol)):
-        return None  # the kernel is forward-only
+    grad = torch.is_grad_enabled() and _requires_grad((y0, args, rtol, atol))
+    if grad and (implicit or _requires_grad((rtol, atol))):
+        return None  # gradients of the Rosenbrock kernel: the torch loop
     if not native_mod.available(y0.dtype):
         return None
     spec = native(args)
@@ -477,7 +479,12 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None
     if implicit and "tangents" in spec:
         return None  # the Rosenbrock kernel carries no tangents
-    kernel = native_mod.integrate_hill_rodas if implicit else native_mod.integrate_hill_erk
+    if grad and ("tangents" in spec or _requires_grad([spec.get(k) for k in ("mult", "add")])):
+        return None  # the native adjoint differentiates x0 and the model parameters only
+    if grad:
+        kernel = native_mod.integrate_hill_erk_grad
+    else:
+        kernel = native_mod.integrate_hill_rodas if implicit else native_mod.integrate_hill_erk
     y, status, counters, t_last, y_last = kernel(
         spec, y0, t_save, tableau=tab, rtol=torch.as_tensor(rtol, dtype=y0.dtype),
         atol=torch.as_tensor(atol, dtype=y0.dtype), first_step=first_step, max_steps=max_steps,
