@@ -155,7 +155,7 @@ def genenet_backend(device: torch.device, dtype: torch.dtype) -> str:
     from genenet import native
 
     if device.type == "cpu" and native.available(dtype):
-        return "native whole-trajectory kernel (genenet/native/erk_hill.c, dopri5, OpenMP over rows)"
+        return "native whole-trajectory kernel (genenet/native/kernels.c, dopri5, OpenMP over rows)"
     why = native.reason(dtype) if device.type == "cpu" else "not CPU"
     return f"batched torch loop ({why})"
 

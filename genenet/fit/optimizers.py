@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import native
 from .problem import FitProblem
 
 __all__ = ["OptimResult", "levenberg_marquardt", "trust_ncg", "torch_optimizer"]
@@ -211,7 +212,8 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
             break
         idx = torch.nonzero(active).flatten()
         tt = th[idx].clone().requires_grad_(True)
-        L = problem.loss(tt)
+        with native.torch_path():  # Hessian-vector products: reverse over reverse through the torch graph
+            L = problem.loss(tt)
         (g,) = torch.autograd.grad(torch.where(torch.isfinite(L), L, 0.0).sum(), tt, create_graph=True)
         g0 = torch.nan_to_num(g.detach())
         small = g0.abs().amax(dim=1) <= gtol * (1 + loss[idx])

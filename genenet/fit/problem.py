@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import native
 from ..data import ExpressionData
 from ..models.base import Model
 from ..perturb import Condition, Knockdown, Knockout, as_conditions
@@ -439,7 +440,7 @@ class FitProblem:
 
     def _jacobian_reverse(self, theta: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
         th = theta.detach().clone().requires_grad_(True)
-        with torch.enable_grad():  # callers may be under no_grad
+        with torch.enable_grad(), native.torch_path():  # callers may be under no_grad; batched backward
             r = self.residuals(th)
             S, M = r.shape
             finite = torch.isfinite(r).all(dim=1)
@@ -466,7 +467,8 @@ class FitProblem:
     def hvp(self, theta: Tensor, v: Tensor) -> Tensor:
         """Hessian-vector products ``H(θ_s) v_s`` of the loss, (S, n), reverse over reverse."""
         th = theta.detach().clone().requires_grad_(True)
-        L = self.loss(th)
+        with native.torch_path():  # reverse over reverse needs the torch graph
+            L = self.loss(th)
         (g,) = torch.autograd.grad(L.sum(), th, create_graph=True)
         (hv,) = torch.autograd.grad((g * v.detach()).sum(), th)
         return hv

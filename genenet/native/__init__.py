@@ -31,6 +31,7 @@ steps, as the torch loop does with ``n_primal``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -38,14 +39,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "reason", "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad"]
+__all__ = ["available", "reason", "torch_path", "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad"]
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "kernels.c"
@@ -121,15 +125,35 @@ def _lib(dtype: torch.dtype) -> Any | None:
     return _LIBS[dtype]
 
 
+_STATE = threading.local()
+
+
+@contextlib.contextmanager
+def torch_path() -> Iterator[None]:
+    """Solves inside this block run on the pure-torch loop: for second derivatives (``create_graph``,
+    Hessian-vector products) and batched backward passes (``is_grads_batched``), which need a
+    graph of torch operations rather than the kernel's one-shot adjoint."""
+    before = getattr(_STATE, "off", False)
+    _STATE.off = True
+    try:
+        yield
+    finally:
+        _STATE.off = before
+
+
 def available(dtype: torch.dtype = torch.float64) -> bool:
-    """True when the native kernel for ``dtype`` is enabled and compiles here."""
-    return os.environ.get("GENENET_NATIVE", "1") != "0" and _lib(dtype) is not None
+    """True when the native kernel for ``dtype`` is enabled, compiles here and no
+    :func:`torch_path` block is active."""
+    return (os.environ.get("GENENET_NATIVE", "1") != "0" and not getattr(_STATE, "off", False)
+            and _lib(dtype) is not None)
 
 
 def reason(dtype: torch.dtype = torch.float64) -> str | None:
     """Why the native kernel is not used (``None`` when it is)."""
     if os.environ.get("GENENET_NATIVE", "1") == "0":
         return "disabled by GENENET_NATIVE=0"
+    if getattr(_STATE, "off", False):
+        return "inside genenet.native.torch_path()"
     if dtype not in _REAL:
         return f"no native kernel for {dtype}"
     _lib(dtype)
@@ -309,6 +333,7 @@ class _ErkHill(torch.autograd.Function):
         return y, status, counters, t_last, y_last
 
     @staticmethod
+    @once_differentiable  # second derivatives: run the solve inside torch_path()
     def backward(ctx: Any, y_bar: Tensor | None, _s: Any, _c: Any, _t: Any, last_bar: Tensor | None
                  ) -> tuple[Tensor | None, ...]:
         static, spec = ctx.static, ctx.spec
