@@ -123,15 +123,16 @@ static void slot_derivatives(const Row *r, const real *x, int tangents) {
     for (int64_t s = 0; s < KG; ++s) {
         real xsrc = x[r->slot_src[s]], xs = xsrc > 0 ? xsrc : (real)0;
         real c0 = r->c0[s], c1 = r->c1[s], it = r->inv_thr[s], n = r->hill[s];
-        real z = xs * it, zn = hill_pow(z, n), sg = (real)1 / ((real)1 + zn), H = c0 + c1 * sg;
-        real wz = -c1 * sg * sg / H; /* (dH / d z^n) / H */
+        real z = xs * it, zn = r->nint ? small_int_pow(z, r->nint[s]) : hill_pow(z, n);
+        real sg = (real)1 / ((real)1 + zn), H = c0 + c1 * sg, invH = (real)1 / H;
+        real wz = -c1 * sg * sg * invH; /* (dH / d z^n) / H */
         P0[s % G] *= H;
         wx[s] = xsrc > 0 ? wz * n * zn / xs : (n == 1 ? -c1 * n * it / (c0 + c1) : (real)0);
         if (!tangents) continue;
         wt[s] = wz * n * zn / it;
         wn[s] = z > 0 ? wz * zn * log(z) : (real)0;
-        w0[s] = (real)1 / H;
-        w1[s] = sg / H;
+        w0[s] = invH;
+        w1[s] = sg * invH;
     }
 }
 
