@@ -25,6 +25,13 @@ def _both(monkeypatch, *args, **kw):
     return _solve(monkeypatch, False, *args, **kw), _solve(monkeypatch, True, *args, **kw)
 
 
+def _count_calls(monkeypatch, name: str) -> list:
+    """Record the calls of ``genenet.native.<name>`` (proof that the native path ran)."""
+    calls, real = [], getattr(native, name)
+    monkeypatch.setattr(native, name, lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
 def _assert_same(ref, fast, rtol=1e-10):
     for key in ("n_steps", "n_accepted", "n_rejected", "n_rhs"):
         np.testing.assert_array_equal(fast.stats[key], ref.stats[key], err_msg=key)
@@ -47,9 +54,7 @@ def test_is_used_and_matches_the_torch_loop_on_a_knockout_screen(monkeypatch):
     ref, fast = _both(monkeypatch, model, t, x0=1.0, perturbations=screen, rtol=1e-7, atol=1e-9)
     _assert_same(ref, fast)
     # and the native path really ran for the second solve
-    calls = []
-    real = native.integrate_hill_erk
-    monkeypatch.setattr(native, "integrate_hill_erk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _count_calls(monkeypatch, "integrate_hill_erk")
     _solve(monkeypatch, True, model, t, x0=1.0, perturbations=screen)
     assert calls
 
@@ -141,9 +146,7 @@ def test_forward_sensitivities_match_the_torch_loop(monkeypatch, wrt):
     t = np.linspace(0, 6, 13)
     kw = dict(x0=np.linspace(0.0, 2.0, 8), perturbations=conds, wrt=wrt, rtol=1e-8, atol=1e-10)
     ref = _sens(monkeypatch, False, model, t, **kw)
-    calls = []
-    real = native.integrate_hill_erk
-    monkeypatch.setattr(native, "integrate_hill_erk", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _count_calls(monkeypatch, "integrate_hill_erk")
     fast = _sens(monkeypatch, True, model, t, **kw)
     assert calls, "the native kernel did not run"
     _assert_same(ref.trajectory, fast.trajectory)
@@ -192,9 +195,7 @@ def test_rosenbrock_kernel_matches_the_torch_loop(monkeypatch, method):
     t = np.linspace(0, 20, 9)
     kw = dict(x0=x0, perturbations=conds, method=method, rtol=1e-6, atol=1e-8)
     ref = _solve(monkeypatch, False, model, t, **kw)
-    calls = []
-    real = native.integrate_hill_rodas
-    monkeypatch.setattr(native, "integrate_hill_rodas", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _count_calls(monkeypatch, "integrate_hill_rodas")
     fast = _solve(monkeypatch, True, model, t, **kw)
     assert calls, "the native Rosenbrock kernel did not run"
     _assert_same(ref, fast, rtol=1e-9)
@@ -259,9 +260,7 @@ def test_native_adjoint_matches_backpropagation_through_the_torch_loop(monkeypat
     t = np.linspace(0, 6, 13)
     x0 = np.linspace(0.1, 2.0, 8)
     ref = _loss_grads(monkeypatch, False, model, t, x0, conds, **kw)
-    calls = []
-    real = native.integrate_hill_erk_grad
-    monkeypatch.setattr(native, "integrate_hill_erk_grad", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _count_calls(monkeypatch, "integrate_hill_erk_grad")
     fast = _loss_grads(monkeypatch, True, model, t, x0, conds, **kw)
     assert calls, "the native adjoint did not run"
     _assert_same(ref[3], fast[3])
