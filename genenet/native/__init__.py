@@ -189,18 +189,27 @@ def _problem(lib_dtype: torch.dtype, spec: dict, x0: Tensor, t_save: Tensor, t_s
         "x0": x0.detach().to("cpu", dtype).contiguous(),
         "t_save": t_save.detach().to("cpu", dtype).contiguous(),
         "t_start": None if t_start is None else t_start.detach().to("cpu", dtype).contiguous(),
-        "slot_src": spec["slot_source"].to("cpu", torch.int32).contiguous(),
-        **{k: _rows(spec[k], B, dtype) for k in ("c0", "c1", "inv_threshold", "hill", "production", "degradation")},
-        "mult": _rows(spec.get("mult"), B, dtype), "add": _rows(spec.get("add"), B, dtype),
-        "clamp": None if spec.get("clamp") is None else spec["clamp"].detach().to("cpu", torch.uint8).expand(
-            B, -1).contiguous(),
         "rtol": rtol.detach().to("cpu", dtype).expand(G).contiguous(),
         "atol": atol.detach().to("cpu", dtype).expand(G).contiguous(),
     }
-    args = [_i64(B), _i64(G), _i64(int(spec["K"])), _i64(t_save.numel())] + [_ptr(keep[k]) for k in (
-        "t_save", "t_start", "x0", "slot_src", "c0", "c1", "inv_threshold", "hill", "production", "degradation",
-        "mult", "add", "clamp", "rtol", "atol")]
-    return args, keep
+    model = _model_arrays(spec, B, dtype)
+    args = ([_i64(B), _i64(G), _i64(int(spec["K"])), _i64(t_save.numel())]
+            + [_ptr(keep[k]) for k in ("t_save", "t_start", "x0")] + [_ptr(v) for v in model.values()]
+            + [_ptr(keep["rtol"]), _ptr(keep["atol"])])
+    return args, {**keep, **model}
+
+
+_MODEL_KEYS = TANGENT_KEYS  # the parameter arrays: tangents, gradients and kernel arguments alike
+
+
+def _model_arrays(spec: dict, B: int, dtype: torch.dtype) -> dict[str, Tensor | None]:
+    """The spec's model arrays as the kernels take them, in their argument order: ``slot_src``,
+    the parameter arrays (B, ...), ``mult``, ``add`` and ``clamp`` (uint8) or None."""
+    clamp = spec.get("clamp")
+    return {"slot_src": spec["slot_source"].to("cpu", torch.int32).contiguous(),
+            **{k: _rows(spec[k], B, dtype) for k in _MODEL_KEYS},
+            "mult": _rows(spec.get("mult"), B, dtype), "add": _rows(spec.get("add"), B, dtype),
+            "clamp": None if clamp is None else clamp.detach().to("cpu", torch.uint8).expand(B, -1).contiguous()}
 
 
 def _loop(B: int, T: int, W: int, dtype: torch.dtype, first_step: float | None, max_steps: int,
@@ -293,9 +302,6 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
     return tuple(o.to(x0.device) for o in outs)
 
 
-_SPEC_GRAD = ("c0", "c1", "inv_threshold", "hill", "production", "degradation")
-
-
 class _Tapes:
     """Owner of the C tapes of one differentiable solve; freed with the autograd graph."""
 
@@ -338,44 +344,36 @@ class _ErkHill(torch.autograd.Function):
                  ) -> tuple[Tensor | None, ...]:
         static, spec = ctx.static, ctx.spec
         t_save = static["t_save"]
-        y0 = static["shape"]
-        B, G = y0
+        B, G = static["shape"]
         T = t_save.numel()
         dtype = static["dtype"]
-        lib = _lib(dtype)
         ybar = (torch.zeros(B, T, G, dtype=dtype) if y_bar is None
                 else torch.nan_to_num(y_bar.detach().to("cpu", dtype), nan=0.0).contiguous())
         lbar = (torch.zeros(B, G, dtype=dtype) if last_bar is None
                 else last_bar.detach().to("cpu", dtype).contiguous())
-        K = int(spec["K"])
-        arrays = {k: _rows(spec[k], B, dtype) for k in _SPEC_GRAD}
-        grads = {k: torch.zeros_like(v) for k, v in arrays.items()}
+        model = _model_arrays(spec, B, dtype)
+        grads = {k: torch.zeros_like(model[k]) for k in _MODEL_KEYS}
         x0b = torch.zeros(B, G, dtype=dtype)
         A, _, P = _erk_arrays(static["tableau"])
-        clamp = spec.get("clamp")
-        clamp = None if clamp is None else clamp.detach().to("cpu", torch.uint8).expand(B, -1).contiguous()
-        mult, add = _rows(spec.get("mult"), B, dtype), _rows(spec.get("add"), B, dtype)
         ts = t_save.detach().to("cpu", dtype).contiguous()
-        slot = spec["slot_source"].to("cpu", torch.int32).contiguous()
-        rc = lib.genenet_erk_hill_adjoint(
-            _i64(B), _i64(G), _i64(K), _i64(T), _ptr(ts), _ptr(slot), *(_ptr(arrays[k]) for k in _SPEC_GRAD),
-            _ptr(mult), _ptr(add), _ptr(clamp), _i64(A.shape[0]), _ptr(A), _i64(P.shape[1]), _ptr(P),
-            ctypes.c_void_p(ctx.tapes.handle), _ptr(ybar), _ptr(lbar), _ptr(x0b),
-            *(_ptr(grads[k]) for k in _SPEC_GRAD), _i64(torch.get_num_threads()))
+        rc = _lib(dtype).genenet_erk_hill_adjoint(
+            _i64(B), _i64(G), _i64(int(spec["K"])), _i64(T), _ptr(ts), *(_ptr(v) for v in model.values()),
+            _i64(A.shape[0]), _ptr(A), _i64(P.shape[1]), _ptr(P), ctypes.c_void_p(ctx.tapes.handle), _ptr(ybar),
+            _ptr(lbar), _ptr(x0b), *(_ptr(grads[k]) for k in _MODEL_KEYS), _i64(torch.get_num_threads()))
         if rc != 0:
             raise RuntimeError("native adjoint rejected the tableau")
         dev = static["device"]
-        return (x0b.to(dev), *(grads[k].to(dev) for k in _SPEC_GRAD), None)
+        return (x0b.to(dev), *(grads[k].to(dev) for k in _MODEL_KEYS), None)
 
 
 def integrate_hill_erk_grad(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, **kw: Any
                             ) -> tuple[Tensor, ...]:
     """:func:`integrate_hill_erk` (no tangents) differentiable with respect to ``x0`` and the spec's
-    parameter arrays (:data:`_SPEC_GRAD`) by the discrete adjoint in C (see the module doc); the
+    parameter arrays (:data:`_MODEL_KEYS`) by the discrete adjoint in C (see the module doc); the
     condition effects (``mult``, ``add``, ``clamp``) are constants."""
     B = x0.shape[0]
     static = {"spec": {k: spec[k] for k in ("K", "slot_source", "mult", "add", "clamp") if k in spec},
               "tableau": tableau, "t_save": t_save, "kw": {"tableau": tableau, **kw}, "shape": tuple(x0.shape),
               "dtype": x0.dtype, "device": x0.device}
-    params = [spec[k].expand(B, -1) for k in _SPEC_GRAD]
+    params = [spec[k].expand(B, -1) for k in _MODEL_KEYS]
     return _ErkHill.apply(x0, *params, static)

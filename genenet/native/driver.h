@@ -15,7 +15,7 @@
    replayed in C): each step's t, t1, h and its S stage inputs (G each; no tangents). */
 typedef struct {
     int64_t n, cap, S, G;
-    real *t, *t1, *h, *Y;
+    real *steps, *Y;     /* (cap, 3): t, t1, h of each step; (cap, S, G) its stage inputs */
     int64_t steady_from; /* saves from here on copy the final state (steady stop); T if none */
     int64_t first_saved; /* 1 when out[0] is the initial state */
     int oom;             /* the tape could not grow: the caller raises MemoryError */
@@ -24,17 +24,16 @@ typedef struct {
 static int tape_push(Tape *tp, real t, real t1, real h, const real *Y) {
     if (tp->n == tp->cap) {
         int64_t cap = tp->cap ? 2 * tp->cap : 64;
-        real *nt = (real *)realloc(tp->t, sizeof(real) * (size_t)(3 * cap));
-        real *nY = (real *)realloc(tp->Y, sizeof(real) * (size_t)(cap * tp->S * tp->G));
-        if (!nt || !nY) { tp->t = nt ? nt : tp->t; tp->Y = nY ? nY : tp->Y; return 1; }
-        if (tp->n) { /* t, t1, h live in one block of 3 cap: move t1 and h up */
-            memmove(nt + 2 * cap, nt + 2 * tp->cap, sizeof(real) * (size_t)tp->n);
-            memmove(nt + cap, nt + tp->cap, sizeof(real) * (size_t)tp->n);
-        }
-        tp->t = nt; tp->Y = nY; tp->cap = cap;
-        tp->t1 = nt + cap; tp->h = nt + 2 * cap;
+        real *steps = (real *)realloc(tp->steps, sizeof(real) * (size_t)(3 * cap));
+        if (!steps) return 1;
+        tp->steps = steps;
+        real *Ys = (real *)realloc(tp->Y, sizeof(real) * (size_t)(cap * tp->S * tp->G));
+        if (!Ys) return 1;
+        tp->Y = Ys;
+        tp->cap = cap;
     }
-    tp->t[tp->n] = t; tp->t1[tp->n] = t1; tp->h[tp->n] = h;
+    real *st = tp->steps + 3 * tp->n;
+    st[0] = t; st[1] = t1; st[2] = h;
     memcpy(tp->Y + tp->n * tp->S * tp->G, Y, sizeof(real) * (size_t)(tp->S * tp->G));
     tp->n++;
     return 0;

@@ -330,7 +330,7 @@ int64_t genenet_tapes_oom(const Tape *tp, int64_t B) {
 
 void genenet_tapes_free(Tape *tp, int64_t B) {
     if (!tp) return;
-    for (int64_t b = 0; b < B; ++b) { free(tp[b].t); free(tp[b].Y); }
+    for (int64_t b = 0; b < B; ++b) { free(tp[b].steps); free(tp[b].Y); }
     free(tp);
 }
 
@@ -373,7 +373,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
     int64_t si_hi = tp->steady_from - 1; /* last save index written by a step */
     for (int64_t n = tp->n - 1; n >= 0; --n) {
-        const real t = tp->t[n], t1 = tp->t1[n], h = tp->h[n];
+        const real t = tp->steps[3 * n], t1 = tp->steps[3 * n + 1], h = tp->steps[3 * n + 2];
         const real *Y = tp->Y + n * S * G;
         memcpy(yb1, yb, sizeof(real) * (size_t)G); /* cotangent of y1, the state after the step */
         memset(yb, 0, sizeof(real) * (size_t)G);
