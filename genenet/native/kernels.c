@@ -316,6 +316,9 @@ int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, c
 
 /* ------------------------------------------------------------------ discrete adjoint of the explicit kernel */
 
+/* the vectorized log of hill.h, for its test */
+void genenet_log_pos(int64_t n, const real *x, real *out) { log_pos(n, x, out); }
+
 Tape *genenet_tapes_new(int64_t B, int64_t S, int64_t G) {
     Tape *tp = (Tape *)calloc((size_t)(B > 0 ? B : 1), sizeof(Tape));
     for (int64_t b = 0; tp && b < B; ++b) { tp[b].S = S; tp[b].G = G; }
@@ -334,40 +337,96 @@ void genenet_tapes_free(Tape *tp, int64_t B) {
     free(tp);
 }
 
-/* v^T df/dY at the state Y: adds to Ybar (G) and to the parameter cotangents of the row
-   (c0b, c1b, itb, nb (K*G); gb, kb (G)); clamped genes have f = 0 and pass nothing */
-static void rhs_vjp(const Row *r, const real *Y, const real *v, real *Ybar, real *c0b, real *c1b, real *itb,
-                    real *nb, real *gb, real *kb) {
-    const int64_t G = r->G, KG = r->K * G;
-    slot_derivatives(r, Y, 1);
-    const real *wx = r->tw, *wt = wx + KG, *wn = wt + KG, *w0 = wn + KG, *w1 = w0 + KG, *P0 = w1 + KG;
-    real *A = r->tw + 5 * KG + G; /* g_i mult_i prod H_i v_i, per gene */
-    for (int64_t i = 0; i < G; ++i) {
-        real vi = (r->clamp && r->clamp[i]) ? (real)0 : v[i];
-        real u = r->mult ? vi * r->mult[i] : vi;
-        gb[i] += u * P0[i];
-        kb[i] -= vi * Y[i];
-        Ybar[i] -= vi * r->deg[i];
-        A[i] = u * r->prod[i] * P0[i];
-    }
-    for (int64_t s = 0; s < KG; ++s) {
-        real a = A[s % G];
-        if (a == 0) continue;
-        Ybar[r->slot_src[s]] += a * wx[s];
-        c0b[s] += a * w0[s];
-        c1b[s] += a * w1[s];
-        itb[s] += a * wt[s];
-        nb[s] += a * wn[s];
+/* a[s] = x[src[s]], b[s] = y[src[s]] by scalar loads: AVX gathers are slower on the CPUs measured */
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("no-tree-vectorize")))
+#endif
+static void gather2(int64_t n, const int32_t *restrict src, const real *restrict x, const real *restrict y,
+                    real *restrict a, real *restrict b) {
+    for (int64_t s = 0; s < n; ++s) {
+        a[s] = x[src[s]];
+        b[s] = y[src[s]];
     }
 }
 
+/* v^T df/dY at the state Y: adds to Ybar (G) and to the parameter cotangents of the row
+   (c0b, c1b, mb, nb (K*G); gb, kb (G)); clamped genes have f = 0 and pass nothing.
+
+   With u_i = v_i mult_i, Hbar = u_i g_i prod_(k' != k) H_k' (per slot; prefix times suffix
+   products, exact when an H is 0), zbar = d/d(z^n) = -Hbar c1 s^2 and m = zbar z^n:
+     c0b += Hbar, c1b += Hbar s, nb += m log z, Ybar_src += m n / x_src,  gb_i += u_i prod_k H_k.
+   The threshold's cotangent m n / it is a constant times m per slot, so the sweep adds up m alone
+   (into mb) and erk_adjoint_row scales it once at the end. log z = log x_src + log it takes one log
+   per gene, not per slot. All arrays are restrict arguments of one function because GCC vectorizes
+   none of the slot loops once they are inlined into the sweep; the gathers stay scalar loads. */
+__attribute__((noinline)) static void hill_vjp(
+    int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y, const real *restrict v,
+    const real *restrict c0, const real *restrict c1, const real *restrict it, const real *restrict n,
+    const int *restrict nint, const real *restrict prod, const real *restrict deg, const real *restrict mult,
+    const uint8_t *restrict clamp, const real *restrict logit, real *restrict Ybar, real *restrict c0b,
+    real *restrict c1b, real *restrict mb, real *restrict nb, real *restrict gb, real *restrict kb,
+    real *restrict xg, real *restrict lz, real *restrict zn, real *restrict sg, real *restrict H,
+    real *restrict Hb, real *restrict logx, real *restrict u, real *restrict P) {
+    const int64_t KG = K * G;
+    log_pos(G, Y, logx);
+    gather2(KG, src, Y, logx, xg, lz);
+    if (nint) {
+        for (int64_t s = 0; s < KG; ++s) zn[s] = small_int_pow((xg[s] > 0 ? xg[s] : (real)0) * it[s], nint[s]);
+    } else {
+        for (int64_t s = 0; s < KG; ++s) zn[s] = hill_pow((xg[s] > 0 ? xg[s] : (real)0) * it[s], n[s]);
+    }
+    for (int64_t s = 0; s < KG; ++s) {
+        real q = (real)1 / ((real)1 + zn[s]);
+        sg[s] = q;
+        H[s] = c0[s] + c1[s] * q;
+    }
+    for (int64_t i = 0; i < G; ++i) {
+        real vi = (clamp && clamp[i]) ? (real)0 : v[i];
+        u[i] = mult ? vi * mult[i] : vi;
+        kb[i] -= vi * Y[i];
+        Ybar[i] -= vi * deg[i];
+        P[i] = 1;
+    }
+    for (int64_t k = 0; k < K; ++k) /* prefix products */
+        for (int64_t i = 0; i < G; ++i) { Hb[k * G + i] = P[i]; P[i] *= H[k * G + i]; }
+    for (int64_t i = 0; i < G; ++i) {
+        gb[i] += u[i] * P[i];
+        P[i] = u[i] * prod[i];
+    }
+    for (int64_t k = K - 1; k >= 0; --k) /* times u g and the suffix products */
+        for (int64_t i = 0; i < G; ++i) { Hb[k * G + i] *= P[i]; P[i] *= H[k * G + i]; }
+    for (int64_t s = 0; s < KG; ++s) {
+        real hb = Hb[s], q = sg[s], zb = -hb * c1[s] * q * q, m = zb * zn[s];
+        int pos = xg[s] > 0;
+        real xsafe = pos ? xg[s] : (real)1;
+        c0b[s] += hb;
+        c1b[s] += hb * q;
+        mb[s] += m;
+        nb[s] += pos ? m * (lz[s] + logit[s]) : (real)0;
+        /* right derivative at x <= 0: d(z^n)/dx = it for n = 1, else 0 */
+        Hb[s] = pos ? m * n[s] / xsafe : (n[s] == 1 ? zb * it[s] : (real)0);
+    }
+    for (int64_t s = 0; s < KG; ++s) Ybar[src[s]] += Hb[s];
+}
+
+static void rhs_vjp(const Row *r, const real *Y, const real *v, real *Ybar, real *c0b, real *c1b, real *mb,
+                    real *nb, real *gb, real *kb, const real *logit) {
+    const int64_t G = r->G, KG = r->K * G;
+    real *xg = r->tw, *lz = xg + KG, *zn = lz + KG, *sg = zn + KG, *Hb = sg + KG, *logx = Hb + KG, *u = logx + G,
+         *P = u + G;
+    hill_vjp(G, r->K, r->slot_src, Y, v, r->c0, r->c1, r->inv_thr, r->hill, r->nint, r->prod, r->deg, r->mult,
+             r->clamp, logit, Ybar, c0b, c1b, mb, nb, gb, kb, xg, lz, zn, sg, r->H, Hb, logx, u, P);
+}
+
 /* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
-   the initial state; ylast_bar (G): of the final state. Work: (S + 3) G + S reals. */
+   the initial state; ylast_bar (G): of the final state. Work: (S + 3) G + S + K G reals. */
 static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, const real *t_save, int64_t T,
                             const real *ybar, const real *ylast_bar, real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb,
                             real *kb, real *work) {
     const int64_t G = r->G, S = e->S, D = e->D;
-    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *wd = yb1 + G;
+    const int64_t KG = r->K * G;
+    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *wd = yb1 + G, *logit = wd + S;
+    log_pos(KG, r->inv_thr, logit);
     memcpy(yb, ylast_bar, sizeof(real) * (size_t)G); /* the final state y_last */
     for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
         for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
@@ -406,7 +465,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
             real *ks = kbar + s * G;
             int any = 0;
             for (int64_t i = 0; i < G; ++i) any |= ks[i] != 0;
-            if (any) rhs_vjp(r, Y + s * G, ks, Yb, c0b, c1b, itb, nb, gb, kb);
+            if (any) rhs_vjp(r, Y + s * G, ks, Yb, c0b, c1b, itb, nb, gb, kb, logit);
             for (int64_t i = 0; i < G; ++i) yb[i] += Yb[i];
             for (int64_t l = 0; l < s; ++l) {
                 real q = h * e->a[s * S + l];
@@ -416,6 +475,10 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         }
     }
     for (int64_t i = 0; i < G; ++i) x0b[i] = yb[i] + (tp->first_saved ? ybar[i] : (real)0);
+    for (int64_t s = 0; s < KG; ++s) { /* itb held sum m; d(z^n)/d it = n z^n / it */
+        real it = r->inv_thr[s];
+        itb[s] = (itb[s] != 0 && it != 0) ? itb[s] * r->hill[s] / it : (real)0;
+    }
 }
 
 int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save,
@@ -434,8 +497,8 @@ int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const r
     const int64_t KG = K * G;
 #pragma omp parallel num_threads((int)nthreads)
     {
-        real *work = (real *)malloc(sizeof(real) * (size_t)((S + 3) * G + S + KG + 6 * KG + 2 * G + 64));
-        real *H = work + (S + 3) * G + S, *tw = H + KG;
+        real *work = (real *)malloc(sizeof(real) * (size_t)((S + 3) * G + S + KG + KG + 5 * KG + 3 * G + 64));
+        real *H = work + (S + 3) * G + S + KG, *tw = H + KG;
         int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < B; ++b) {
