@@ -14,6 +14,7 @@ every switching time, so no step straddles a change of regime.
 
 from __future__ import annotations
 
+import collections
 import difflib
 import itertools
 import math
@@ -271,7 +272,7 @@ def as_conditions(perturbations: Any) -> list[Condition]:
     if not out:
         raise ValueError("perturbations is an empty list; give at least one condition (or None for wild type)")
     labels = [c.label for c in out]
-    dup = sorted({lab for lab in labels if labels.count(lab) > 1})
+    dup = sorted(lab for lab, k in collections.Counter(labels).items() if k > 1)
     if dup:
         raise ValueError(f"duplicate condition labels {dup[:5]}; give distinct labels (Condition(..., label=))")
     return out
@@ -403,8 +404,13 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
     names = list(dict.fromkeys([*getattr(model, "gene_names", []), *genes]))
     C, G = len(conditions), len(genes)
 
+    known = {g: model.perturbation_targets(g) for g in names}  # once per gene, not per perturbation
+
+    def target_of(g: str):
+        return known[g] if g in known else model.perturbation_targets(g)
+
     def targets(gs: Iterable[str], which: int) -> list[int]:
-        return [i for g in gs for i in model.perturbation_targets(g)[which]]
+        return [i for g in gs for i in target_of(g)[which]]
     pulses_per = [sum(isinstance(p, Pulse) for p in c.perturbations) for c in conditions]
     L = 1 + max(pulses_per, default=0)
 
@@ -419,42 +425,48 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
     x0_value = np.zeros((C, G))
     stops: list[list[float]] = [[] for _ in range(C)]
 
+    # effects are gathered as (layer, condition, index) entries and written with a few numpy calls
+    # at the end: per-entry numpy indexing costs ~1 µs, too much for a screen of thousands of rows
+    mul: list[tuple[int, int, int, float]] = []  # applied in order by np.multiply.at
+    add: list[tuple[int, int, int, float]] = []
+    clamp: dict[tuple[int, int, int], float] = {}  # the last clamp of a gene wins
+    x0_set: dict[tuple[int, int], float] = {}
     for c, cond in enumerate(conditions):
         knocked: set[str] = set()
         clamped: set[str] = set()
         slot = 0
         for pert in cond.perturbations:
             for g in pert.genes_named():
-                if model.perturbation_targets(g) is None:
+                if target_of(g) is None:
                     raise KeyError(_unknown_gene(g, names))
             if isinstance(pert, Pulse):
                 slot += 1
-                layer, inner = layers[slot], pert.perturbation
-                layer.start[c], layer.end[c] = pert.start, pert.end
+                li, inner = slot, pert.perturbation
+                layers[li].start[c], layers[li].end[c] = pert.start, pert.end
                 stops[c] += [pert.start] + ([pert.end] if math.isfinite(pert.end) else [])
             else:
-                layer, inner = layers[0], pert
+                li, inner = 0, pert
             gi = targets(inner.genes_named(), 0)
             if isinstance(inner, Knockout):
-                layer.mult[c, gi] = 0.0
+                mul.extend((li, c, i, 0.0) for i in gi)
                 knocked.update(inner.genes)
-                if layer is layers[0]:
-                    zero = targets(inner.genes, 1)
-                    x0_mask[c, zero], x0_value[c, zero] = True, 0.0
+                if li == 0:
+                    x0_set.update(((c, i), 0.0) for i in targets(inner.genes, 1))
             elif isinstance(inner, Knockdown):
-                layer.mult[c, gi] *= 1.0 - inner.fraction
+                mul.extend((li, c, i, 1.0 - inner.fraction) for i in gi)
             elif isinstance(inner, Overexpress):
                 if inner.fold is not None:
-                    layer.mult[c, gi] *= inner.fold
+                    mul.extend((li, c, i, inner.fold) for i in gi)
                 if inner.rate is not None:
-                    layer.add[c, gi] += inner.rate
+                    add.extend((li, c, i, inner.rate) for i in gi)
             elif isinstance(inner, Clamp):
                 gi = targets([inner.gene], 2)
-                layer.clamp[c, gi], layer.clamp_value[c, gi] = True, inner.value
+                clamp.update(((li, c, i), inner.value) for i in gi)
                 clamped.add(inner.gene)
-                if layer is layers[0]:
-                    x0_mask[c, gi], x0_value[c, gi] = True, inner.value
+                if li == 0:
+                    x0_set.update(((c, i), inner.value) for i in gi)
             elif isinstance(inner, SetParameter):
+                layer = layers[li]
                 entry = _entry_index(model, inner)
                 spec = model.specs[inner.name]
                 lo, hi = spec.bounds
@@ -470,6 +482,21 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
         if both:
             raise ValueError(f"condition {cond.label!r} both knocks out and clamps {sorted(both)}; "
                              "a gene can be knocked out or clamped, not both")
+    for entries, ufunc, field_name in ((mul, np.multiply, "mult"), (add, np.add, "add")):
+        if entries:
+            e = np.array(entries)
+            li, flat = e[:, 0].astype(int), e[:, 1].astype(int) * G + e[:, 2].astype(int)
+            for k, layer in enumerate(layers):
+                sel = li == k
+                ufunc.at(getattr(layer, field_name).reshape(-1), flat[sel], e[sel, 3])
+    if clamp:
+        lcs, vals = np.array(list(clamp), dtype=int), np.fromiter(clamp.values(), float)
+        for k, layer in enumerate(layers):
+            sel = lcs[:, 0] == k
+            layer.clamp[lcs[sel, 1], lcs[sel, 2]], layer.clamp_value[lcs[sel, 1], lcs[sel, 2]] = True, vals[sel]
+    if x0_set:
+        cs, gs = np.array(list(x0_set), dtype=int).T
+        x0_mask[cs, gs], x0_value[cs, gs] = True, np.fromiter(x0_set.values(), float)
     width = max((len(s) for s in stops), default=0)
     stop_arr = np.full((C, max(width, 1)), np.inf)
     for c, s in enumerate(stops):

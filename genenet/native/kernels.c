@@ -337,6 +337,19 @@ void genenet_tapes_free(Tape *tp, int64_t B) {
     free(tp);
 }
 
+/* The stage VJPs of one step, v^T df/dY at each stage input Y, in two parts. With u_i = v_i mult_i,
+   Hbar = u_i g_i prod_(k' != k) H_k' (per slot), zbar = d/d(z^n) = -Hbar c1 s^2, m = zbar z^n:
+     c0b += Hbar, c1b += Hbar s, nb += m log z, Ybar_src += m n / x_src,  gb_i += u_i prod_k H_k,
+     kb_i -= v_i Y_i, Ybar_i -= v_i k_i;   clamped genes have f = 0 and pass nothing.
+   Everything but u is known from the tape before the sweep reaches the step, so hill_vjp_prepare
+   computes it for all the step's stages at once (long loops; one vectorized log for all stage
+   inputs): per slot the product of the other slots Ex (prefix times suffix products, exact when an
+   H is 0), s, and the weights wzn = -c1 s^2 z^n, wl = wzn log z, dxw = d(z^n)/dx / z^n * wzn; the
+   sequential part, hill_vjp_apply, is then a few multiply-adds per slot. The threshold's cotangent
+   m n / it is a constant times m per slot, so the sweep adds up m alone (into mb) and
+   erk_adjoint_row scales it once at the end. Arrays are restrict arguments of non-inlined functions
+   because GCC vectorizes none of these loops once they are inlined into the sweep. */
+
 /* a[s] = x[src[s]], b[s] = y[src[s]] by scalar loads: AVX gathers are slower on the CPUs measured */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-vectorize")))
@@ -349,83 +362,90 @@ static void gather2(int64_t n, const int32_t *restrict src, const real *restrict
     }
 }
 
-/* v^T df/dY at the state Y: adds to Ybar (G) and to the parameter cotangents of the row
-   (c0b, c1b, mb, nb (K*G); gb, kb (G)); clamped genes have f = 0 and pass nothing.
-
-   With u_i = v_i mult_i, Hbar = u_i g_i prod_(k' != k) H_k' (per slot; prefix times suffix
-   products, exact when an H is 0), zbar = d/d(z^n) = -Hbar c1 s^2 and m = zbar z^n:
-     c0b += Hbar, c1b += Hbar s, nb += m log z, Ybar_src += m n / x_src,  gb_i += u_i prod_k H_k.
-   The threshold's cotangent m n / it is a constant times m per slot, so the sweep adds up m alone
-   (into mb) and erk_adjoint_row scales it once at the end. log z = log x_src + log it takes one log
-   per gene, not per slot. All arrays are restrict arguments of one function because GCC vectorizes
-   none of the slot loops once they are inlined into the sweep; the gathers stay scalar loads. */
-__attribute__((noinline)) static void hill_vjp(
-    int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y, const real *restrict v,
+/* NS stage inputs Y (NS, G) -> Ex, sg, wzn, wl, dxw (NS, K G), P0 = prod_k H (NS, G); work: logx
+   (NS, G), xg, lz, zn, H (NS, K G) */
+__attribute__((noinline)) static void hill_vjp_prepare(
+    int64_t NS, int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y,
     const real *restrict c0, const real *restrict c1, const real *restrict it, const real *restrict n,
-    const int *restrict nint, const real *restrict prod, const real *restrict deg, const real *restrict mult,
-    const uint8_t *restrict clamp, const real *restrict logit, real *restrict Ybar, real *restrict c0b,
-    real *restrict c1b, real *restrict mb, real *restrict nb, real *restrict gb, real *restrict kb,
-    real *restrict xg, real *restrict lz, real *restrict zn, real *restrict sg, real *restrict H,
-    real *restrict Hb, real *restrict logx, real *restrict u, real *restrict P) {
+    const int *restrict nint, const real *restrict logit, real *restrict logx, real *restrict xg,
+    real *restrict lz, real *restrict zn, real *restrict H, real *restrict Ex, real *restrict sg,
+    real *restrict wzn, real *restrict wl, real *restrict dxw, real *restrict P0) {
     const int64_t KG = K * G;
-    log_pos(G, Y, logx);
-    gather2(KG, src, Y, logx, xg, lz);
-    if (nint) {
-        for (int64_t s = 0; s < KG; ++s) zn[s] = small_int_pow((xg[s] > 0 ? xg[s] : (real)0) * it[s], nint[s]);
-    } else {
-        for (int64_t s = 0; s < KG; ++s) zn[s] = hill_pow((xg[s] > 0 ? xg[s] : (real)0) * it[s], n[s]);
+    log_pos(NS * G, Y, logx);
+    for (int64_t st = 0; st < NS; ++st) gather2(KG, src, Y + st * G, logx + st * G, xg + st * KG, lz + st * KG);
+    for (int64_t st = 0; st < NS; ++st) {
+        const int64_t o = st * KG;
+        if (nint) {
+            for (int64_t s = 0; s < KG; ++s)
+                zn[o + s] = small_int_pow((xg[o + s] > 0 ? xg[o + s] : (real)0) * it[s], nint[s]);
+        } else {
+            for (int64_t s = 0; s < KG; ++s) zn[o + s] = hill_pow((xg[o + s] > 0 ? xg[o + s] : (real)0) * it[s], n[s]);
+        }
+        for (int64_t s = 0; s < KG; ++s) {
+            real q = (real)1 / ((real)1 + zn[o + s]);
+            sg[o + s] = q;
+            H[o + s] = c0[s] + c1[s] * q;
+        }
+        real *restrict P = P0 + st * G;
+        for (int64_t i = 0; i < G; ++i) P[i] = 1;
+        for (int64_t k = 0; k < K; ++k) /* prefix products */
+            for (int64_t i = 0; i < G; ++i) { Ex[o + k * G + i] = P[i]; P[i] *= H[o + k * G + i]; }
+        real *restrict acc = logx + st * G; /* its logs are gathered already: reuse as the suffix */
+        for (int64_t i = 0; i < G; ++i) acc[i] = 1;
+        for (int64_t k = K - 1; k >= 0; --k)
+            for (int64_t i = 0; i < G; ++i) { Ex[o + k * G + i] *= acc[i]; acc[i] *= H[o + k * G + i]; }
+        for (int64_t s = 0; s < KG; ++s) {
+            real q = sg[o + s], w = -c1[s] * q * q, wz = w * zn[o + s], x = xg[o + s];
+            int pos = x > 0;
+            wzn[o + s] = wz;
+            wl[o + s] = pos ? wz * (lz[o + s] + logit[s]) : (real)0;
+            /* d(z^n)/dx = n z^n / x; right derivative at x <= 0: it for n = 1, else 0 */
+            dxw[o + s] = pos ? wz * n[s] / (pos ? x : (real)1) : (n[s] == 1 ? w * it[s] : (real)0);
+        }
     }
-    for (int64_t s = 0; s < KG; ++s) {
-        real q = (real)1 / ((real)1 + zn[s]);
-        sg[s] = q;
-        H[s] = c0[s] + c1[s] * q;
-    }
-    for (int64_t i = 0; i < G; ++i) {
-        real vi = (clamp && clamp[i]) ? (real)0 : v[i];
-        u[i] = mult ? vi * mult[i] : vi;
-        kb[i] -= vi * Y[i];
-        Ybar[i] -= vi * deg[i];
-        P[i] = 1;
-    }
-    for (int64_t k = 0; k < K; ++k) /* prefix products */
-        for (int64_t i = 0; i < G; ++i) { Hb[k * G + i] = P[i]; P[i] *= H[k * G + i]; }
-    for (int64_t i = 0; i < G; ++i) {
-        gb[i] += u[i] * P[i];
-        P[i] = u[i] * prod[i];
-    }
-    for (int64_t k = K - 1; k >= 0; --k) /* times u g and the suffix products */
-        for (int64_t i = 0; i < G; ++i) { Hb[k * G + i] *= P[i]; P[i] *= H[k * G + i]; }
-    for (int64_t s = 0; s < KG; ++s) {
-        real hb = Hb[s], q = sg[s], zb = -hb * c1[s] * q * q, m = zb * zn[s];
-        int pos = xg[s] > 0;
-        real xsafe = pos ? xg[s] : (real)1;
-        c0b[s] += hb;
-        c1b[s] += hb * q;
-        mb[s] += m;
-        nb[s] += pos ? m * (lz[s] + logit[s]) : (real)0;
-        /* right derivative at x <= 0: d(z^n)/dx = it for n = 1, else 0 */
-        Hb[s] = pos ? m * n[s] / xsafe : (n[s] == 1 ? zb * it[s] : (real)0);
-    }
-    for (int64_t s = 0; s < KG; ++s) Ybar[src[s]] += Hb[s];
 }
 
-static void rhs_vjp(const Row *r, const real *Y, const real *v, real *Ybar, real *c0b, real *c1b, real *mb,
-                    real *nb, real *gb, real *kb, const real *logit) {
-    const int64_t G = r->G, KG = r->K * G;
-    real *xg = r->tw, *lz = xg + KG, *zn = lz + KG, *sg = zn + KG, *Hb = sg + KG, *logx = Hb + KG, *u = logx + G,
-         *P = u + G;
-    hill_vjp(G, r->K, r->slot_src, Y, v, r->c0, r->c1, r->inv_thr, r->hill, r->nint, r->prod, r->deg, r->mult,
-             r->clamp, logit, Ybar, c0b, c1b, mb, nb, gb, kb, xg, lz, zn, sg, r->H, Hb, logx, u, P);
+/* one stage's VJP from its prepared arrays (one stage's slice of each); work ug (G), dxs (K G) */
+__attribute__((noinline)) static void hill_vjp_apply(
+    int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y, const real *restrict v,
+    const real *restrict prod, const real *restrict deg, const real *restrict mult, const uint8_t *restrict clamp,
+    const real *restrict Ex, const real *restrict sg, const real *restrict wzn, const real *restrict wl,
+    const real *restrict dxw, const real *restrict P0, real *restrict Ybar, real *restrict c0b,
+    real *restrict c1b, real *restrict mb, real *restrict nb, real *restrict gb, real *restrict kb,
+    real *restrict ug, real *restrict dxs) {
+    for (int64_t i = 0; i < G; ++i) {
+        real vi = (clamp && clamp[i]) ? (real)0 : v[i];
+        real u = mult ? vi * mult[i] : vi;
+        kb[i] -= vi * Y[i];
+        Ybar[i] -= vi * deg[i];
+        gb[i] += u * P0[i];
+        ug[i] = u * prod[i];
+    }
+    for (int64_t k = 0; k < K; ++k)
+        for (int64_t i = 0; i < G; ++i) {
+            const int64_t s = k * G + i;
+            real hb = ug[i] * Ex[s];
+            c0b[s] += hb;
+            c1b[s] += hb * sg[s];
+            mb[s] += hb * wzn[s];
+            nb[s] += hb * wl[s];
+            dxs[s] = hb * dxw[s];
+        }
+    for (int64_t s = 0; s < K * G; ++s) Ybar[src[s]] += dxs[s];
 }
 
 /* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
-   the initial state; ylast_bar (G): of the final state. Work: (S + 3) G + S + K G reals. */
+   the initial state; ylast_bar (G): of the final state. Work: ADJOINT_WORK(S, G, K G) reals. */
+#define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + (KG) + 10 * (S) * (KG) + 2 * (S) * (G) + 64)
 static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, const real *t_save, int64_t T,
                             const real *ybar, const real *ylast_bar, real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb,
                             real *kb, real *work) {
     const int64_t G = r->G, S = e->S, D = e->D;
     const int64_t KG = r->K * G;
-    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *wd = yb1 + G, *logit = wd + S;
+    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *ug = yb1 + G, *wd = ug + G, *logit = wd + S;
+    real *logx = logit + KG, *P0 = logx + S * G, *xg = P0 + S * G, *lz = xg + S * KG, *zn = lz + S * KG,
+         *H = zn + S * KG, *Ex = H + S * KG, *sg = Ex + S * KG, *wzn = sg + S * KG, *wl = wzn + S * KG,
+         *dxw = wl + S * KG, *dxs = dxw + S * KG;
     log_pos(KG, r->inv_thr, logit);
     memcpy(yb, ylast_bar, sizeof(real) * (size_t)G); /* the final state y_last */
     for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
@@ -458,6 +478,12 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
                 for (int64_t i = 0; i < G; ++i) kbar[j * G + i] += q * ob[i];
             }
         }
+        /* the last stage (f(y1)) only matters when a save used it */
+        int last = 0;
+        for (int64_t i = 0; i < G; ++i) last |= kbar[(S - 1) * G + i] != 0;
+        const int64_t NS = last ? S : S - 1;
+        hill_vjp_prepare(NS, G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, logit, logx, xg,
+                         lz, zn, H, Ex, sg, wzn, wl, dxw, P0);
         /* stages in reverse: Y_s = y + h sum_l a_sl k_l, k_s = f(Y_s); y1 = Y_{S-1} */
         for (int64_t s = S - 1; s >= 0; --s) {
             if (s == S - 1) memcpy(Yb, yb1, sizeof(real) * (size_t)G);
@@ -465,7 +491,11 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
             real *ks = kbar + s * G;
             int any = 0;
             for (int64_t i = 0; i < G; ++i) any |= ks[i] != 0;
-            if (any) rhs_vjp(r, Y + s * G, ks, Yb, c0b, c1b, itb, nb, gb, kb, logit);
+            if (any) {
+                const int64_t o = s * KG;
+                hill_vjp_apply(G, r->K, r->slot_src, Y + s * G, ks, r->prod, r->deg, r->mult, r->clamp, Ex + o,
+                               sg + o, wzn + o, wl + o, dxw + o, P0 + s * G, Yb, c0b, c1b, itb, nb, gb, kb, ug, dxs);
+            }
             for (int64_t i = 0; i < G; ++i) yb[i] += Yb[i];
             for (int64_t l = 0; l < s; ++l) {
                 real q = h * e->a[s * S + l];
@@ -497,12 +527,11 @@ int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const r
     const int64_t KG = K * G;
 #pragma omp parallel num_threads((int)nthreads)
     {
-        real *work = (real *)malloc(sizeof(real) * (size_t)((S + 3) * G + S + KG + KG + 5 * KG + 3 * G + 64));
-        real *H = work + (S + 3) * G + S + KG, *tw = H + KG;
+        real *work = (real *)malloc(sizeof(real) * (size_t)ADJOINT_WORK(S, G, KG));
         int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < B; ++b) {
-            Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
+            Row r = row_of(&p, b, NULL, integer_hill(hill + b * KG, KG, nint_w), NULL);
             erk_adjoint_row(&r, tapes + b, &e, t_save, T, ybar + b * T * G, ylast_bar + b * G, x0b + b * G,
                             c0b + b * KG,
                             c1b + b * KG, itb + b * KG, nb + b * KG, gb + b * G, kb + b * G, work);
