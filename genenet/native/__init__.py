@@ -22,7 +22,9 @@ kernel with a *tape* — each accepted step's t, h and stage inputs — and its 
 replays the tape in reverse in C (:func:`integrate_hill_erk_grad`): the discrete adjoint,
 i.e. the same gradient as backpropagation through the torch loop (exact for the computed
 solution, step sizes constant), for the Hill parameters and the initial state, with the
-tape's memory (S G numbers per accepted step and row) in place of autograd's graph.
+tape's memory (S G numbers per accepted step and row) in place of autograd's graph. Freed
+tapes go to a pool that keeps the last set's memory for the next solve (repeated gradients
+skip the page faults of fresh memory); :func:`release_memory` hands it back.
 Rosenbrock solves with gradients take the torch path. The explicit kernel also carries
 forward sensitivities (:func:`genenet.sensitivities`, the residual Jacobian of
 ``gn.fit(method="lm")``): q tangent directions ride along with the state through the same
@@ -49,7 +51,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "reason", "torch_path", "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad"]
+__all__ = ["available", "reason", "torch_path", "release_memory", "integrate_hill_erk", "integrate_hill_rodas",
+           "integrate_hill_erk_grad"]
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "kernels.c"
@@ -86,7 +89,7 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
     src = b"".join(f.read_bytes() for f in sorted([*_DIR.glob("*.c"), *_DIR.glob("*.h")]))
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", f"-DREAL={_REAL[dtype]}"]
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-math-errno", f"-DREAL={_REAL[dtype]}"]
     # -march=native: the library is built for this CPU, so the CPU is part of its name
     key = hashlib.sha256(src + " ".join([cc, *flags, sys.platform, _cpu_id()]).encode()).hexdigest()[:16]
     lib_path = _cache_dir() / f"genenet_kernels_{_REAL[dtype]}_{key}.so"
@@ -300,6 +303,13 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
     if rc != 0:
         raise RuntimeError(f"native kernel rejected the tableau ({S} stages, {M} dense rows)")
     return tuple(o.to(x0.device) for o in outs)
+
+
+def release_memory() -> None:
+    """Free the step-tape memory the native kernels keep pooled after a gradient (at most one
+    differentiable solve's tapes: S G numbers per accepted step and row)."""
+    for lib in _LIBS.values():
+        lib.genenet_tape_pool_release()
 
 
 class _Tapes:

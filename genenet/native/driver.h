@@ -9,32 +9,98 @@
 #ifndef GENENET_DRIVER_H
 #define GENENET_DRIVER_H
 
+#include <pthread.h>
+
 #include "hill.h"
 
 /* The accepted steps of one row, for the discrete adjoint (backpropagation through the solver
-   replayed in C): each step's t, t1, h and its S stage inputs (G each; no tangents). */
+   replayed in C): per step a record of TAPE_HEAD reals (t, t1, h, unused) and its S stage inputs
+   (G each; no tangents), in blocks of TAPE_BLOCK steps chained backward (the reverse sweep's
+   order). Blocks come from a pool that keeps the blocks of the last freed tape set: a screen that
+   is differentiated again and again reuses memory that is already mapped instead of growing arrays
+   by realloc (a copy) into fresh pages (a page fault each) on every call, which cost as much as a
+   third of the forward solve. */
+#define TAPE_BLOCK 16
+#define TAPE_HEAD 4
+
+typedef struct TapeBlock {
+    struct TapeBlock *prev; /* the block before this one (older steps), or NULL */
+    int64_t n;              /* steps recorded here */
+    real data[];            /* TAPE_BLOCK records of TAPE_HEAD + S G reals */
+} TapeBlock;
+
 typedef struct {
-    int64_t n, cap, S, G;
-    real *steps, *Y;     /* (cap, 3): t, t1, h of each step; (cap, S, G) its stage inputs */
+    int64_t n, S, G;     /* steps recorded, stages, genes */
+    TapeBlock *last;     /* the newest block */
     int64_t steady_from; /* saves from here on copy the final state (steady stop); T if none */
     int64_t first_saved; /* 1 when out[0] is the initial state */
     int oom;             /* the tape could not grow: the caller raises MemoryError */
 } Tape;
 
-static int tape_push(Tape *tp, real t, real t1, real h, const real *Y) {
-    if (tp->n == tp->cap) {
-        int64_t cap = tp->cap ? 2 * tp->cap : 64;
-        real *steps = (real *)realloc(tp->steps, sizeof(real) * (size_t)(3 * cap));
-        if (!steps) return 1;
-        tp->steps = steps;
-        real *Ys = (real *)realloc(tp->Y, sizeof(real) * (size_t)(cap * tp->S * tp->G));
-        if (!Ys) return 1;
-        tp->Y = Ys;
-        tp->cap = cap;
+static pthread_mutex_t tape_pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static TapeBlock *tape_pool;      /* free blocks, chained by prev */
+static size_t tape_pool_size;     /* their size in bytes */
+static int64_t tape_pool_count;
+
+static size_t tape_block_bytes(int64_t S, int64_t G) {
+    return sizeof(TapeBlock) + sizeof(real) * (size_t)(TAPE_BLOCK * (TAPE_HEAD + S * G));
+}
+
+static TapeBlock *tape_block_get(size_t bytes) {
+    TapeBlock *b = NULL;
+    pthread_mutex_lock(&tape_pool_lock);
+    if (tape_pool && tape_pool_size == bytes) {
+        b = tape_pool;
+        tape_pool = b->prev;
+        tape_pool_count--;
     }
-    real *st = tp->steps + 3 * tp->n;
-    st[0] = t; st[1] = t1; st[2] = h;
-    memcpy(tp->Y + tp->n * tp->S * tp->G, Y, sizeof(real) * (size_t)(tp->S * tp->G));
+    pthread_mutex_unlock(&tape_pool_lock);
+    return b ? b : (TapeBlock *)malloc(bytes);
+}
+
+/* Return the blocks of a chain to the pool; the pool then keeps at most `keep` blocks */
+static void tape_blocks_put(TapeBlock *chain, size_t bytes, int64_t keep) {
+    TapeBlock *drop = NULL;
+    pthread_mutex_lock(&tape_pool_lock);
+    if (tape_pool_size != bytes) { /* another block size: the old pool goes */
+        drop = tape_pool;
+        tape_pool = NULL;
+        tape_pool_count = 0;
+        tape_pool_size = bytes;
+    }
+    while (chain) {
+        TapeBlock *prev = chain->prev;
+        if (tape_pool_count < keep) {
+            chain->prev = tape_pool;
+            tape_pool = chain;
+            tape_pool_count++;
+        } else {
+            free(chain);
+        }
+        chain = prev;
+    }
+    pthread_mutex_unlock(&tape_pool_lock);
+    while (drop) {
+        TapeBlock *prev = drop->prev;
+        free(drop);
+        drop = prev;
+    }
+}
+
+static int tape_push(Tape *tp, real t, real t1, real h, const real *Y) {
+    const int64_t rec = TAPE_HEAD + tp->S * tp->G;
+    TapeBlock *b = tp->last;
+    if (!b || b->n == TAPE_BLOCK) {
+        TapeBlock *fresh = tape_block_get(tape_block_bytes(tp->S, tp->G));
+        if (!fresh) return 1;
+        fresh->prev = b;
+        fresh->n = 0;
+        tp->last = b = fresh;
+    }
+    real *r = b->data + b->n * rec;
+    r[0] = t; r[1] = t1; r[2] = h; r[3] = 0;
+    memcpy(r + TAPE_HEAD, Y, sizeof(real) * (size_t)(tp->S * tp->G));
+    b->n++;
     tp->n++;
     return 0;
 }

@@ -333,8 +333,17 @@ int64_t genenet_tapes_oom(const Tape *tp, int64_t B) {
 
 void genenet_tapes_free(Tape *tp, int64_t B) {
     if (!tp) return;
-    for (int64_t b = 0; b < B; ++b) { free(tp[b].steps); free(tp[b].Y); }
+    int64_t blocks = 0;
+    for (int64_t b = 0; b < B; ++b)
+        for (const TapeBlock *k = tp[b].last; k; k = k->prev) blocks++;
+    for (int64_t b = 0; b < B; ++b) /* the pool keeps this set's blocks for the next one */
+        if (tp[b].last) tape_blocks_put(tp[b].last, tape_block_bytes(tp[b].S, tp[b].G), blocks);
     free(tp);
+}
+
+/* Free the pooled tape blocks (genenet.native.release_memory) */
+void genenet_tape_pool_release(void) {
+    tape_blocks_put(NULL, 0, 0);
 }
 
 /* The stage VJPs of one step, v^T df/dY at each stage input Y, in two parts. With u_i = v_i mult_i,
@@ -350,15 +359,19 @@ void genenet_tapes_free(Tape *tp, int64_t B) {
    erk_adjoint_row scales it once at the end. Arrays are restrict arguments of non-inlined functions
    because GCC vectorizes none of these loops once they are inlined into the sweep. */
 
-/* a[s] = x[src[s]], b[s] = y[src[s]] by scalar loads: AVX gathers are slower on the CPUs measured */
+/* a[st, s] = x[st, src[s]], b[st, s] = y[st, src[s]] for NS stages ((NS, n) from (NS, G)): scalar loads,
+   one index per slot for all stages (AVX gathers are slower on the CPUs measured) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-vectorize")))
 #endif
-static void gather2(int64_t n, const int32_t *restrict src, const real *restrict x, const real *restrict y,
-                    real *restrict a, real *restrict b) {
+static void gather_stages(int64_t NS, int64_t n, int64_t G, const int32_t *restrict src, const real *restrict x,
+                          const real *restrict y, real *restrict a, real *restrict b) {
     for (int64_t s = 0; s < n; ++s) {
-        a[s] = x[src[s]];
-        b[s] = y[src[s]];
+        const real *xs = x + src[s], *ys = y + src[s];
+        for (int64_t st = 0; st < NS; ++st) {
+            a[st * n + s] = xs[st * G];
+            b[st * n + s] = ys[st * G];
+        }
     }
 }
 
@@ -372,7 +385,7 @@ __attribute__((noinline)) static void hill_vjp_prepare(
     real *restrict wzn, real *restrict wl, real *restrict dxw, real *restrict P0) {
     const int64_t KG = K * G;
     log_pos(NS * G, Y, logx);
-    for (int64_t st = 0; st < NS; ++st) gather2(KG, src, Y + st * G, logx + st * G, xg + st * KG, lz + st * KG);
+    gather_stages(NS, KG, G, src, Y, logx, xg, lz);
     for (int64_t st = 0; st < NS; ++st) {
         const int64_t o = st * KG;
         if (nint) {
@@ -451,9 +464,11 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
     for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
         for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
     int64_t si_hi = tp->steady_from - 1; /* last save index written by a step */
-    for (int64_t n = tp->n - 1; n >= 0; --n) {
-        const real t = tp->steps[3 * n], t1 = tp->steps[3 * n + 1], h = tp->steps[3 * n + 2];
-        const real *Y = tp->Y + n * S * G;
+    const int64_t rec = TAPE_HEAD + S * G;
+    for (const TapeBlock *blk = tp->last; blk; blk = blk->prev)
+    for (int64_t q = blk->n - 1; q >= 0; --q) {
+        const real *stp = blk->data + q * rec, *Y = stp + TAPE_HEAD;
+        const real t = stp[0], t1 = stp[1], h = stp[2];
         memcpy(yb1, yb, sizeof(real) * (size_t)G); /* cotangent of y1, the state after the step */
         memset(yb, 0, sizeof(real) * (size_t)G);
         memset(kbar, 0, sizeof(real) * (size_t)(S * G));
