@@ -359,61 +359,72 @@ void genenet_tape_pool_release(void) {
    erk_adjoint_row scales it once at the end. Arrays are restrict arguments of non-inlined functions
    because GCC vectorizes none of these loops once they are inlined into the sweep. */
 
-/* a[st, s] = x[st, src[s]], b[st, s] = y[st, src[s]] for NS stages ((NS, n) from (NS, G)): scalar loads,
-   one index per slot for all stages (AVX gathers are slower on the CPUs measured) */
+/* a[st, s] = x[st, src[s]] for NS stages ((NS, n) from (NS, G)): scalar loads, one index per slot
+   for all stages (AVX gathers are slower on the CPUs measured) */
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("no-tree-vectorize")))
 #endif
 static void gather_stages(int64_t NS, int64_t n, int64_t G, const int32_t *restrict src, const real *restrict x,
-                          const real *restrict y, real *restrict a, real *restrict b) {
+                          real *restrict a) {
     for (int64_t s = 0; s < n; ++s) {
-        const real *xs = x + src[s], *ys = y + src[s];
-        for (int64_t st = 0; st < NS; ++st) {
-            a[st * n + s] = xs[st * G];
-            b[st * n + s] = ys[st * G];
-        }
+        const real *xs = x + src[s];
+        for (int64_t st = 0; st < NS; ++st) a[st * n + s] = xs[st * G];
     }
 }
 
-/* NS stage inputs Y (NS, G) -> Ex, sg, wzn, wl, dxw (NS, K G), P0 = prod_k H (NS, G); work: logx
-   (NS, G), xg, lz, zn, H (NS, K G) */
+/* NS stage inputs Y (NS, G) -> Ex, sg, wzn, wl, dxw (NS, K G), P0 = prod_k H (NS, G); work: z, lz,
+   zn, H (NS, K G). With integer hill coefficients d(z^n)/dx = n it z^(n-1) comes from the power
+   itself (z^n = z^(n-1) z), which is also the right derivative at x <= 0 (it for n = 1, else 0);
+   otherwise n z^n / x, and that right derivative by hand. */
 __attribute__((noinline)) static void hill_vjp_prepare(
     int64_t NS, int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y,
     const real *restrict c0, const real *restrict c1, const real *restrict it, const real *restrict n,
-    const int *restrict nint, const real *restrict logit, real *restrict logx, real *restrict xg,
-    real *restrict lz, real *restrict zn, real *restrict H, real *restrict Ex, real *restrict sg,
-    real *restrict wzn, real *restrict wl, real *restrict dxw, real *restrict P0) {
+    const int *restrict nint, real *restrict z, real *restrict lz, real *restrict zn, real *restrict H,
+    real *restrict Ex, real *restrict sg, real *restrict wzn, real *restrict wl, real *restrict dxw,
+    real *restrict P0) {
     const int64_t KG = K * G;
-    log_pos(NS * G, Y, logx);
-    gather_stages(NS, KG, G, src, Y, logx, xg, lz);
+    gather_stages(NS, KG, G, src, Y, z);
+    for (int64_t st = 0; st < NS; ++st) {
+        const int64_t o = st * KG;
+        for (int64_t s = 0; s < KG; ++s) z[o + s] = (z[o + s] > 0 ? z[o + s] : (real)0) * it[s];
+    }
+    log_pos(NS * KG, z, lz); /* log z, 0 at z = 0 (where z^n log z -> 0) */
     for (int64_t st = 0; st < NS; ++st) {
         const int64_t o = st * KG;
         if (nint) {
-            for (int64_t s = 0; s < KG; ++s)
-                zn[o + s] = small_int_pow((xg[o + s] > 0 ? xg[o + s] : (real)0) * it[s], nint[s]);
+            for (int64_t s = 0; s < KG; ++s) { /* dxw holds n it z^(n-1) for now */
+                int k = nint[s];
+                real p1 = small_int_pow(z[o + s], k > 0 ? k - 1 : 0);
+                zn[o + s] = k > 0 ? p1 * z[o + s] : (real)1;
+                dxw[o + s] = (real)k * it[s] * p1;
+            }
         } else {
-            for (int64_t s = 0; s < KG; ++s) zn[o + s] = hill_pow((xg[o + s] > 0 ? xg[o + s] : (real)0) * it[s], n[s]);
+            for (int64_t s = 0; s < KG; ++s) {
+                real zs = z[o + s], p = hill_pow(zs, n[s]);
+                zn[o + s] = p;
+                /* n z^n / x = n it z^n / z; right derivative at x <= 0: it for n = 1, else 0 */
+                dxw[o + s] = zs > 0 ? n[s] * it[s] * p / zs : (n[s] == 1 ? it[s] : (real)0);
+            }
         }
         for (int64_t s = 0; s < KG; ++s) {
             real q = (real)1 / ((real)1 + zn[o + s]);
             sg[o + s] = q;
             H[o + s] = c0[s] + c1[s] * q;
         }
-        real *restrict P = P0 + st * G;
+        real *restrict P = P0 + st * G, *restrict acc = wl + o; /* wl is free until the last loop */
         for (int64_t i = 0; i < G; ++i) P[i] = 1;
         for (int64_t k = 0; k < K; ++k) /* prefix products */
             for (int64_t i = 0; i < G; ++i) { Ex[o + k * G + i] = P[i]; P[i] *= H[o + k * G + i]; }
-        real *restrict acc = logx + st * G; /* its logs are gathered already: reuse as the suffix */
-        for (int64_t i = 0; i < G; ++i) acc[i] = 1;
-        for (int64_t k = K - 1; k >= 0; --k)
-            for (int64_t i = 0; i < G; ++i) { Ex[o + k * G + i] *= acc[i]; acc[i] *= H[o + k * G + i]; }
-        for (int64_t s = 0; s < KG; ++s) {
-            real q = sg[o + s], w = -c1[s] * q * q, wz = w * zn[o + s], x = xg[o + s];
-            int pos = x > 0;
+        if (K > 0) { /* times the suffix products (acc: G of the K G reals of wl) */
+            for (int64_t i = 0; i < G; ++i) acc[i] = 1;
+            for (int64_t k = K - 1; k >= 0; --k)
+                for (int64_t i = 0; i < G; ++i) { Ex[o + k * G + i] *= acc[i]; acc[i] *= H[o + k * G + i]; }
+        }
+        for (int64_t s = 0; s < KG; ++s) { /* w = dH/d(z^n) = -c1 s^2 */
+            real q = sg[o + s], w = -c1[s] * q * q, wz = w * zn[o + s];
             wzn[o + s] = wz;
-            wl[o + s] = pos ? wz * (lz[o + s] + logit[s]) : (real)0;
-            /* d(z^n)/dx = n z^n / x; right derivative at x <= 0: it for n = 1, else 0 */
-            dxw[o + s] = pos ? wz * n[s] / (pos ? x : (real)1) : (n[s] == 1 ? w * it[s] : (real)0);
+            wl[o + s] = wz * lz[o + s];
+            dxw[o + s] *= w;
         }
     }
 }
@@ -455,11 +466,10 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
                             real *kb, real *work) {
     const int64_t G = r->G, S = e->S, D = e->D;
     const int64_t KG = r->K * G;
-    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *ug = yb1 + G, *wd = ug + G, *logit = wd + S;
-    real *logx = logit + KG, *P0 = logx + S * G, *xg = P0 + S * G, *lz = xg + S * KG, *zn = lz + S * KG,
+    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *ug = yb1 + G, *wd = ug + G;
+    real *P0 = wd + S, *xg = P0 + S * G, *lz = xg + S * KG, *zn = lz + S * KG,
          *H = zn + S * KG, *Ex = H + S * KG, *sg = Ex + S * KG, *wzn = sg + S * KG, *wl = wzn + S * KG,
          *dxw = wl + S * KG, *dxs = dxw + S * KG;
-    log_pos(KG, r->inv_thr, logit);
     memcpy(yb, ylast_bar, sizeof(real) * (size_t)G); /* the final state y_last */
     for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
         for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
@@ -497,7 +507,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         int last = 0;
         for (int64_t i = 0; i < G; ++i) last |= kbar[(S - 1) * G + i] != 0;
         const int64_t NS = last ? S : S - 1;
-        hill_vjp_prepare(NS, G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, logit, logx, xg,
+        hill_vjp_prepare(NS, G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, xg,
                          lz, zn, H, Ex, sg, wzn, wl, dxw, P0);
         /* stages in reverse: Y_s = y + h sum_l a_sl k_l, k_s = f(Y_s); y1 = Y_{S-1} */
         for (int64_t s = S - 1; s >= 0; --s) {
