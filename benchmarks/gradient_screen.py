@@ -12,9 +12,10 @@ L = sum over rows, times, genes of (x - 1)^2; gradient with respect to every par
   through the batched torch loop), and its gradient compared with the native one.
 - torchdiffeq: ``odeint`` (dopri5) of the same right-hand side with the same prepared
   parameters as leaf tensors, backpropagation through its steps.
-Forward times: the same solve under ``torch.no_grad()``. Median of --repeats calls after a warm-up.
+Forward times: the same solve under ``torch.no_grad()``. Median of --repeats calls after a warm-up;
+genenet's forward and gradient calls alternate, so that both see the same state of the machine.
 
-    python benchmarks/gradient_screen.py [--sizes 200 1000] [--repeats 3]
+    python benchmarks/gradient_screen.py [--sizes 200 1000] [--repeats 9]
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ import genenet as gn
 
 HERE = Path(__file__).resolve().parent
 RTOL, ATOL = 1e-5, 1e-6
+
+
+def interleaved_times(fns, repeats: int) -> list[tuple[float, object]]:
+    """Median time of each function, the calls interleaved (f1, f2, f1, f2, ...) after a warm-up of
+    each, so that both see the same state of a shared machine."""
+    outs = [fn() for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - start)
+    return [(statistics.median(ts), out) for ts, out in zip(times, outs)]
 
 
 def median_time(fn, repeats: int) -> tuple[float, object]:
@@ -94,14 +108,13 @@ def torchdiffeq_case(n: int, dtype: torch.dtype):
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[200, 1000])
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9)
     args = ap.parse_args()
     dtype = torch.float32
     rows = []
     for n in args.sizes:
         fwd, grad = genenet_case(n, dtype)
-        t_fwd, _ = median_time(fwd, args.repeats)
-        t_grad, g_native = median_time(grad, args.repeats)
+        (t_fwd, _), (t_grad, g_native) = interleaved_times([fwd, grad], args.repeats)
         os.environ["GENENET_NATIVE"] = "0"
         try:
             t_loop, g_loop = median_time(grad, 1)
@@ -124,8 +137,8 @@ def main() -> None:
              "- genenet gradient: native kernel with a step tape + reverse sweep in C (discrete adjoint); "
              "torch-loop gradient: the same with GENENET_NATIVE=0 (one call); 'difference': max |native - "
              "torch loop| / max |torch loop| over all 1100 gradient entries",
-             f"- times: median of {args.repeats} calls after a warm-up (torch-loop and torchdiffeq gradients: "
-             "one call)",
+             f"- times: median of {args.repeats} calls after a warm-up, genenet's forward and gradient calls "
+             "alternating (torch-loop and torchdiffeq gradients: one call)",
              "- command: `python benchmarks/gradient_screen.py`", "",
              "| N | genenet forward | genenet gradient | gradient / forward | torch-loop gradient | difference "
              "| torchdiffeq forward | torchdiffeq gradient | torchdiffeq gradient / genenet gradient |",
