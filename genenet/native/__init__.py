@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "reason", "torch_path", "release_memory", "integrate_hill_erk", "integrate_hill_rodas",
+__all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "integrate_hill_erk", "integrate_hill_rodas",
            "integrate_hill_erk_grad"]
 
 _DIR = Path(__file__).parent
@@ -310,6 +310,17 @@ def release_memory() -> None:
     differentiable solve's tapes: S G numbers per accepted step and row)."""
     for lib in _LIBS.values():
         lib.genenet_tape_pool_release()
+
+
+def tape_memory(reset_peak: bool = False) -> tuple[int, int]:
+    """Bytes of step tapes (the native discrete adjoint's memory) in use now and at most since the last
+    reset, over the loaded kernels; ``reset_peak=True`` starts a new peak from the current use."""
+    now = peak = 0
+    for lib in _LIBS.values():
+        a, b = ctypes.c_int64(), ctypes.c_int64()
+        lib.genenet_tape_bytes(ctypes.byref(a), ctypes.byref(b), ctypes.c_int(int(reset_peak)))
+        now, peak = now + a.value, peak + b.value
+    return now, peak
 
 
 class _Tapes:

@@ -41,6 +41,7 @@ static pthread_mutex_t tape_pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static TapeBlock *tape_pool;      /* free blocks, chained by prev */
 static size_t tape_pool_size;     /* their size in bytes */
 static int64_t tape_pool_count;
+static int64_t tape_bytes_used, tape_bytes_peak; /* in blocks handed out; the peak since the last reset */
 
 static size_t tape_block_bytes(int64_t S, int64_t G) {
     return sizeof(TapeBlock) + sizeof(real) * (size_t)(TAPE_BLOCK * (TAPE_HEAD + S * G));
@@ -54,8 +55,16 @@ static TapeBlock *tape_block_get(size_t bytes) {
         tape_pool = b->prev;
         tape_pool_count--;
     }
+    tape_bytes_used += (int64_t)bytes;
+    if (tape_bytes_used > tape_bytes_peak) tape_bytes_peak = tape_bytes_used;
     pthread_mutex_unlock(&tape_pool_lock);
-    return b ? b : (TapeBlock *)malloc(bytes);
+    if (!b) b = (TapeBlock *)malloc(bytes);
+    if (!b) { /* not handed out after all */
+        pthread_mutex_lock(&tape_pool_lock);
+        tape_bytes_used -= (int64_t)bytes;
+        pthread_mutex_unlock(&tape_pool_lock);
+    }
+    return b;
 }
 
 /* Return the blocks of a chain to the pool; the pool then keeps at most `keep` blocks */
@@ -70,6 +79,7 @@ static void tape_blocks_put(TapeBlock *chain, size_t bytes, int64_t keep) {
     }
     while (chain) {
         TapeBlock *prev = chain->prev;
+        tape_bytes_used -= (int64_t)bytes;
         if (tape_pool_count < keep) {
             chain->prev = tape_pool;
             tape_pool = chain;

@@ -341,6 +341,15 @@ void genenet_tapes_free(Tape *tp, int64_t B) {
     free(tp);
 }
 
+/* Bytes of tape blocks in use now and at most since the last reset (reset: peak = now) */
+void genenet_tape_bytes(int64_t *now, int64_t *peak, int reset) {
+    pthread_mutex_lock(&tape_pool_lock);
+    if (reset) tape_bytes_peak = tape_bytes_used;
+    *now = tape_bytes_used;
+    *peak = tape_bytes_peak;
+    pthread_mutex_unlock(&tape_pool_lock);
+}
+
 /* Free the pooled tape blocks (genenet.native.release_memory) */
 void genenet_tape_pool_release(void) {
     tape_blocks_put(NULL, 0, 0);
