@@ -51,8 +51,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "integrate_hill_erk", "integrate_hill_rodas",
-           "integrate_hill_erk_grad"]
+__all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "integrate_hill_erk",
+           "integrate_hill_rodas", "integrate_hill_erk_grad"]
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "kernels.c"
@@ -377,14 +377,18 @@ class _ErkHill(torch.autograd.Function):
         x0b = torch.zeros(B, G, dtype=dtype)
         A, _, P = _erk_arrays(static["tableau"])
         ts = t_save.detach().to("cpu", dtype).contiguous()
+        # the slot parameters' cotangents (and hill's log) only where autograd asks for them
+        need = dict(zip(_MODEL_KEYS, ctx.needs_input_grad[1:1 + len(_MODEL_KEYS)]))
+        slot = any(need[k] for k in ("c0", "c1", "inv_threshold", "hill"))
+        wants = int(slot) | (int(need["hill"]) << 1)
         rc = _lib(dtype).genenet_erk_hill_adjoint(
             _i64(B), _i64(G), _i64(int(spec["K"])), _i64(T), _ptr(ts), *(_ptr(v) for v in model.values()),
             _i64(A.shape[0]), _ptr(A), _i64(P.shape[1]), _ptr(P), ctypes.c_void_p(ctx.tapes.handle), _ptr(ybar),
-            _ptr(lbar), _ptr(x0b), *(_ptr(grads[k]) for k in _MODEL_KEYS), _i64(torch.get_num_threads()))
+            _ptr(lbar), _ptr(x0b), *(_ptr(grads[k]) for k in _MODEL_KEYS), _i64(wants), _i64(torch.get_num_threads()))
         if rc != 0:
             raise RuntimeError("native adjoint rejected the tableau")
         dev = static["device"]
-        return (x0b.to(dev), *(grads[k].to(dev) for k in _MODEL_KEYS), None)
+        return (x0b.to(dev), *(grads[k].to(dev) if need[k] else None for k in _MODEL_KEYS), None)
 
 
 def integrate_hill_erk_grad(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, **kw: Any

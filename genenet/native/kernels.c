@@ -388,7 +388,7 @@ static void gather_stages(int64_t NS, int64_t n, int64_t G, const int32_t *restr
 __attribute__((noinline)) static void hill_vjp_prepare(
     int64_t NS, int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y,
     const real *restrict c0, const real *restrict c1, const real *restrict it, const real *restrict n,
-    const int *restrict nint, real *restrict z, real *restrict lz, real *restrict zn, real *restrict H,
+    const int *restrict nint, int want_hill, real *restrict z, real *restrict lz, real *restrict zn, real *restrict H,
     real *restrict Ex, real *restrict sg, real *restrict wzn, real *restrict wl, real *restrict dxw,
     real *restrict P0) {
     const int64_t KG = K * G;
@@ -397,7 +397,8 @@ __attribute__((noinline)) static void hill_vjp_prepare(
         const int64_t o = st * KG;
         for (int64_t s = 0; s < KG; ++s) z[o + s] = (z[o + s] > 0 ? z[o + s] : (real)0) * it[s];
     }
-    log_pos(NS * KG, z, lz); /* log z, 0 at z = 0 (where z^n log z -> 0) */
+    if (want_hill) log_pos(NS * KG, z, lz); /* log z, 0 at z = 0 (where z^n log z -> 0) */
+    else memset(lz, 0, sizeof(real) * (size_t)(NS * KG));
     for (int64_t st = 0; st < NS; ++st) {
         const int64_t o = st * KG;
         if (nint) {
@@ -438,7 +439,8 @@ __attribute__((noinline)) static void hill_vjp_prepare(
     }
 }
 
-/* one stage's VJP from its prepared arrays (one stage's slice of each); work ug (G), dxs (K G) */
+/* one stage's VJP from its prepared arrays (one stage's slice of each); work ug (G), dxs (K G).
+   c0b NULL: no cotangents for the slot parameters (c0b, c1b, mb, nb untouched) */
 __attribute__((noinline)) static void hill_vjp_apply(
     int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y, const real *restrict v,
     const real *restrict prod, const real *restrict deg, const real *restrict mult, const uint8_t *restrict clamp,
@@ -454,22 +456,27 @@ __attribute__((noinline)) static void hill_vjp_apply(
         gb[i] += u * P0[i];
         ug[i] = u * prod[i];
     }
-    for (int64_t k = 0; k < K; ++k)
-        for (int64_t i = 0; i < G; ++i) {
-            const int64_t s = k * G + i;
-            real hb = ug[i] * Ex[s];
-            c0b[s] += hb;
-            c1b[s] += hb * sg[s];
-            mb[s] += hb * wzn[s];
-            nb[s] += hb * wl[s];
-            dxs[s] = hb * dxw[s];
-        }
+    if (c0b) {
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t i = 0; i < G; ++i) {
+                const int64_t s = k * G + i;
+                real hb = ug[i] * Ex[s];
+                c0b[s] += hb;
+                c1b[s] += hb * sg[s];
+                mb[s] += hb * wzn[s];
+                nb[s] += hb * wl[s];
+                dxs[s] = hb * dxw[s];
+            }
+    } else { /* no slot parameter asks for its gradient: the state's cotangent alone */
+        for (int64_t k = 0; k < K; ++k)
+            for (int64_t i = 0; i < G; ++i) dxs[k * G + i] = ug[i] * Ex[k * G + i] * dxw[k * G + i];
+    }
     for (int64_t s = 0; s < K * G; ++s) Ybar[src[s]] += dxs[s];
 }
 
 /* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
    the initial state; ylast_bar (G): of the final state. Work: ADJOINT_WORK(S, G, K G) reals. */
-#define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + (KG) + 10 * (S) * (KG) + 2 * (S) * (G) + 64)
+#define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + 2 * (KG) + 10 * (S) * (KG) + 2 * (S) * (G) + 64)
 static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, const real *t_save, int64_t T,
                             const real *ybar, const real *ylast_bar, real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb,
                             real *kb, real *work) {
@@ -478,7 +485,12 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
     real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *ug = yb1 + G, *wd = ug + G;
     real *P0 = wd + S, *xg = P0 + S * G, *lz = xg + S * KG, *zn = lz + S * KG,
          *H = zn + S * KG, *Ex = H + S * KG, *sg = Ex + S * KG, *wzn = sg + S * KG, *wl = wzn + S * KG,
-         *dxw = wl + S * KG, *dxs = dxw + S * KG;
+         *dxw = wl + S * KG, *dxs = dxw + S * KG, *nb_sink = dxs + KG; /* nb_sink: hill's cotangent unwanted */
+    const int want_hill = nb != NULL;
+    if (c0b && !nb) {
+        memset(nb_sink, 0, sizeof(real) * (size_t)KG);
+        nb = nb_sink;
+    }
     memcpy(yb, ylast_bar, sizeof(real) * (size_t)G); /* the final state y_last */
     for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
         for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
@@ -516,7 +528,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         int last = 0;
         for (int64_t i = 0; i < G; ++i) last |= kbar[(S - 1) * G + i] != 0;
         const int64_t NS = last ? S : S - 1;
-        hill_vjp_prepare(NS, G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, xg,
+        hill_vjp_prepare(NS, G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, want_hill, xg,
                          lz, zn, H, Ex, sg, wzn, wl, dxw, P0);
         /* stages in reverse: Y_s = y + h sum_l a_sl k_l, k_s = f(Y_s); y1 = Y_{S-1} */
         for (int64_t s = S - 1; s >= 0; --s) {
@@ -539,7 +551,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         }
     }
     for (int64_t i = 0; i < G; ++i) x0b[i] = yb[i] + (tp->first_saved ? ybar[i] : (real)0);
-    for (int64_t s = 0; s < KG; ++s) { /* itb held sum m; d(z^n)/d it = n z^n / it */
+    for (int64_t s = 0; itb && s < KG; ++s) { /* itb held sum m; d(z^n)/d it = n z^n / it */
         real it = r->inv_thr[s];
         itb[s] = (itb[s] != 0 && it != 0) ? itb[s] * r->hill[s] / it : (real)0;
     }
@@ -550,8 +562,8 @@ int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const r
                              const real *hill, const real *prod, const real *deg, const real *mult,
                              const real *add, const uint8_t *clamp, int64_t S, const double *A, int64_t D,
                              const double *P, const Tape *tapes, const real *ybar, const real *ylast_bar,
-                             real *x0b, real *c0b,
-                             real *c1b, real *itb, real *nb, real *gb, real *kb, int64_t nthreads) {
+                             real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb, real *kb,
+                             int64_t wants, int64_t nthreads) {
     if (S > 16 || D > 8) return -1;
     ErkMethod e = {S, D, {0}, {0}, {0}};
     for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
@@ -566,9 +578,10 @@ int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const r
 #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < B; ++b) {
             Row r = row_of(&p, b, NULL, integer_hill(hill + b * KG, KG, nint_w), NULL);
+            const int slot = (wants & 1) != 0, hl = (wants & 2) != 0;
             erk_adjoint_row(&r, tapes + b, &e, t_save, T, ybar + b * T * G, ylast_bar + b * G, x0b + b * G,
-                            c0b + b * KG,
-                            c1b + b * KG, itb + b * KG, nb + b * KG, gb + b * G, kb + b * G, work);
+                            slot ? c0b + b * KG : NULL, slot ? c1b + b * KG : NULL, slot ? itb + b * KG : NULL,
+                            slot && hl ? nb + b * KG : NULL, gb + b * G, kb + b * G, work);
         }
         free(work);
         free(nint_w);
