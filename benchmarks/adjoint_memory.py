@@ -140,7 +140,7 @@ def main() -> None:
     if args.case:
         print(json.dumps(one_case(args.case[0], float(args.case[1]), args.rows, args.device)))
         return
-    from solve_screen import machine, versions
+    from solve_screen import machine, versions, write_results
 
     rows = []
     for method in METHODS:
@@ -173,8 +173,7 @@ def main() -> None:
         lines.append(f"| {r['method']} | {r['span']:g} | {r['mean_steps']:.0f} | {r['peak_MB']:.1f} MB | "
                      f"{r['tape_MB']:.1f} MB | {r['time_s']:.2f} s | {r['loss']:.6g} |")
     out = HERE / "results" / f"adjoint_memory_{dev.type}_{today}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_results(out, lines)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from scipy.optimize import least_squares
-from solve_screen import machine, versions
+from solve_screen import machine, versions, write_results
 
 import genenet as gn
 
@@ -164,8 +164,7 @@ def main() -> None:
               + ", ".join(f"rtol {tol}: {ratio:.2f}x" for tol, ratio in same.items())
               + ". Every row reaches the same reference loss to 6 significant digits."]
     out = HERE / "results" / f"fit_cpu_{today}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_results(out, lines)
 
 
 if __name__ == "__main__":

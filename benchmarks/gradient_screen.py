@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from solve_screen import machine, standard_network, versions
+from solve_screen import machine, standard_network, versions, write_results
 
 import genenet as gn
 
@@ -150,8 +150,7 @@ def main() -> None:
                      f"{1e3 * r['torchdiffeq forward']:.0f} ms | {1e3 * r['torchdiffeq gradient']:.0f} ms | "
                      f"{r['torchdiffeq gradient'] / r['genenet gradient']:.1f}x |")
     out = HERE / "results" / f"gradient_cpu_{today}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_results(out, lines)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from solve_screen import machine, versions
+from solve_screen import machine, versions, write_results
 
 import genenet as gn
 
@@ -109,8 +109,7 @@ def main() -> None:
         r = e.get("grins", {}).get("seconds")
         lines.append(f"| {e['P']} x {e['I']} | {e['P'] * e['I']} | {g:.2f} | {r:.2f} | {r / g:.2f}x |" if r
                      else f"| {e['P']} x {e['I']} | {e['P'] * e['I']} | {g:.2f} | - | - |")
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_results(out, lines)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,14 @@ def genenet_backend(device: torch.device, dtype: torch.dtype) -> str:
     return f"batched torch loop ({why})"
 
 
+def write_results(path: Path | str, lines: list[str]) -> Path:
+    """Write a results file (one markdown line per entry) and say where."""
+    path = Path(path)
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version(), "torch": torch.__version__, "genenet": gn.__version__}
     for mod in ("torchdiffeq", "torchode"):
@@ -275,8 +283,7 @@ def main() -> None:
         ratios = [f"{entry[tool]['seconds'] / base:.2f}x" if base and "seconds" in entry.get(tool, {}) else "-"
                   for tool in tools if tool != "genenet"]
         lines.append(f"| {entry['N']} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_results(out, lines)
 
 
 if __name__ == "__main__":

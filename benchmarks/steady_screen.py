@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 from scipy.optimize import root
-from solve_screen import machine, standard_network, versions
+from solve_screen import machine, standard_network, versions, write_results
 
 import genenet as gn
 from genenet.solvers.integrate import tree_index
@@ -147,8 +147,7 @@ def main() -> None:
         lines.append(f"| {name} | {s * a.rows / len(sample):.0f} (extrapolated from {s:.1f} s) | "
                      f"{ok}/{len(sample)} ({ok / len(sample):.0%}) | | per row |")
     out = HERE / "results" / f"steady_screen_cpu_{today}.md"
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_results(out, lines)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
-from solve_screen import machine, versions
+from solve_screen import machine, versions, write_results
 
 import genenet as gn
 from genenet import native
@@ -160,8 +160,7 @@ def main() -> None:
             f", {r['switched']} rows switched" if "switched" in r else ""))
         lines.append(f"| {name} | {r['seconds']:.2f} | {r['error']:.1e} | {base / r['seconds']:.1f}x | {note} |")
     out_path = HERE / "results" / f"stiff_cpu_{today}.md"
-    out_path.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out_path}")
+    write_results(out_path, lines)
 
 
 if __name__ == "__main__":
