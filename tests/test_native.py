@@ -395,3 +395,44 @@ def test_native_adjoint_of_a_subset_of_parameters(monkeypatch, free):
         assert float(ref[name].abs().max()) > 0, name
         np.testing.assert_allclose(fast[name].numpy(), ref[name].numpy(), rtol=1e-8,
                                    atol=1e-10 * float(ref[name].abs().max()), err_msg=name)
+
+
+def test_stiffness_detection_runs_in_the_explicit_kernel(monkeypatch):
+    """method="auto"'s explicit phase runs in the kernel with the torch loop's stiffness detection
+    (Hairer's estimate and the Jacobian's spectral radius refreshed on the same attempts): the same
+    rows stop STIFF at the same step, time and state; the others finish as in the loop."""
+    import genenet.solvers.switching as switching
+
+    net, model, x0 = _stiff_problem(G=16, seed=3)
+    genes = list(net.genes)
+    conds = [[], gn.Knockout(genes[0]), gn.Knockdown(genes[1], 0.5), gn.Clamp(genes[2], 1.0)]
+    # rows on a mild copy too (degradations 100x smaller): those must not be declared stiff
+    mild = gn.Hill(net, **{k: v.detach()[0] for k, v in model.params.items()})
+    mild.set_params(degradation=model.params["degradation"].detach()[0].numpy() / 100)
+    t = np.linspace(0, 10, 6)
+    phases = []
+    real = switching.integrate
+
+    def spy(*a, **k):
+        sol = real(*a, **k)
+        if k.get("stiff_after") is not None:
+            phases.append(sol)
+        return sol
+
+    monkeypatch.setattr(switching, "integrate", spy)
+    results = {}
+    for use_native in (False, True):
+        phases.clear()
+        calls = _count_calls(monkeypatch, "integrate_hill_erk")
+        for m in (model, mild):
+            _solve(monkeypatch, use_native, m, t, x0=x0, perturbations=conds, method="auto", rtol=1e-6, atol=1e-8)
+        assert bool(calls) == use_native
+        results[use_native] = list(phases)
+    for ref, fast in zip(results[False], results[True]):
+        np.testing.assert_array_equal(fast.status.numpy(), ref.status.numpy())
+        for key in ("n_steps", "n_accepted", "n_rejected", "n_rhs"):
+            np.testing.assert_array_equal(getattr(fast, key).numpy(), getattr(ref, key).numpy(), err_msg=key)
+        np.testing.assert_allclose(fast.t_last.numpy(), ref.t_last.numpy(), rtol=1e-9)  # rounding, ~500 steps
+        np.testing.assert_allclose(fast.y_last.numpy(), ref.y_last.numpy(), rtol=1e-9, atol=1e-9)
+    stiff_model, mild_model = (r.status.numpy() == int(Status.STIFF) for r in results[True])
+    assert stiff_model.any() and not mild_model.any()

@@ -216,14 +216,16 @@ def _model_arrays(spec: dict, B: int, dtype: torch.dtype) -> dict[str, Tensor | 
 
 
 def _loop(B: int, T: int, W: int, dtype: torch.dtype, first_step: float | None, max_steps: int,
-          steady_tol: float | None, window: int, controller: Any) -> tuple[list, tuple[Tensor, ...]]:
+          steady_tol: float | None, window: int, controller: Any, stiff_after: int = 0, check_every: int = 8,
+          use_rho: bool = False) -> tuple[list, tuple[Tensor, ...]]:
     """The step-loop arguments and the output arrays (y, status, counters, t_last, y_last)."""
     outs = (torch.full((B, T, W), float("nan"), dtype=dtype), torch.empty(B, dtype=torch.int64),
             torch.zeros(4, B, dtype=torch.int64), torch.empty(B, dtype=dtype), torch.empty(B, W, dtype=dtype))
     args = [_dbl(first_step if first_step is not None else -1.0), _i64(max_steps),
             _dbl(steady_tol if steady_tol is not None else -1.0), _i64(window),
             _dbl(controller.safety), _dbl(controller.beta), _dbl(controller.factor_min),
-            _dbl(controller.factor_max), *map(_ptr, outs), _i64(torch.get_num_threads())]
+            _dbl(controller.factor_max), _i64(stiff_after), _i64(check_every), _i64(int(use_rho)),
+            *map(_ptr, outs), _i64(torch.get_num_threads())]
     return args, outs
 
 
@@ -238,7 +240,8 @@ def _erk_arrays(tableau: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
                        first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
-                       controller: Any, t_start: Tensor | None = None, tape: int | None = None
+                       controller: Any, t_start: Tensor | None = None, tape: int | None = None,
+                       stiff_after: int | None = None, check_every: int = 8, use_rho: bool = False
                        ) -> tuple[Tensor, ...]:
     """Run the explicit kernel on every row. ``spec`` (from ``ConditionTerm.native_spec``): ``slot_source``
     (K*G,), ``K``, ``c0``/``c1``/``inv_threshold``/``hill`` (B or 1, K*G), ``production``/``degradation``
@@ -250,6 +253,10 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     :data:`TANGENT_KEYS` (absent keys: constant; ``{}``: tangents of x0 only); ``x0`` is then
     ``[x, ẋ_1, ..., ẋ_q]`` (B, (1 + q) G) and so are the outputs; step control sees only the first
     G columns. ``tape``: a ``genenet_tapes_new`` handle that records the accepted steps (no tangents).
+    ``stiff_after`` / ``check_every`` / ``use_rho``: stiffness detection as the torch loop's (a row whose
+    steps sit on the stability edge, ``h ρ > 2.5``, ``stiff_after`` times ends with status STIFF at its
+    ``t_last``, ``y_last``; ρ from Hairer's estimate and, with ``use_rho``, the Jacobian's spectral
+    radius refreshed every ``check_every`` attempts); no tangents.
 
     Returns ``y`` (B, T, W) (NaN after a failure; W = G or (1 + q) G), ``status`` (B,), counters
     (4, B) (steps, accepted, rejected, RHS evaluations), ``t_last`` (B,), ``y_last`` (B, W)."""
@@ -272,7 +279,8 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
     S = tableau.stages
     A, E, P = _erk_arrays(tableau)
-    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
+    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller,
+                       stiff_after or 0, check_every, use_rho)
     rc = lib.genenet_erk_hill(*prob, _i64(Q), *(_ptr(tan.get(k)) for k in TANGENT_KEYS), _i64(S), _ptr(A),
                               _ptr(E), _i64(P.shape[1]), _ptr(P), _i64(tableau.error_order), *loop,
                               ctypes.c_void_p(tape))

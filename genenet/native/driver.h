@@ -127,6 +127,9 @@ struct Stepper {
     int64_t error_order;
     void *ws;              /* the method's coefficients and work arrays */
     const real *stage_inputs; /* (S, G) the last step's stage inputs, for a Tape; NULL if not kept */
+    /* Hairer's stiffness estimate h |f(y1) - f(Y)| / |y1 - Y| of the last attempted step, or NULL */
+    real (*stiffness)(Stepper *m, const Row *r, real h);
+    real *stiff_work;         /* G G + 2 G reals for the spectral radius, when stiffness is detected */
 };
 
 typedef struct {
@@ -134,7 +137,44 @@ typedef struct {
     const real *t_save, *rtol, *atol;
     double first_step, steady_tol, safety, beta, factor_min, factor_max;
     int64_t max_steps;
+    int64_t stiff_after; /* > 0: stop a row with status STIFF after this many steps on the stability edge */
+    int64_t check_every; /* refresh the Jacobian's spectral radius at attempts 1, 1 + check_every, ... */
+    int64_t use_rho;     /* 1: the spectral radius joins Hairer's estimate */
 } LoopSettings;
+
+/* |h lambda| past which the explicit step is limited by stability (genenet.solvers.integrate.STIFF_BOUND) */
+#define STIFF_BOUND ((real)2.5)
+
+/* Power-iteration estimate of the largest |eigenvalue| of the row's Jacobian at y, twelve iterations
+   from the same start vector as genenet.solvers.integrate.spectral_radius; 0 if not finite. Work:
+   G G + 2 G reals. */
+static real spectral_radius(const Row *r, const real *y, real *work) {
+    const int64_t G = r->G;
+    real *J = work, *v = J + G * G, *w = v + G;
+    jacobian(r, y, J);
+    real nv = 0;
+    for (int64_t i = 0; i < G; ++i) {
+        v[i] = cos((real)i * (real)1.7 + (real)0.3);
+        nv += v[i] * v[i];
+    }
+    nv = sqrt(nv);
+    for (int64_t i = 0; i < G; ++i) v[i] /= nv;
+    real norm = 0;
+    for (int it = 0; it < 12; ++it) {
+        norm = 0;
+        for (int64_t i = 0; i < G; ++i) {
+            real acc = 0;
+            const real *Ji = J + i * G;
+            for (int64_t j = 0; j < G; ++j) acc += Ji[j] * v[j];
+            w[i] = acc;
+            norm += acc * acc;
+        }
+        norm = sqrt(norm);
+        const real d = norm > (real)1e-300 ? norm : (real)1e-300; /* 0 in float, as torch's clamp_min */
+        for (int64_t i = 0; i < G; ++i) v[i] = w[i] / d;
+    }
+    return isfinite(norm) ? norm : (real)0;
+}
 
 typedef struct {
     int64_t status, steps, accepted, rhs;
@@ -159,6 +199,9 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     while (save_ptr < T && t_save[save_ptr] <= t_begin) save_ptr++; /* searchsorted(right), at least 1 */
     real t = t_begin, h, prev_err = 1;
     int rejected_before = 0, last_nonfinite = 0, last_singular = 0;
+    int64_t stiff_count = 0, calm_count = 0;
+    real rho = 0;
+    int have_rho = 0;
     memcpy(y, y0, sizeof(real) * W);
     if (t_begin <= t0) memcpy(out, y, sizeof(real) * W);
     if (tape) { tape->steady_from = T; tape->first_saved = t_begin <= t0; }
@@ -237,6 +280,21 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
         }
         res.steps++;
         res.accepted += accept;
+        if (c->stiff_after > 0 && m->stiffness) { /* as the torch loop's stiff_after */
+            real hl = m->stiffness(m, r, h_try);
+            if (c->use_rho) {
+                if (res.steps % c->check_every == 1 || !have_rho) {
+                    rho = spectral_radius(r, y, m->stiff_work);
+                    have_rho = 1;
+                }
+                real hr = h_try * rho;
+                hl = (hl != hl || hr != hr) ? (real)NAN : (hl > hr ? hl : hr); /* torch.maximum: NaN wins */
+            }
+            int on_edge = accept && hl > STIFF_BOUND, calm = accept && !on_edge;
+            calm_count = on_edge ? 0 : calm_count + calm;
+            stiff_count = on_edge ? stiff_count + 1 : (calm_count >= 6 ? 0 : stiff_count);
+            if (res.status == RUNNING && stiff_count >= c->stiff_after && t < t_end) res.status = STIFF;
+        }
         if (c->steady_tol >= 0 && accept && t < t_end) {
             real fmax = 0, ymax = 0;
             for (int64_t i = 0; i < G; ++i) {

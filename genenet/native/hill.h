@@ -28,7 +28,7 @@
 #endif
 typedef REAL real;
 
-enum { RUNNING = -1, SUCCESS = 0, MAX_STEPS = 1, STEP_UNDERFLOW = 2, NONFINITE = 3, SINGULAR = 4 };
+enum { STIFF = -2, RUNNING = -1, SUCCESS = 0, MAX_STEPS = 1, STEP_UNDERFLOW = 2, NONFINITE = 3, SINGULAR = 4 };
 
 typedef struct {
     int64_t G, K;

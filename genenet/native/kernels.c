@@ -44,6 +44,24 @@ static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, rea
     return 0;
 }
 
+/* Hairer's estimate from the last two stages, both at t + h (Dopri5, Tsit5): h |k_S - k_(S-1)| /
+   |Y_S - Y_(S-1)|, as ExplicitRK.stiffness (the state columns only) */
+static real erk_stiffness(Stepper *m, const Row *r, real h) {
+    ErkWork *w = (ErkWork *)m->ws;
+    const int64_t S = w->S, W = w->W, G = r->G;
+    real diff[16];
+    for (int64_t j = 0; j < S - 1; ++j) diff[j] = w->a[(S - 1) * S + j] - w->a[(S - 2) * S + j];
+    weighted(diff, S - 1, w->ks, W, G, w->tmp);
+    const real *kl = w->ks + (S - 1) * W, *kp = w->ks + (S - 2) * W;
+    real num = 0, den = 0;
+    for (int64_t i = 0; i < G; ++i) {
+        real df = kl[i] - kp[i], dy = h * w->tmp[i];
+        num += df * df;
+        den += dy * dy;
+    }
+    return h * sqrt(num / (den > (real)1e-300 ? den : (real)1e-300));
+}
+
 static void erk_dense(Stepper *m, const real *y, const real *y1, real h, real th, real *dst) {
     (void)y1;
     ErkWork *w = (ErkWork *)m->ws;
@@ -213,11 +231,14 @@ static void run_rows(const Problem *p, const LoopSettings *c, const real *t_star
     const int64_t B = p->B, G = p->G, KG = p->K * G, W = (1 + p->Q) * G, T = c->T;
 #pragma omp parallel num_threads((int)nthreads)
     {
-        real *work = (real *)malloc(sizeof(real) * (size_t)(4 * W + 2 * G + 6 * KG + 2 * G + method_work + 64));
+        const int64_t stiff_work = c->stiff_after > 0 ? G * G + 2 * G : 0;
+        real *work = (real *)malloc(sizeof(real) * (size_t)(4 * W + 2 * G + 6 * KG + 2 * G + method_work +
+                                                             stiff_work + 64));
         real *loop_work = work, *H = loop_work + 4 * W + 2 * G, *tw = H + KG, *mw = tw + 5 * KG + 2 * G;
         int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
         Stepper m = proto;
         make(&m, method, G, W, mw);
+        m.stiff_work = stiff_work ? mw + method_work : NULL;
 #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < B; ++b) {
             Row r = row_of(p, b, H, integer_hill(p->hill + b * KG, KG, nint_w), tw);
@@ -273,8 +294,8 @@ static void make_rodas(Stepper *m, const void *method, int64_t G, int64_t W, rea
         const real *rtol, const real *atol
 #define LOOP_ARGS                                                                                           \
     double first_step, int64_t max_steps, double steady_tol, int64_t window, double safety, double beta,    \
-        double factor_min, double factor_max, real *out, int64_t *status_out, int64_t *counters,            \
-        real *t_last, real *y_last, int64_t nthreads
+        double factor_min, double factor_max, int64_t stiff_after, int64_t check_every, int64_t use_rho,    \
+        real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads
 
 /* tapes: NULL, or B zeroed Tape structs (genenet_tapes_new) that record every row's accepted steps */
 int genenet_erk_hill(PROBLEM_ARGS, int64_t Q, const real *c0d, const real *c1d, const real *itd,
@@ -288,9 +309,10 @@ int genenet_erk_hill(PROBLEM_ARGS, int64_t Q, const real *c0d, const real *c1d, 
     for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
     Problem p = {B, G, K, Q, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  c0d, c1d, itd, hilld, prodd, degd};
+    if (stiff_after > 0 && (S < 3 || check_every < 2 || Q)) return -2;
     LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
-                      factor_max, max_steps};
-    Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL, NULL};
+                      factor_max, max_steps, stiff_after, check_every, use_rho};
+    Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL, NULL, erk_stiffness, NULL};
     const int64_t W = (1 + Q) * G;
     run_rows(&p, &c, t_start, x0, make_erk, &e, (2 * S + 1) * W, proto, out, status_out, counters, t_last, y_last,
              nthreads, tapes);
@@ -306,9 +328,10 @@ int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, c
     for (int64_t i = 0; i < M * S; ++i) d.H[i] = (real)H[i];
     Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  NULL, NULL, NULL, NULL, NULL, NULL};
+    if (stiff_after > 0) return -2; /* stiffness detection is for the explicit methods */
     LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
-                      factor_max, max_steps};
-    Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL, NULL};
+                      factor_max, max_steps, 0, check_every, use_rho};
+    Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL, NULL, NULL, NULL};
     run_rows(&p, &c, t_start, x0, make_rodas, &d, (S + 2 + M) * G + G * G, proto, out, status_out, counters,
              t_last, y_last, nthreads, NULL);
     return 0;

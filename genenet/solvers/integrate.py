@@ -253,9 +253,10 @@ def integrate(
         args = segment(t, args)
     if reset is not None:
         y = reset(t, y, args)
-    if native is not None and stiff_after is None:
+    if native is not None:
         sol = _try_native(native, args, y, t_save, method, rtol, atol, first_step, max_steps, stops,
-                          steady_tol, window, controller, n_primal, t_start)
+                          steady_tol, window, controller, n_primal, t_start,
+                          stiff_after=stiff_after, check_every=check_every, use_rho=jac is not None)
         if sol is not None:
             if progress is not None:
                 progress(float(t_end))
@@ -458,9 +459,12 @@ def _requires_grad(tree: Any) -> bool:
 
 def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method: Any, rtol: Any, atol: Any,
                 first_step: float | None, max_steps: int, stops: Tensor | None, steady_tol: float | None,
-                window: int, controller: PIController, n_primal: int, t_start: Tensor | None) -> Solution | None:
+                window: int, controller: PIController, n_primal: int, t_start: Tensor | None, *,
+                stiff_after: int | None = None, check_every: int = 8, use_rho: bool = False) -> Solution | None:
     """The native kernel's solution when the solve qualifies (see ``integrate``'s ``native``), else None.
-    Columns after ``n_primal`` are tangents: the spec must carry theirs (``spec["tangents"]``)."""
+    Columns after ``n_primal`` are tangents: the spec must carry theirs (``spec["tangents"]``).
+    Stiffness detection (``stiff_after``) runs in the explicit kernel for solves without gradients or
+    tangents, from the first save time (the kernel refreshes ρ on the same attempts as the loop)."""
     from .. import native as native_mod
 
     tab = getattr(method, "tableau", None)
@@ -470,6 +474,9 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
     if stops is not None and bool(((stops > t_save[0]) & (stops < t_save[-1])).any()):
         return None  # switching times: the regime changes inside the run
     grad = torch.is_grad_enabled() and _requires_grad((y0, args, rtol, atol))
+    if stiff_after is not None and (implicit or grad or t_start is not None or check_every < 2
+                                    or not getattr(method, "detects_stiffness", False)):
+        return None
     if grad and (implicit or _requires_grad((rtol, atol))):
         return None  # gradients of the Rosenbrock kernel: the torch loop
     if not native_mod.available(y0.dtype):
@@ -485,10 +492,14 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         kernel = native_mod.integrate_hill_erk_grad
     else:
         kernel = native_mod.integrate_hill_rodas if implicit else native_mod.integrate_hill_erk
+    if stiff_after is not None and "tangents" in spec:
+        return None
+    extra = {} if stiff_after is None else {"stiff_after": stiff_after, "check_every": check_every,
+                                            "use_rho": use_rho}
     y, status, counters, t_last, y_last = kernel(
         spec, y0, t_save, tableau=tab, rtol=torch.as_tensor(rtol, dtype=y0.dtype),
         atol=torch.as_tensor(atol, dtype=y0.dtype), first_step=first_step, max_steps=max_steps,
-        steady_tol=steady_tol, window=window, controller=controller, t_start=t_start)
+        steady_tol=steady_tol, window=window, controller=controller, t_start=t_start, **extra)
     return Solution(y, status, *counters, t_last=t_last, y_last=y_last)
 
 

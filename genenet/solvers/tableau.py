@@ -109,12 +109,18 @@ class ExplicitRK:
         err = None if tab.e is None else hc * _weighted(tab.e, ks)
         return y1, err, ks, (ks[-1] if tab.fsal else None), None
 
+    @property
+    def detects_stiffness(self) -> bool:
+        """Whether :meth:`stiffness` has its two last stages at ``t + h`` (FSAL pairs with an error estimate)."""
+        tab = self.tableau
+        return bool(tab.fsal and tab.e is not None and tab.c[-1] == 1.0 and tab.c[-2] == 1.0)
+
     def stiffness(self, h: Tensor, ks: list[Tensor]) -> Tensor | None:
         """Hairer's stiffness estimate ``h |f(y1) - f(Y)| / |y1 - Y|`` (B,) from the last two stages,
         both at ``t + h`` (DOPRI5, Tsit5); ``None`` for methods without such a pair. Values above
         ~3.25 mean the step sits on the explicit method's stability boundary."""
         tab = self.tableau
-        if not (tab.fsal and tab.e is not None and tab.c[-1] == 1.0 and tab.c[-2] == 1.0):
+        if not self.detects_stiffness:
             return None
         diff = [x - y for x, y in zip(tab.a[-1], tab.a[-2] + (0.0,))]
         dy = h[:, None] * _weighted(diff, ks)
