@@ -8,8 +8,8 @@ run each row's whole step loop in C — the CPU analogue of a per-trajectory GPU
 (DiffEqGPU's ``EnsembleGPUKernel``) — and reproduce the Python loop step for step (same
 initial step, PI control, save window, dense output, steady-state stop, status codes and
 counters), which the tests check. Two step methods share the loop: the FSAL explicit pairs
-(dopri5, tsit5) and the Rosenbrock methods (rodas5, rodas4; analytic Jacobian, LU with
-partial pivoting per step).
+(dopri5, tsit5; with ``method="auto"``'s stiffness detection, so both of its phases run here)
+and the Rosenbrock methods (rodas5, rodas4; analytic Jacobian, LU with partial pivoting per step).
 
 They are compiled at first use with the system C compiler (``$CC``, else ``cc``/``gcc``;
 OpenMP when available) into ``$GENENET_CACHE/native`` (default ``~/.cache/genenet``),
