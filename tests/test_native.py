@@ -436,3 +436,22 @@ def test_stiffness_detection_runs_in_the_explicit_kernel(monkeypatch):
         np.testing.assert_allclose(fast.y_last.numpy(), ref.y_last.numpy(), rtol=1e-9, atol=1e-9)
     stiff_model, mild_model = (r.status.numpy() == int(Status.STIFF) for r in results[True])
     assert stiff_model.any() and not mild_model.any()
+
+
+def test_native_tape_stops_with_a_memory_error_before_memory_runs_out(monkeypatch):
+    """The tapes of a differentiable solve may take at most 90% of the memory available when it starts;
+    past that the solve raises MemoryError naming the ways out (here the 'available' memory is made
+    small); the next solve, with the real budget, works."""
+    monkeypatch.setenv("GENENET_NATIVE", "1")
+    net = gn.Network.random(12, regulators=2, seed=5)
+    model = gn.Hill.random(net, n=1, seed=5)
+    t = np.linspace(0, 30, 7)
+    native.release_memory()  # no pooled blocks: every block is a fresh allocation
+    monkeypatch.setattr(native, "available_memory", lambda device: 200_000)  # 0.2 MB
+    with pytest.raises(MemoryError, match="gradient_adjoint"):
+        gn.simulate(model, t, x0=1.0, perturbations=gn.knockout_screen(net, order=1)).y.sum().backward()
+    monkeypatch.undo()
+    monkeypatch.setenv("GENENET_NATIVE", "1")
+    model.zero_grad()
+    gn.simulate(model, t, x0=1.0, perturbations=gn.knockout_screen(net, order=1)).y.sum().backward()
+    assert float(model.raw["production"].grad.abs().max()) > 0

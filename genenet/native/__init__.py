@@ -51,6 +51,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..solvers.memory import available_memory
+
 __all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "integrate_hill_erk",
            "integrate_hill_rodas", "integrate_hill_erk_grad"]
 
@@ -357,11 +359,19 @@ class _ErkHill(torch.autograd.Function):
         lib = _lib(x0.dtype)
         B, G = x0.shape
         tapes = _Tapes(lib, B, static["tableau"].stages, G)
+        # the tapes may take up to 90% of the memory available now (as GraphMemoryGuard for the torch loop)
+        avail = available_memory(torch.device("cpu"))
+        lib.genenet_tape_budget(_i64(-1 if avail is None else int(0.9 * avail)))
         outs = integrate_hill_erk(spec, x0, static["t_save"], tape=tapes.handle, **static["kw"])
         lost = int(lib.genenet_tapes_oom(ctypes.c_void_p(tapes.handle), _i64(B)))
         if lost:
-            raise MemoryError(f"the step tapes of {lost} rows could not grow (out of memory); use fewer rows per "
-                              "call or a shorter span")
+            raise MemoryError(
+                f"this solve records a tape of its steps for gradients (an input requires grad; {B} rows of {G} "
+                f"genes, {static['tableau'].stages} stage states per step) and {lost} rows ran out of the memory "
+                f"available when it started ({(avail or 0) / 2**30:.1f} GiB). When no gradient is needed, run it "
+                "under torch.no_grad(); for gradients of long solves use the adjoint method "
+                "(FitProblem.gradient_adjoint, memory independent of the number of steps), fewer rows per call, "
+                "or a shorter span.")
         ctx.tapes, ctx.static, ctx.spec = tapes, static, spec
         y, status, counters, t_last, y_last = outs
         ctx.mark_non_differentiable(status, counters, t_last)

@@ -42,6 +42,10 @@ static TapeBlock *tape_pool;      /* free blocks, chained by prev */
 static size_t tape_pool_size;     /* their size in bytes */
 static int64_t tape_pool_count;
 static int64_t tape_bytes_used, tape_bytes_peak; /* in blocks handed out; the peak since the last reset */
+/* fresh allocations (not from the pool) since genenet_tape_budget, and their cap: a differentiable
+   solve that would take more than the memory available at its start stops with `oom` (MemoryError)
+   instead of meeting the operating system's out-of-memory kill */
+static int64_t tape_fresh_bytes, tape_fresh_limit = INT64_MAX;
 
 static size_t tape_block_bytes(int64_t S, int64_t G) {
     return sizeof(TapeBlock) + sizeof(real) * (size_t)(TAPE_BLOCK * (TAPE_HEAD + S * G));
@@ -55,13 +59,22 @@ static TapeBlock *tape_block_get(size_t bytes) {
         tape_pool = b->prev;
         tape_pool_count--;
     }
-    tape_bytes_used += (int64_t)bytes;
-    if (tape_bytes_used > tape_bytes_peak) tape_bytes_peak = tape_bytes_used;
+    int over = 0;
+    if (!b) {
+        over = tape_fresh_bytes + (int64_t)bytes > tape_fresh_limit;
+        if (!over) tape_fresh_bytes += (int64_t)bytes;
+    }
+    if (!over) {
+        tape_bytes_used += (int64_t)bytes;
+        if (tape_bytes_used > tape_bytes_peak) tape_bytes_peak = tape_bytes_used;
+    }
     pthread_mutex_unlock(&tape_pool_lock);
+    if (over) return NULL;
     if (!b) b = (TapeBlock *)malloc(bytes);
     if (!b) { /* not handed out after all */
         pthread_mutex_lock(&tape_pool_lock);
         tape_bytes_used -= (int64_t)bytes;
+        tape_fresh_bytes -= (int64_t)bytes;
         pthread_mutex_unlock(&tape_pool_lock);
     }
     return b;

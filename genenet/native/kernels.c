@@ -364,6 +364,14 @@ void genenet_tapes_free(Tape *tp, int64_t B) {
     free(tp);
 }
 
+/* Cap the fresh tape memory of the solves that follow at `limit` bytes (< 0: no cap) */
+void genenet_tape_budget(int64_t limit) {
+    pthread_mutex_lock(&tape_pool_lock);
+    tape_fresh_bytes = 0;
+    tape_fresh_limit = limit < 0 ? INT64_MAX : limit;
+    pthread_mutex_unlock(&tape_pool_lock);
+}
+
 /* Bytes of tape blocks in use now and at most since the last reset (reset: peak = now) */
 void genenet_tape_bytes(int64_t *now, int64_t *peak, int reset) {
     pthread_mutex_lock(&tape_pool_lock);
