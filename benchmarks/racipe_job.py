@@ -1,10 +1,11 @@
 """RACIPE job: P random parameter sets x I random initial states, each taken to steady state.
 
 genenet: ``gn.find_steady_states(gn.Hill.random(net, n=P, seed=0), n_initial=I)`` — the whole job:
-every start integrated until steady (dopri5, rtol 1e-6, atol 1e-9, stop when
-max|dx/dt| <= 1e-8 (1 + max|x|), t <= 1000), polished by Newton (tol 1e-9), Newton from every
+every start integrated until steady (dopri5 at GRiNS's tolerances rtol 1e-5, atol 1e-6, stop when
+max|dx/dt| <= 1e-5 (1 + max|x|), t <= 1000), polished by Newton (tol 1e-9), Newton from every
 start as well (to find unstable states), clustering of the distinct states and their
-stability; float64 on the CPU.
+stability; float64 on the CPU. Also timed with find_steady_states' own stricter defaults (rtol
+1e-6, atol 1e-9, stop at 1e-8 (1 + max|x|)), and the found stable states compared.
 
 GRiNS (RACIPE in JAX/diffrax, ``grins.racipe_run.topo_simulate``, run with ``--grins-python``
 in its own Python >= 3.12 with ``JAX_PLATFORMS=cpu``): Tsit5, rtol 1e-5, atol 1e-6, t <= 200,
@@ -57,11 +58,16 @@ def toggle() -> gn.Network:
     return gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-")])
 
 
-def run_genenet(P: int, I: int) -> dict:
+# GRiNS's integration tolerances; its stop rms(f) < 1e-6 + 1e-5 rms(x) ~ genenet's max|f| <= 1e-5 (1 + max|x|)
+MATCHED = {"rtol": 1e-5, "atol": 1e-6, "steady_tol": 1e-5}
+
+
+def run_genenet(P: int, I: int, tolerances: dict | None = None) -> dict:
+    kw = tolerances or {}
     model = gn.Hill.random(toggle(), n=P, seed=0)
-    gn.find_steady_states(model, n_initial=I, seed=0)  # warm-up (and the native kernel's first build)
+    gn.find_steady_states(model, n_initial=I, seed=0, **kw)  # warm-up (and the native kernel's first build)
     t0 = time.perf_counter()
-    res = gn.find_steady_states(model, n_initial=I, seed=0)
+    res = gn.find_steady_states(model, n_initial=I, seed=0, **kw)
     sec = time.perf_counter() - t0
     counts = res.groups["n_stable"].value_counts().sort_index()
     return {"seconds": sec, "stable_counts": {int(k): int(v) for k, v in counts.items()}}
@@ -84,8 +90,9 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         P, I = (int(v) for v in size.split("x"))
-        entry = {"P": P, "I": I, "genenet": run_genenet(P, I)}
-        print(f"P={P} I={I} genenet {entry['genenet']['seconds']:.2f} s", flush=True)
+        entry = {"P": P, "I": I, "genenet": run_genenet(P, I, MATCHED), "genenet default": run_genenet(P, I)}
+        print(f"P={P} I={I} genenet {entry['genenet']['seconds']:.2f} s (default tolerances "
+              f"{entry['genenet default']['seconds']:.2f} s)", flush=True)
         if args.grins_python:
             try:
                 entry["grins"] = run_grins(args.grins_python, P, I)
@@ -97,18 +104,23 @@ def main() -> None:
     out = HERE / "results" / f"racipe_cpu_{today}.md"
     lines = [f"# RACIPE job (toggle switch), {today}", "",
              f"- machine: {machine(torch.device('cpu'))}", f"- versions: {json.dumps(versions())}",
-             "- genenet: the whole find_steady_states job (integrate to steady + Newton + stability + clustering), "
-             "float64, criterion max|f| <= 1e-8 (1 + max|x|), dopri5 rtol 1e-6 atol 1e-9",
+             "- genenet: the whole find_steady_states job (integrate to steady + Newton polish to max|f| <= 1e-9 "
+             "(1 + max|x|) + Newton from every start + stability + clustering), float64, dopri5 at GRiNS's "
+             "tolerances rtol 1e-5 atol 1e-6, integration stopped at max|f| <= 1e-5 (1 + max|x|); 'default': "
+             "find_steady_states' own rtol 1e-6, atol 1e-9, stop at 1e-8 (1 + max|x|)",
+             "- 'same states': the stable-state counts per parameter set agree between the two genenet runs",
              "- GRiNS: topo_simulate (Tsit5 rtol 1e-5 atol 1e-6, steady_state_event rms(f) < 1e-6 + 1e-5 rms(x), "
              "t <= 200, float32), integration only",
              "- command: `python benchmarks/racipe_job.py --sizes " + " ".join(args.sizes)
              + (" --grins-python PY" if args.grins_python else "") + "`", "",
-             "| P x I | simulations | genenet s | GRiNS s | GRiNS / genenet |", "|---|---|---|---|---|"]
+             "| P x I | simulations | genenet s | genenet s (default tolerances) | same states | GRiNS s "
+             "| GRiNS / genenet |", "|---|---|---|---|---|---|---|"]
     for e in rows:
-        g = e["genenet"]["seconds"]
+        g, gd = e["genenet"]["seconds"], e["genenet default"]["seconds"]
+        same = "yes" if e["genenet"]["stable_counts"] == e["genenet default"]["stable_counts"] else "no"
         r = e.get("grins", {}).get("seconds")
-        lines.append(f"| {e['P']} x {e['I']} | {e['P'] * e['I']} | {g:.2f} | {r:.2f} | {r / g:.2f}x |" if r
-                     else f"| {e['P']} x {e['I']} | {e['P'] * e['I']} | {g:.2f} | - | - |")
+        head = f"| {e['P']} x {e['I']} | {e['P'] * e['I']} | {g:.2f} | {gd:.2f} | {same} |"
+        lines.append(f"{head} {r:.2f} | {r / g:.2f}x |" if r else f"{head} - | - |")
     write_results(out, lines)
 
 

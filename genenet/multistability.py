@@ -118,6 +118,9 @@ def find_steady_states(
     cluster_rtol: float = 1e-4,
     t_max: float = 1e3,
     max_steps: int = 5000,
+    rtol: float = 1e-6,
+    atol: float = 1e-9,
+    steady_tol: float = 1e-8,
     device: str | torch.device = "auto",
     dtype: Any = None,
 ) -> SteadyStates:
@@ -132,11 +135,16 @@ def find_steady_states(
     tol : Newton convergence, ``max|f| <= tol (1 + max|x|)``.
     cluster_rtol : relative tolerance under which two states are the same.
     t_max, max_steps : integration horizon and step limit per start.
+    rtol, atol, steady_tol : the integration's tolerances and its early stop, ``max|dx/dt| <= steady_tol
+        (1 + max|x|)``; the states are then polished by Newton to ``tol`` whatever these are, so looser
+        values (e.g. GRiNS's rtol 1e-5, atol 1e-6) trade only integration time for Newton iterations.
 
     **Returns** :class:`SteadyStates` (``.states``, ``.groups``, ``.multistability()``).
     """
     check_positive(n_initial, "n_initial", integer=True)
     check_positive(cluster_rtol, "cluster_rtol")
+    for name, v in (("rtol", rtol), ("atol", atol), ("steady_tol", steady_tol)):
+        check_positive(v, name)
     if not hasattr(model, "max_levels"):
         raise TypeError(f"{type(model).__name__} has no max_levels(p, mult, add); find_steady_states samples "
                         "initial states in [1e-3 M, M] per gene and needs the model's maximal levels M")
@@ -163,8 +171,8 @@ def find_steady_states(
         args_n = tree_index(args, rows_n)
         x_start = term.reset(torch.zeros(R * n, dtype=dtp, device=dev), starts.reshape(R * n, G), args_n)
         t = torch.tensor([0.0, float(t_max)], dtype=dtp, device=dev)
-        sol = integrate(term.vf, x_start, t, method=get_method("dopri5"), args=args_n, rtol=1e-6, atol=1e-9,
-                        max_steps=max_steps, steady_tol=1e-8, native=term.native_spec)
+        sol = integrate(term.vf, x_start, t, method=get_method("dopri5"), args=args_n, rtol=rtol, atol=atol,
+                        max_steps=max_steps, steady_tol=steady_tol, native=term.native_spec)
         end = sol.y[:, -1]
         reached = torch.isfinite(end).all(dim=-1)
         end = torch.where(reached[:, None], end, x_start)
