@@ -9,7 +9,9 @@ extra checkpoints between them so that backward integration of fast-decaying mod
 stable: ``ρ Δt <= 2`` with ρ the largest Jacobian eigenvalue magnitude at the data times),
 ``a(t_i⁻) = a(t_i⁺) + ∂L/∂x(t_i)`` (the data's pull at each measurement time),
 and ``g = 0`` at the final time. At the initial time ``a = ∂L/∂x0`` and ``g = ∂L/∂p``.
-The vector-Jacobian products come from autograd on one RHS evaluation; nothing is
+The vector-Jacobian products come from autograd on one RHS evaluation (for the Hill
+model on the CPU from one C call, :func:`genenet.native.hill_vjp`, with the parameter
+quadrature kept in the kernel's spec arrays and chained to θ once at the end); nothing is
 recorded across steps. This is the continuous adjoint: it converges to the exact
 gradient as the tolerance tightens (the discrete gradient of backpropagation is exact
 for the computed solution; both are checked against finite differences).
@@ -59,6 +61,9 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
         args = term.segment(torch.full((B,), float(prob.times[0]), dtype=prob.dtype, device=prob.device), args0)
         p_used = args["p"]
         names = list(p_used)
+        # the Hill model on the CPU: the augmented system's VJPs in C, its parameter quadrature in the
+        # spec arrays' space (chained to θ once at the end) -- no autograd per RHS evaluation
+        spec = _native_spec(term, args, prob)
 
     # forward pass: states at the data times only (no graph)
     t_save = torch.as_tensor(prob.times, dtype=prob.dtype, device=prob.device)
@@ -100,6 +105,28 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
     dL_dx = dL_dy.permute(1, 0, 2, 3).reshape(B, T, G)
 
     sizes = [p_used[k].shape[1] for k in names]
+    if spec is not None:
+        from .. import native
+
+        keys = native.TANGENT_KEYS
+        spec_rows = {k: spec[k].detach().expand(B, -1).contiguous() for k in keys}
+        for k in ("mult", "add", "clamp"):
+            if spec.get(k) is not None:
+                spec_rows[k] = spec[k].detach().expand(B, -1).contiguous()
+        static_spec = {"K": spec["K"], "slot_source": spec["slot_source"]}
+        args = dict(args, _spec_rows=spec_rows)  # indexed by row with the rest when rows finish
+        sizes = [spec_rows[k].shape[1] for k in keys]
+
+        cache: list = []  # (the rows' c0 tensor, spec, kernel arrays): rebuilt when rows leave the batch
+
+        def aug_native(s: Tensor, z: Tensor, a_args: dict) -> Tensor:
+            rows = a_args["_spec_rows"]
+            if not cache or cache[0] is not rows["c0"]:  # holding the tensor: its identity stays unique
+                full = {**static_spec, **rows}
+                cache[:] = [rows["c0"], full, native.vjp_arrays(full, z.shape[0], z.dtype)]
+            _, full, model = cache
+            f, xbar, bars = native.hill_vjp(full, z[:, :G], z[:, G: 2 * G], model=model)
+            return torch.cat([-f, xbar, *(bars[k] for k in keys)], dim=1)
 
     def aug(s: Tensor, z: Tensor, a_args: dict) -> Tensor:
         x, a = z[:, :G], z[:, G: 2 * G]
@@ -162,8 +189,8 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
                 a = a + dL_dx[:, data_at[i]]
             z0 = torch.cat([xs_fine[:, i], a, g], dim=1)
             span = torch.stack([-t_fine[i], -t_fine[i - 1]])
-            sol = integrate(aug, z0, span, method=method, args=args, rtol=rtol, atol=atol, max_steps=40_000,
-                            jac=aug_jacobian if implicit else None)
+            sol = integrate(aug if spec is None else aug_native, z0, span, method=method, args=args, rtol=rtol,
+                            atol=atol, max_steps=40_000, jac=aug_jacobian if implicit else None)
             z = sol.y[:, -1]
             a, g = z[:, G: 2 * G], z[:, 2 * G:]
         a = a + dL_dx[:, 0]
@@ -171,8 +198,9 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
     # chain to θ: through the prepared parameters (p_used), the clamps of x0, and unpack
     g_parts = torch.split(g, sizes, dim=1)
     with torch.enable_grad():
-        leaf_grads = torch.autograd.grad([p_used[k] for k in names], list(leaves.values()), grad_outputs=list(g_parts),
-                                         allow_unused=True)
+        outs = ([p_used[k] for k in names] if spec is None
+                else [spec[k].expand(B, -1) for k in native.TANGENT_KEYS])
+        leaf_grads = torch.autograd.grad(outs, list(leaves.values()), grad_outputs=list(g_parts), allow_unused=True)
         # knocked-out / clamped genes start at fixed values: no dependence on x0 there
         outputs, grads_out = [x0_rows], [a * _x0_free_mask(batch, prob)]
         for name, lg in zip(leaves, leaf_grads):
@@ -186,6 +214,22 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
     if dL_dth_direct is not None:
         total = total + dL_dth_direct
     return L.detach(), total.detach()
+
+
+def _native_spec(term, args: dict, prob) -> dict | None:
+    """The native spec of ``args`` (its arrays keep their graph to the parameters) when the augmented
+    system can run its VJPs in C: the Hill model, an explicit method, the CPU; else None."""
+    from .. import native
+
+    if prob.device.type != "cpu" or getattr(get_method(prob.method), "implicit", False):
+        return None
+    if not native.available(prob.dtype):
+        return None
+    with torch.enable_grad():
+        spec = term.native_spec(args)
+    if spec is None or any(not torch.is_tensor(spec.get(k)) for k in native.TANGENT_KEYS):
+        return None
+    return spec
 
 
 def _x0_free_mask(batch, prob) -> Tensor:

@@ -53,7 +53,7 @@ from torch.autograd.function import once_differentiable
 
 from ..solvers.memory import available_memory
 
-__all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "integrate_hill_erk",
+__all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "hill_vjp", "integrate_hill_erk",
            "integrate_hill_rodas", "integrate_hill_erk_grad"]
 
 _DIR = Path(__file__).parent
@@ -313,6 +313,38 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
     if rc != 0:
         raise RuntimeError(f"native kernel rejected the tableau ({S} stages, {M} dense rows)")
     return tuple(o.to(x0.device) for o in outs)
+
+
+def hill_vjp(spec: dict, x: Tensor, a: Tensor, model: dict | None = None
+             ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The Hill right-hand side under the spec's condition effects at ``x`` (B, G) and its vector-Jacobian
+    products with ``a`` (B, G): ``f``, ``aᵀ ∂f/∂x`` (B, G) and ``aᵀ ∂f/∂spec[k]`` per row for the
+    parameter arrays :data:`_MODEL_KEYS` ((B, K G) or (B, G)), in one C call (no graph). For the
+    continuous adjoint's augmented system (:mod:`genenet.fit.adjoint`), which calls it once per RHS
+    evaluation: ``model`` (``vjp_arrays(spec, B, dtype)``) skips rebuilding the kernel's arrays."""
+    dtype = x.dtype
+    lib = _lib(dtype)
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    B, G = x.shape
+    model = model if model is not None else _model_arrays(spec, B, dtype)
+    on_cpu = x.device.type == "cpu"
+    xc = x.detach().contiguous() if on_cpu else x.detach().to("cpu").contiguous()
+    ac = a.detach().to(dtype).contiguous() if on_cpu else a.detach().to("cpu", dtype).contiguous()
+    f, xbar = torch.empty(B, G, dtype=dtype), torch.empty(B, G, dtype=dtype)
+    bars = {k: torch.empty_like(model[k]) for k in _MODEL_KEYS}
+    lib.genenet_hill_vjp(_i64(B), _i64(G), _i64(int(spec["K"])), *(_ptr(v) for v in model.values()), _ptr(xc),
+                         _ptr(ac), _ptr(f), _ptr(xbar), *(_ptr(bars[k]) for k in _MODEL_KEYS),
+                         _i64(torch.get_num_threads()))
+    if on_cpu:
+        return f, xbar, bars
+    dev = x.device
+    return f.to(dev), xbar.to(dev), {k: v.to(dev) for k, v in bars.items()}
+
+
+def vjp_arrays(spec: dict, B: int, dtype: torch.dtype) -> dict:
+    """The kernel's arrays of ``spec`` for ``B`` rows, to pass to :func:`hill_vjp` again and again."""
+    return _model_arrays(spec, B, dtype)
 
 
 def release_memory() -> None:
