@@ -62,16 +62,21 @@ static real erk_stiffness(Stepper *m, const Row *r, real h) {
     return h * sqrt(num / (den > (real)1e-300 ? den : (real)1e-300));
 }
 
+/* b_j(th) = sum_d P[j, d] th^(d + 1): the dense output's stage weights (the forward's and the adjoint's) */
+static void dense_weights(const real *P, int64_t S, int64_t D, real th, real *b) {
+    for (int64_t j = 0; j < S; ++j) {
+        real acc = 0, pw = th;
+        for (int64_t d = 0; d < D; ++d) { acc += P[j * D + d] * pw; pw *= th; }
+        b[j] = acc;
+    }
+}
+
 static void erk_dense(Stepper *m, const real *y, const real *y1, real h, real th, real *dst) {
     (void)y1;
     ErkWork *w = (ErkWork *)m->ws;
-    const int64_t S = w->S, D = w->D, W = w->W;
+    const int64_t S = w->S, W = w->W;
     real b[16];
-    for (int64_t j = 0; j < S; ++j) {
-        real acc = 0, pw = th;
-        for (int64_t d = 0; d < D; ++d) { acc += w->P[j * D + d] * pw; pw *= th; }
-        b[j] = acc;
-    }
+    dense_weights(w->P, S, w->D, th, b);
     for (int64_t i = 0; i < W; ++i) {
         real acc = 0;
         for (int64_t j = 0; j < S; ++j) acc += b[j] * w->ks[j * W + i];
@@ -505,6 +510,12 @@ __attribute__((noinline)) static void hill_vjp_apply(
     for (int64_t s = 0; s < K * G; ++s) Ybar[src[s]] += dxs[s];
 }
 
+/* The sweeps add up m = zbar z^n per slot into mb; the threshold's cotangent is m d(z^n)/d it / z^n
+   = m n / it, scaled here once (0 where it = 0: no regulation) */
+static void threshold_cotangent(int64_t KG, const real *it, const real *n, real *mb) {
+    for (int64_t s = 0; s < KG; ++s) mb[s] = (mb[s] != 0 && it[s] != 0) ? mb[s] * n[s] / it[s] : (real)0;
+}
+
 /* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
    the initial state; ylast_bar (G): of the final state. Work: ADJOINT_WORK(S, G, K G) reals. */
 #define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + 2 * (KG) + 10 * (S) * (KG) + 2 * (S) * (G) + 64)
@@ -543,11 +554,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
             }
             real hd = h > 0 ? h : (real)1, th = (t_save[si_hi] - t) / hd;
             th = th < 0 ? 0 : (th > 1 ? 1 : th);
-            for (int64_t j = 0; j < S; ++j) {
-                real acc = 0, pw = th;
-                for (int64_t d = 0; d < D; ++d) { acc += e->P[j * D + d] * pw; pw *= th; }
-                wd[j] = acc;
-            }
+            dense_weights(e->P, S, D, th, wd);
             for (int64_t i = 0; i < G; ++i) yb[i] += ob[i]; /* y + h sum_j w_j k_j */
             for (int64_t j = 0; j < S; ++j) {
                 if (wd[j] == 0) continue;
@@ -582,10 +589,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         }
     }
     for (int64_t i = 0; i < G; ++i) x0b[i] = yb[i] + (tp->first_saved ? ybar[i] : (real)0);
-    for (int64_t s = 0; itb && s < KG; ++s) { /* itb held sum m; d(z^n)/d it = n z^n / it */
-        real it = r->inv_thr[s];
-        itb[s] = (itb[s] != 0 && it != 0) ? itb[s] * r->hill[s] / it : (real)0;
-    }
+    if (itb) threshold_cotangent(KG, r->inv_thr, r->hill, itb);
 }
 
 int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save,
@@ -655,10 +659,7 @@ int genenet_hill_vjp(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, c
                              wzn, wl, dxw, P0);
             hill_vjp_apply(G, K, slot_src, xb, a + b * G, r.prod, r.deg, r.mult, r.clamp, Ex, sg, wzn, wl, dxw, P0,
                            xo, c0o, c1o, mo, no, go, ko, ug, dxs);
-            for (int64_t s = 0; s < KG; ++s) { /* mo held m; d(z^n)/d it = n z^n / it */
-                real it = r.inv_thr[s];
-                mo[s] = (mo[s] != 0 && it != 0) ? mo[s] * r.hill[s] / it : (real)0;
-            }
+            threshold_cotangent(KG, r.inv_thr, r.hill, mo);
         }
         free(work);
         free(nint_w);

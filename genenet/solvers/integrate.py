@@ -204,7 +204,8 @@ def integrate(
         qualifies (CPU, an adaptive FSAL explicit or Rosenbrock method, PI control, no switching
         times; with ``n_primal``, an explicit method and a spec that carries the tangents; when a
         gradient is being recorded, an explicit method, differentiated by the kernel's discrete
-        adjoint), every row runs in the native whole-trajectory kernel (:mod:`genenet.native`)
+        adjoint; with ``stiff_after``, an explicit method, no gradient, no tangents, ``check_every``
+        >= 2), every row runs in the native whole-trajectory kernel (:mod:`genenet.native`)
         instead of this loop, with the same steps and results to rounding.
 
     Returns
