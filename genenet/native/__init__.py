@@ -91,7 +91,10 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc)")
     src = b"".join(f.read_bytes() for f in sorted([*_DIR.glob("*.c"), *_DIR.glob("*.h")]))
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-math-errno", f"-DREAL={_REAL[dtype]}"]
+    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-math-errno", f"-DREAL={_REAL[dtype]}",
+             # hot loops at fixed alignment: without it a change anywhere in the file moved the
+             # forward's time by 10-20% (identical code, measured in one process)
+             "-falign-functions=64", "-falign-loops=64"]
     # -march=native: the library is built for this CPU, so the CPU is part of its name
     key = hashlib.sha256(src + " ".join([cc, *flags, sys.platform, _cpu_id()]).encode()).hexdigest()[:16]
     lib_path = _cache_dir() / f"genenet_kernels_{_REAL[dtype]}_{key}.so"

@@ -476,14 +476,14 @@ __attribute__((noinline)) static void hill_vjp_prepare(
 }
 
 /* one stage's VJP from its prepared arrays (one stage's slice of each); work ug (G), dxs (K G).
-   c0b NULL: no cotangents for the slot parameters (c0b, c1b, mb, nb untouched) */
+   hbo (K G): the cotangent of each slot's H, for slot_cotangents; NULL: no slot parameter wants
+   its cotangent */
 __attribute__((noinline)) static void hill_vjp_apply(
     int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y, const real *restrict v,
     const real *restrict prod, const real *restrict deg, const real *restrict mult, const uint8_t *restrict clamp,
     const real *restrict Ex, const real *restrict sg, const real *restrict wzn, const real *restrict wl,
-    const real *restrict dxw, const real *restrict P0, real *restrict Ybar, real *restrict c0b,
-    real *restrict c1b, real *restrict mb, real *restrict nb, real *restrict gb, real *restrict kb,
-    real *restrict ug, real *restrict dxs) {
+    const real *restrict dxw, const real *restrict P0, real *restrict Ybar, real *restrict hbo,
+    real *restrict gb, real *restrict kb, real *restrict ug, real *restrict dxs) {
     for (int64_t i = 0; i < G; ++i) {
         real vi = (clamp && clamp[i]) ? (real)0 : v[i];
         real u = mult ? vi * mult[i] : vi;
@@ -492,15 +492,12 @@ __attribute__((noinline)) static void hill_vjp_apply(
         gb[i] += u * P0[i];
         ug[i] = u * prod[i];
     }
-    if (c0b) {
+    if (hbo) {
         for (int64_t k = 0; k < K; ++k)
             for (int64_t i = 0; i < G; ++i) {
                 const int64_t s = k * G + i;
                 real hb = ug[i] * Ex[s];
-                c0b[s] += hb;
-                c1b[s] += hb * sg[s];
-                mb[s] += hb * wzn[s];
-                nb[s] += hb * wl[s];
+                hbo[s] = hb;
                 dxs[s] = hb * dxw[s];
             }
     } else { /* no slot parameter asks for its gradient: the state's cotangent alone */
@@ -508,6 +505,36 @@ __attribute__((noinline)) static void hill_vjp_apply(
             for (int64_t i = 0; i < G; ++i) dxs[k * G + i] = ug[i] * Ex[k * G + i] * dxw[k * G + i];
     }
     for (int64_t s = 0; s < K * G; ++s) Ybar[src[s]] += dxs[s];
+}
+
+/* The slot parameters' cotangents from the NS stages' H cotangents hb (NS, K G), once per step
+   rather than in each stage's apply: c0b += hb, c1b += hb s, mb += hb wzn, nb += hb wl, two stages
+   per pass (half the read-modify-writes of the outputs; GCC vectorizes no loop over all stages) */
+__attribute__((noinline)) static void slot_cotangents(int64_t NS, int64_t KG, const real *restrict hb,
+                                                      const real *restrict sg, const real *restrict wzn,
+                                                      const real *restrict wl, real *restrict c0b, real *restrict c1b,
+                                                      real *restrict mb, real *restrict nb) {
+    int64_t st = 0;
+    for (; st + 1 < NS; st += 2) {
+        const int64_t o = st * KG, p = o + KG;
+        for (int64_t s = 0; s < KG; ++s) {
+            real h0 = hb[o + s], h1 = hb[p + s];
+            c0b[s] += h0 + h1;
+            c1b[s] += h0 * sg[o + s] + h1 * sg[p + s];
+            mb[s] += h0 * wzn[o + s] + h1 * wzn[p + s];
+            nb[s] += h0 * wl[o + s] + h1 * wl[p + s];
+        }
+    }
+    if (st < NS) {
+        const int64_t o = st * KG;
+        for (int64_t s = 0; s < KG; ++s) {
+            real h = hb[o + s];
+            c0b[s] += h;
+            c1b[s] += h * sg[o + s];
+            mb[s] += h * wzn[o + s];
+            nb[s] += h * wl[o + s];
+        }
+    }
 }
 
 /* The sweeps add up m = zbar z^n per slot into mb; the threshold's cotangent is m d(z^n)/d it / z^n
@@ -542,6 +569,12 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
     for (int64_t q = blk->n - 1; q >= 0; --q) {
         const real *stp = blk->data + q * rec, *Y = stp + TAPE_HEAD;
         const real t = stp[0], t1 = stp[1], h = stp[2];
+        { /* the sweep reads the tape backward, which hardware prefetchers follow poorly: fetch the
+             next (older) record while this one is worked on */
+            const real *nxt = q > 0 ? stp - rec : (blk->prev ? blk->prev->data + (blk->prev->n - 1) * rec : NULL);
+            if (nxt)
+                for (int64_t o = 0; o < rec; o += (int64_t)(64 / sizeof(real))) __builtin_prefetch(nxt + o, 0, 3);
+        }
         memcpy(yb1, yb, sizeof(real) * (size_t)G); /* cotangent of y1, the state after the step */
         memset(yb, 0, sizeof(real) * (size_t)G);
         memset(kbar, 0, sizeof(real) * (size_t)(S * G));
@@ -575,10 +608,13 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
             real *ks = kbar + s * G;
             int any = 0;
             for (int64_t i = 0; i < G; ++i) any |= ks[i] != 0;
+            /* H (prepare's work) holds each stage's H cotangents from here on */
             if (any) {
                 const int64_t o = s * KG;
                 hill_vjp_apply(G, r->K, r->slot_src, Y + s * G, ks, r->prod, r->deg, r->mult, r->clamp, Ex + o,
-                               sg + o, wzn + o, wl + o, dxw + o, P0 + s * G, Yb, c0b, c1b, itb, nb, gb, kb, ug, dxs);
+                               sg + o, wzn + o, wl + o, dxw + o, P0 + s * G, Yb, c0b ? H + o : NULL, gb, kb, ug, dxs);
+            } else if (c0b && s < NS) {
+                memset(H + s * KG, 0, sizeof(real) * (size_t)KG);
             }
             for (int64_t i = 0; i < G; ++i) yb[i] += Yb[i];
             for (int64_t l = 0; l < s; ++l) {
@@ -587,6 +623,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
                 for (int64_t i = 0; i < G; ++i) kbar[l * G + i] += q * Yb[i];
             }
         }
+        if (c0b) slot_cotangents(NS, KG, H, sg, wzn, wl, c0b, c1b, itb, nb);
     }
     for (int64_t i = 0; i < G; ++i) x0b[i] = yb[i] + (tp->first_saved ? ybar[i] : (real)0);
     if (itb) threshold_cotangent(KG, r->inv_thr, r->hill, itb);
@@ -658,7 +695,8 @@ int genenet_hill_vjp(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, c
             hill_vjp_prepare(1, G, K, slot_src, xb, r.c0, r.c1, r.inv_thr, r.hill, r.nint, 1, z, lz, zn, Hs, Ex, sg,
                              wzn, wl, dxw, P0);
             hill_vjp_apply(G, K, slot_src, xb, a + b * G, r.prod, r.deg, r.mult, r.clamp, Ex, sg, wzn, wl, dxw, P0,
-                           xo, c0o, c1o, mo, no, go, ko, ug, dxs);
+                           xo, Hs, go, ko, ug, dxs);
+            slot_cotangents(1, KG, Hs, sg, wzn, wl, c0o, c1o, mo, no);
             threshold_cotangent(KG, r.inv_thr, r.hill, mo);
         }
         free(work);
