@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from . import native
 from .batch import Batch, build_batch
 from .models.base import Model
 from .solvers import get_method, integrate
@@ -167,6 +168,18 @@ def _line_search(term: Any, t: Tensor, x: Tensor, F: Tensor, dx: Tensor, args: d
     return x_new, F_new
 
 
+def _native_roots(term: Any, x: Tensor, args: dict, mode: str, **kw: Any) -> tuple[Tensor, Tensor, Tensor] | None:
+    """The iteration in C (:func:`genenet.native.roots_hill`) when the term has a native spec (the
+    Hill model under condition effects) and ``x`` is a CPU tensor without a graph; else None."""
+    if x.device.type != "cpu" or x.requires_grad or native.reason(x.dtype) is not None:
+        return None
+    spec_fn = getattr(term, "native_spec", None)
+    spec = spec_fn(args) if spec_fn is not None else None
+    if spec is None or "tangents" in spec:
+        return None
+    return native.roots_hill(spec, x, mode=mode, **kw)
+
+
 def newton(term: Any, x: Tensor, args: dict, *, tol: float, max_iter: int = 50,
            active: Tensor | None = None, give_up: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Batched damped Newton with a backtracking line search (module doc).
@@ -179,7 +192,12 @@ def newton(term: Any, x: Tensor, args: dict, *, tol: float, max_iter: int = 50,
     before other starts.
     Returns ``(x, converged (B,), iterations (B,))``. Rows not ``active`` are left alone.
     States are kept non-negative (expression levels).
+    On the CPU the Hill model's iterations run in C, one row per task (the same iteration;
+    :func:`genenet.native.roots_hill`); this torch loop is the reference and the GPU path.
     """
+    fast = _native_roots(term, x, args, "newton", tol=tol, max_iter=max_iter, give_up=give_up, active=active)
+    if fast is not None:
+        return fast
     B = x.shape[0]
     t = torch.zeros(B, dtype=x.dtype, device=x.device)
     x = x.clone()
@@ -214,7 +232,11 @@ def pseudo_transient(term: Any, x: Tensor, args: dict, *, tol: float, max_iter: 
                      active: Tensor | None = None, dt0: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
     """Batched pseudo-transient continuation towards a stable steady state (see module doc).
 
-    Like :func:`newton`, each iteration works only on the rows still iterating."""
+    Like :func:`newton`, each iteration works only on the rows still iterating, and on the CPU
+    the Hill model's iterations run in C."""
+    fast = _native_roots(term, x, args, "ptc", tol=tol, max_iter=max_iter, active=active, dt0=dt0)
+    if fast is not None:
+        return fast
     B, G = x.shape
     t = torch.zeros(B, dtype=x.dtype, device=x.device)
     x = x.clone()

@@ -115,6 +115,48 @@ def test_newton_touches_only_active_rows():
     assert torch.equal(conv[active], conv_sub) and conv_sub.any()
 
 
+@pytest.mark.parametrize("mode", ["newton", "ptc"])
+def test_native_steady_iterations_match_the_torch_loop(mode, monkeypatch):
+    # the C iterations (native.roots_hill) against the torch loop they reproduce, on a screen with
+    # oscillating rows (Newton struggles there), knockdowns, overexpression and a clamp, from starts
+    # near and far from the steady states, with an inactive row and Newton's give-up rule
+    from genenet import native, steady
+
+    if not native.available(torch.float64):
+        pytest.skip(f"native kernel unavailable: {native.reason(torch.float64)}")
+    net = random_network(20, 3, seed=3)
+    model = gn.Hill.random(net, n=1, seed=3)
+    g = net.genes
+    screen = [*gn.knockout_screen(net, order=1), [gn.Knockdown(g[2], 0.3)], [gn.Overexpress(g[5], 3.0)],
+              [gn.Clamp(g[7], 2.0), gn.Knockout(g[1])]]
+    batch, args, _, dtype = _prepare(model, screen, None, None, "cpu", torch.float64)
+    B = len(screen)
+    rng = np.random.default_rng(0)
+    with torch.no_grad():  # even rows start within 30% of a steady state, odd rows anywhere in [0, 8]
+        near = gn.steady_state(model, screen).x.numpy() * rng.uniform(0.7, 1.3, (B, 20))
+    start = np.where((np.arange(B) % 2 == 0)[:, None], near, rng.uniform(0, 8, (B, 20)))
+    x0 = batch.term.reset(torch.zeros(B, dtype=dtype), torch.as_tensor(start), args)
+    active = torch.ones(B, dtype=torch.bool)
+    active[3] = False
+    kw = dict(tol=1e-10, max_iter=60, active=active)
+    if mode == "newton":
+        kw["give_up"] = 10
+    fn = steady.newton if mode == "newton" else steady.pseudo_transient
+    calls, roots = [], native.roots_hill
+    monkeypatch.setattr(native, "roots_hill", lambda *a, **k: calls.append(1) or roots(*a, **k))
+    with torch.no_grad():
+        x_c, conv_c, it_c = fn(batch.term, x0, args, **kw)
+        assert calls, "the CPU Hill iteration did not run in C"
+        with native.torch_path():
+            x_t, conv_t, it_t = fn(batch.term, x0, args, **kw)
+    assert conv_t.any() and (~conv_t).any() and it_t.max() > 5
+    assert torch.equal(conv_c, conv_t) and torch.equal(it_c, it_t)
+    assert torch.equal(x_c[3], x0[3]) and it_c[3] == 0
+    # rows that stop unconverged may have crept along the shortest steps, where the two LUs' rounding
+    # grows; the converged ones agree to the tolerance
+    torch.testing.assert_close(x_c[conv_t], x_t[conv_t], rtol=1e-9, atol=1e-12)
+
+
 def test_jacobian_analytic_matches_finite_differences():
     net = random_network(6, 3, seed=3)
     model = gn.Hill.random(net, n=3, seed=1)

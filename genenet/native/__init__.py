@@ -28,7 +28,9 @@ skip the page faults of fresh memory); :func:`release_memory` hands it back.
 Rosenbrock solves with gradients take the torch path. The explicit kernel also carries
 forward sensitivities (:func:`genenet.sensitivities`, the residual Jacobian of
 ``gn.fit(method="lm")``): q tangent directions ride along with the state through the same
-steps, as the torch loop does with ``n_primal``.
+steps, as the torch loop does with ``n_primal``. The steady-state iterations of
+:mod:`genenet.steady` (Newton with its line search, pseudo-transient continuation) also run
+here, one row per task (``roots.h``, :func:`roots_hill`).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from torch.autograd.function import once_differentiable
 from ..solvers.memory import available_memory
 
 __all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "hill_vjp", "integrate_hill_erk",
-           "integrate_hill_rodas", "integrate_hill_erk_grad"]
+           "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill"]
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "kernels.c"
@@ -113,7 +115,7 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
         else:
             raise RuntimeError("compiling the native kernel failed:\n" + "\n".join(errors))
     lib = ctypes.CDLL(str(lib_path))
-    for name in ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint"):
+    for name in ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_roots_hill"):
         getattr(lib, name).restype = ctypes.c_int
     lib.genenet_tapes_new.restype = ctypes.c_void_p
     lib.genenet_tapes_oom.restype = ctypes.c_int64
@@ -343,6 +345,36 @@ def hill_vjp(spec: dict, x: Tensor, a: Tensor, model: dict | None = None
         return f, xbar, bars
     dev = x.device
     return f.to(dev), xbar.to(dev), {k: v.to(dev) for k, v in bars.items()}
+
+
+def roots_hill(spec: dict, x: Tensor, *, mode: str, tol: float, max_iter: int, give_up: int | None = None,
+               active: Tensor | None = None, dt0: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
+    """Steady-state iterations of every row in C (``roots.h``), as :func:`genenet.steady.newton`
+    (``mode="newton"``) or :func:`genenet.steady.pseudo_transient` (``mode="ptc"``) do on the
+    torch path, iteration for iteration, one row per task. ``spec``: the model's native spec under
+    the rows' condition effects (``ConditionTerm.native_spec``); ``x`` (B, G) the starts; rows not
+    ``active`` (B,) bool are only checked for convergence.
+
+    Returns ``(x, converged (B,) bool, iterations (B,) int64)`` on ``x``'s device."""
+    if mode not in ("newton", "ptc"):
+        raise ValueError(f"unknown mode {mode!r}; allowed: 'newton', 'ptc'")
+    dtype = x.dtype
+    lib = _lib(dtype)
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    B, G = x.shape
+    model = _model_arrays(spec, B, dtype)
+    xs = x.detach().to("cpu", dtype).clone().contiguous()
+    act = None if active is None else active.detach().to("cpu", torch.uint8).contiguous()
+    conv, iters = torch.empty(B, dtype=torch.uint8), torch.empty(B, dtype=torch.int64)
+    rc = lib.genenet_roots_hill(_i64(B), _i64(G), _i64(int(spec["K"])), *(_ptr(v) for v in model.values()),
+                                _ptr(xs), _ptr(act), _i64(0 if mode == "newton" else 1), _dbl(tol),
+                                _i64(max_iter), _i64(give_up or 0), _dbl(dt0), _ptr(conv), _ptr(iters),
+                                _i64(torch.get_num_threads()))
+    if rc != 0:
+        raise RuntimeError(f"native steady-state kernel failed (code {rc})")
+    dev = x.device
+    return xs.to(dev), conv.to(dev, torch.bool), iters.to(dev)
 
 
 def vjp_arrays(spec: dict, B: int, dtype: torch.dtype) -> dict:

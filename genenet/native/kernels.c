@@ -11,9 +11,14 @@
      Wanner's transformed form, W = I/(h gamma) - J from the analytic Jacobian, one LU with
      partial pivoting per step (a zero pivot or a non-finite W rejects the step: SINGULAR).
 
+   Also the steady-state iterations of genenet.steady (roots.h: Newton, pseudo-transient
+   continuation), one row per task.
+
    Model: hill.h. Compiled at first use by genenet/native/__init__.py with REAL = float or double. */
 
 #include "driver.h"
+#include "linalg.h"
+#include "roots.h"
 
 /* ------------------------------------------------------------------ explicit Runge-Kutta */
 
@@ -93,58 +98,6 @@ typedef struct {
     real *ks, *U, *rhs, *Wm, *Dn;  /* (S, G), (G), (G), (G, G), (M, G) */
     int64_t *piv;                  /* (G) */
 } RodasWork;
-
-/* LU with partial pivoting of the (G, G) row-major A in place (LAPACK getrf's algorithm, pivots as
-   row swaps); 1 when a pivot is exactly zero (torch.linalg.lu_factor_ex's info != 0) */
-static int lu_factor(real *A, int64_t G, int64_t *piv) {
-    for (int64_t k = 0; k < G; ++k) {
-        int64_t p = k;
-        real best = fabs(A[k * G + k]);
-        for (int64_t i = k + 1; i < G; ++i) {
-            real v = fabs(A[i * G + k]);
-            if (v > best) { best = v; p = i; }
-        }
-        piv[k] = p;
-        if (best == 0) return 1;
-        if (p != k) {
-            real *rk = A + k * G, *rp = A + p * G;
-            for (int64_t j = 0; j < G; ++j) { real t = rk[j]; rk[j] = rp[j]; rp[j] = t; }
-        }
-        const real *restrict rk = A + k * G;
-        const real inv = (real)1 / rk[k];
-        for (int64_t i = k + 1; i < G; ++i) {
-            real *restrict ri = A + i * G;
-            real l = ri[k] * inv;
-            ri[k] = l;
-            if (l == 0) continue;
-            for (int64_t j = k + 1; j < G; ++j) ri[j] -= l * rk[j];
-        }
-    }
-    return 0;
-}
-
-/* sum_j a[j] b[j], j < n, in eight interleaved partial sums: the dot products of the triangular
-   solves are otherwise one chain of dependent additions (latency-bound, ~4x slower) */
-static inline real dot(const real *restrict a, const real *restrict b, int64_t n) {
-    real s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int q = 0; q < 8; ++q) s[q] += a[j + q] * b[j + q];
-    real acc = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-    for (; j < n; ++j) acc += a[j] * b[j];
-    return acc;
-}
-
-static void lu_solve(const real *LU, int64_t G, const int64_t *piv, real *x) {
-    for (int64_t k = 0; k < G; ++k)
-        if (piv[k] != k) { real t = x[k]; x[k] = x[piv[k]]; x[piv[k]] = t; }
-    for (int64_t i = 1; i < G; ++i) /* L y = P b, unit diagonal */
-        x[i] -= dot(LU + i * G, x, i);
-    for (int64_t i = G - 1; i >= 0; --i) { /* U x = y */
-        const real *ri = LU + i * G;
-        x[i] = (x[i] - dot(ri + i + 1, x + i + 1, G - i - 1)) / ri[i];
-    }
-}
 
 /* acc = base + sum_j c_j k_j over the nonzero c_j, added in order as the torch step does */
 static void add_weighted(const real *base, const real *c, int64_t n, const real *ks, int64_t G, real *acc) {
@@ -481,8 +434,7 @@ __attribute__((noinline)) static void hill_vjp_prepare(
 __attribute__((noinline)) static void hill_vjp_apply(
     int64_t G, int64_t K, const int32_t *restrict src, const real *restrict Y, const real *restrict v,
     const real *restrict prod, const real *restrict deg, const real *restrict mult, const uint8_t *restrict clamp,
-    const real *restrict Ex, const real *restrict sg, const real *restrict wzn, const real *restrict wl,
-    const real *restrict dxw, const real *restrict P0, real *restrict Ybar, real *restrict hbo,
+    const real *restrict Ex, const real *restrict dxw, const real *restrict P0, real *restrict Ybar, real *restrict hbo,
     real *restrict gb, real *restrict kb, real *restrict ug, real *restrict dxs) {
     for (int64_t i = 0; i < G; ++i) {
         real vi = (clamp && clamp[i]) ? (real)0 : v[i];
@@ -612,7 +564,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
             if (any) {
                 const int64_t o = s * KG;
                 hill_vjp_apply(G, r->K, r->slot_src, Y + s * G, ks, r->prod, r->deg, r->mult, r->clamp, Ex + o,
-                               sg + o, wzn + o, wl + o, dxw + o, P0 + s * G, Yb, c0b ? H + o : NULL, gb, kb, ug, dxs);
+                               dxw + o, P0 + s * G, Yb, c0b ? H + o : NULL, gb, kb, ug, dxs);
             } else if (c0b && s < NS) {
                 memset(H + s * KG, 0, sizeof(real) * (size_t)KG);
             }
@@ -694,12 +646,52 @@ int genenet_hill_vjp(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, c
             memset(ko, 0, sizeof(real) * (size_t)G);
             hill_vjp_prepare(1, G, K, slot_src, xb, r.c0, r.c1, r.inv_thr, r.hill, r.nint, 1, z, lz, zn, Hs, Ex, sg,
                              wzn, wl, dxw, P0);
-            hill_vjp_apply(G, K, slot_src, xb, a + b * G, r.prod, r.deg, r.mult, r.clamp, Ex, sg, wzn, wl, dxw, P0,
+            hill_vjp_apply(G, K, slot_src, xb, a + b * G, r.prod, r.deg, r.mult, r.clamp, Ex, dxw, P0,
                            xo, Hs, go, ko, ug, dxs);
             slot_cotangents(1, KG, Hs, sg, wzn, wl, c0o, c1o, mo, no);
             threshold_cotangent(KG, r.inv_thr, r.hill, mo);
         }
         free(work);
+        free(nint_w);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ steady states (roots.h) */
+
+/* Every active row's iteration from x (B, G), updated in place; converged (B), iters (B). Rows not
+   active (active[b] == 0) only have their convergence checked. mode 0: Newton, 1: continuation. */
+int genenet_roots_hill(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, const real *c0, const real *c1,
+                       const real *inv_thr, const real *hill, const real *prod, const real *deg, const real *mult,
+                       const real *add, const uint8_t *clamp, real *x, const uint8_t *active, int64_t mode,
+                       double tol, int64_t max_iter, int64_t give_up, double dt0, uint8_t *converged,
+                       int64_t *iters, int64_t nthreads) {
+    if (mode != 0 && mode != 1) return -1;
+    Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
+                 NULL, NULL, NULL, NULL, NULL, NULL};
+    const RootSettings c = {mode, (real)tol, (real)dt0, max_iter, give_up};
+    const int64_t KG = K * G;
+#pragma omp parallel num_threads((int)nthreads)
+    {
+        real *work = (real *)malloc(sizeof(real) * (size_t)(2 * G * G + 6 * G + 6 * KG + 64));
+        int64_t *piv = (int64_t *)malloc(sizeof(int64_t) * (size_t)G);
+        int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
+        RootWork w = {work, work + G, work + 2 * G, work + 3 * G, work + 4 * G, work + 4 * G + G * G, piv};
+        real *H = work + 4 * G + 2 * G * G, *tw = H + KG;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < B; ++b) {
+            Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
+            real *xb = x + b * G;
+            if (active && !active[b]) {
+                rhs_state(&r, xb, w.F);
+                converged[b] = (uint8_t)root_converged(w.F, xb, G, c.tol);
+                iters[b] = 0;
+                continue;
+            }
+            converged[b] = (uint8_t)root_row(&r, &c, xb, &w, iters + b);
+        }
+        free(work);
+        free(piv);
         free(nint_w);
     }
     return 0;
