@@ -91,19 +91,22 @@ def _cluster(cands: Tensor, valid: Tensor, scale: Tensor, rtol: float) -> tuple[
     ids = torch.full((R, N), -1, dtype=torch.long, device=cands.device)
     rows = torch.arange(R, device=cands.device)
     atol = 1e-9 + rtol * scale  # (R, G)
+    k = 0  # clusters so far in the fullest row: candidates are compared with those slots only
     for j in range(N):
         x = cands[:, j]  # (R, G)
-        close = ((reps - x[:, None]).abs() <= rtol * torch.maximum(reps.abs(), x[:, None].abs())
-                 + atol[:, None]).all(dim=-1) & used  # (R, N)
+        r = reps[:, :k]
+        close = ((r - x[:, None]).abs() <= rtol * torch.maximum(r.abs(), x[:, None].abs())
+                 + atol[:, None]).all(dim=-1) & used[:, :k]  # (R, k)
         match = close.any(dim=1)
-        first = close.float().argmax(dim=1)
+        first = close.float().argmax(dim=1) if k else count
         new = valid[:, j] & ~match
         slot = torch.where(new, count, first)
         ids[:, j] = torch.where(valid[:, j], slot, -1)
         reps[rows[new], count[new]] = x[new]
         used[rows[new], count[new]] = True
         count = count + new.long()
-    K = max(int(count.max()), 1)
+        k = int(count.max())
+    K = max(k, 1)
     return reps[:, :K], used[:, :K], ids
 
 

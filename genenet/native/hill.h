@@ -72,13 +72,18 @@ static inline real small_int_pow(real z, int n) {
     return ((f1 * f2) * f4) * f8;
 }
 
-/* integer hill coefficients of a row (all in 0..15) into nint, for the vectorized power; else NULL */
+/* integer hill coefficients of a row (all in 0..15) into nint, for the vectorized power; else NULL.
+   Within 8 ulp of an integer counts as that integer: a parameter that went through its constraint
+   transform and back (exp of a log, float64) is off by a few ulp from the integer RACIPE drew, and
+   z^(k + d) = z^k (1 + d log z) differs from z^k by rounding only. */
 static inline const int *integer_hill(const real *hill, int64_t KG, int *nint) {
+    const real eps = sizeof(real) == 4 ? (real)1.1920929e-07f : (real)2.220446049250313e-16;
     int all_int = 1;
     for (int64_t q = 0; q < KG; ++q) {
         real n = hill[q];
-        all_int &= n >= 0 && n <= 15 && n == (real)(int)n;
-        nint[q] = all_int ? (int)n : 0;
+        int k = n >= 0 && n <= 15.5 ? (int)(n + (real)0.5) : -1;
+        all_int &= k >= 0 && fabs(n - (real)k) <= 8 * eps * (k > 1 ? (real)k : (real)1);
+        nint[q] = all_int ? k : 0;
     }
     return all_int ? nint : NULL;
 }
