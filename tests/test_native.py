@@ -472,6 +472,9 @@ def test_continuous_adjoint_with_native_vjps(monkeypatch):
     prob = gn.FitProblem(start, data, free=["production", "degradation", "threshold", "hill", "fold"],
                          conditions={c.label: c for c in conds}, x0=np.ones(6), rtol=1e-10, atol=1e-12)
     theta = prob.theta0[None]
+    from genenet.fit import adjoint
+
+    monkeypatch.setattr(adjoint, "_SWEEP_IN_C", False)  # the torch loop with C VJPs (the sweep: next test)
     calls = _count_calls(monkeypatch, "hill_vjp")
     monkeypatch.setenv("GENENET_NATIVE", "1")
     L_nat, g_nat = prob.gradient_adjoint(theta)
@@ -483,3 +486,35 @@ def test_continuous_adjoint_with_native_vjps(monkeypatch):
     torch.testing.assert_close(L_nat, L_ref, rtol=1e-9, atol=0)
     torch.testing.assert_close(g_nat, g_ref, rtol=1e-6, atol=1e-8 * float(g_ref.abs().max()))
     torch.testing.assert_close(g_nat, g_bp, rtol=1e-6, atol=1e-8 * float(g_bp.abs().max()))
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
+def test_continuous_adjoint_sweep_in_c(monkeypatch, method):
+    """The continuous adjoint's whole backward pass in C (native.adjoint_sweep) against the same pass
+    on the torch loop with the same C VJPs (the same steps: agreement to rounding) and against
+    backpropagation (agreement to the tolerance), for every kind of parameter under condition effects,
+    data at some of the checkpoint times only."""
+    from genenet.fit import adjoint
+
+    net = gn.Network.random(6, regulators=2, seed=7)
+    truth = gn.Hill.random(net, n=1, seed=7)
+    genes = list(net.genes)
+    conds = [gn.Condition([], label="wt"), gn.Condition([gn.Overexpress(genes[3], 2.0)], label="oe"),
+             gn.Condition([gn.Knockout(genes[1])], label="ko"), gn.Condition([gn.Clamp(genes[2], 0.7)], label="cl")]
+    t = np.array([0.0, 0.5, 2.0, 2.5, 6.0])
+    data = gn.ExpressionData.from_trajectory(gn.simulate(truth, t, x0=1.0, perturbations=conds), noise=0.05, seed=2)
+    start = gn.Hill.random(net, n=2, seed=8)
+    prob = gn.FitProblem(start, data, free=["production", "degradation", "threshold", "hill", "fold"],
+                         conditions={c.label: c for c in conds}, x0=np.ones(6), rtol=1e-9, atol=1e-11,
+                         method=method)
+    theta = torch.stack([prob.theta0, prob.theta0 * 1.05])
+    calls = _count_calls(monkeypatch, "adjoint_sweep")
+    L_c, g_c = prob.gradient_adjoint(theta)
+    assert calls, "the C sweep did not run"
+    monkeypatch.setattr(adjoint, "_SWEEP_IN_C", False)
+    L_loop, g_loop = prob.gradient_adjoint(theta)
+    _, g_bp = prob.gradient(theta)
+    assert float(g_loop.abs().min()) > 0
+    torch.testing.assert_close(L_c, L_loop, rtol=1e-12, atol=0)
+    torch.testing.assert_close(g_c, g_loop, rtol=1e-9, atol=1e-12 * float(g_loop.abs().max()))
+    torch.testing.assert_close(g_c, g_bp, rtol=1e-5, atol=1e-7 * float(g_bp.abs().max()))

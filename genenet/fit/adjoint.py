@@ -9,10 +9,12 @@ extra checkpoints between them so that backward integration of fast-decaying mod
 stable: ``ρ Δt <= 2`` with ρ the largest Jacobian eigenvalue magnitude at the data times),
 ``a(t_i⁻) = a(t_i⁺) + ∂L/∂x(t_i)`` (the data's pull at each measurement time),
 and ``g = 0`` at the final time. At the initial time ``a = ∂L/∂x0`` and ``g = ∂L/∂p``.
-The vector-Jacobian products come from autograd on one RHS evaluation (for the Hill
-model on the CPU from one C call, :func:`genenet.native.hill_vjp`, with the parameter
-quadrature kept in the kernel's spec arrays and chained to θ once at the end); nothing is
-recorded across steps. This is the continuous adjoint: it converges to the exact
+The vector-Jacobian products come from autograd on one RHS evaluation; nothing is recorded
+across steps. For the Hill model on the CPU with an explicit method the whole backward pass
+runs in C (:func:`genenet.native.adjoint_sweep`: each row's intervals in turn, the same steps
+as the torch loop, the VJPs as :func:`genenet.native.hill_vjp`'s), with the parameter
+quadrature kept in the kernel's spec arrays and chained to θ once at the end, and the forward
+passes to the checkpoints run in the native kernel. This is the continuous adjoint: it converges to the exact
 gradient as the tolerance tightens (the discrete gradient of backpropagation is exact
 for the computed solution; both are checked against finite differences).
 
@@ -31,9 +33,12 @@ from torch import Tensor
 
 from ..batch import build_batch
 from ..solvers import get_method, integrate
+from ..solvers.controller import PIController
 from ..solvers.integrate import spectral_radius, tree_index
 
 __all__ = ["adjoint_gradient"]
+
+_SWEEP_IN_C = True  # the Hill model's backward pass in C (native.adjoint_sweep); False: the torch loop
 
 
 def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol: float | None = None
@@ -71,7 +76,7 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
     with torch.no_grad():
         x_start = term.reset(t_save[:1].expand(B), batch.x0, args)
         fwd = integrate(term.vf, x_start, t_save, method=method, args=args, rtol=rtol, atol=atol,
-                        max_steps=20_000, jac=term.jacobian, tgrad=term.time_derivative)
+                        max_steps=20_000, jac=term.jacobian, tgrad=term.time_derivative, native=term.native_spec)
     xs = fwd.y  # (B, T, G)
     # Checkpoints: the state is integrated backward (dx/ds = -f) from the last checkpoint, which is
     # unstable for fast-decaying modes (they grow like e^{ρ Δt} backward). Between data times add
@@ -92,7 +97,8 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
         t_fine[np.cumsum(n_sub)] = t_save[1:]  # data times exactly
         with torch.no_grad():
             xs_fine = integrate(term.vf, x_start, t_fine, method=method, args=args, rtol=rtol, atol=atol,
-                                max_steps=20_000 + len(t_fine), jac=term.jacobian, tgrad=term.time_derivative).y
+                                max_steps=20_000 + len(t_fine), jac=term.jacobian, tgrad=term.time_derivative,
+                                native=term.native_spec).y
     else:
         t_fine, xs_fine = t_save, xs
     data_at = {int(k): i for i, k in enumerate(np.concatenate([[0], np.cumsum(n_sub)]))}  # fine index -> data index
@@ -181,19 +187,36 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
         out[:, 2 * G:, G: 2 * G] = Fp.detach().transpose(1, 2)
         return out
 
-    a = torch.zeros(B, G, dtype=prob.dtype, device=prob.device)
-    g = torch.zeros(B, sum(sizes), dtype=prob.dtype, device=prob.device)
-    with torch.no_grad():
-        for i in range(len(t_fine) - 1, 0, -1):
-            if i in data_at:
-                a = a + dL_dx[:, data_at[i]]
-            z0 = torch.cat([xs_fine[:, i], a, g], dim=1)
-            span = torch.stack([-t_fine[i], -t_fine[i - 1]])
-            sol = integrate(aug if spec is None else aug_native, z0, span, method=method, args=args, rtol=rtol,
-                            atol=atol, max_steps=40_000, jac=aug_jacobian if implicit else None)
-            z = sol.y[:, -1]
-            a, g = z[:, G: 2 * G], z[:, 2 * G:]
-        a = a + dL_dx[:, 0]
+    tab = getattr(method, "tableau", None)
+    if spec is not None and _SWEEP_IN_C and getattr(method, "adaptive", False) and tab is not None and tab.fsal:
+        # the whole backward pass in C: each row's intervals in turn, the same steps as the loop below
+        from .. import native
+
+        at = np.full(len(t_fine), -1, dtype=np.int64)
+        for k, i in data_at.items():
+            at[k] = i
+        a, g, _, _ = native.adjoint_sweep(spec_rows | static_spec, t_fine, xs_fine, dL_dx, at, tableau=tab,
+                                          rtol=float(rtol), atol=float(atol), controller=PIController())
+    else:
+        a = torch.zeros(B, G, dtype=prob.dtype, device=prob.device)
+        g = torch.zeros(B, sum(sizes), dtype=prob.dtype, device=prob.device)
+        with torch.no_grad():
+            for i in range(len(t_fine) - 1, 0, -1):
+                if i in data_at:
+                    a = a + dL_dx[:, data_at[i]]
+                z0 = torch.cat([xs_fine[:, i], a, g], dim=1)
+                span = torch.stack([-t_fine[i], -t_fine[i - 1]])
+                sol = integrate(aug if spec is None else aug_native, z0, span, method=method, args=args, rtol=rtol,
+                                atol=atol, max_steps=40_000, jac=aug_jacobian if implicit else None)
+                z = sol.y[:, -1]
+                a, g = z[:, G: 2 * G], z[:, 2 * G:]
+            a = a + dL_dx[:, 0]
+    failed = ~(torch.isfinite(a).all(dim=1) & torch.isfinite(g).all(dim=1))
+    if bool(failed.any()):
+        rows = [batch.labels[int(r)] for r in torch.nonzero(failed).squeeze(1)[:5]]
+        raise RuntimeError(f"the adjoint's backward integration failed for {int(failed.sum())} of {B} rows "
+                           f"(first: {rows}); try a looser rtol/atol, method='rodas5' for a stiff system, "
+                           "or gradient() (backpropagation)")
 
     # chain to θ: through the prepared parameters (p_used), the clamps of x0, and unpack
     g_parts = torch.split(g, sizes, dim=1)

@@ -56,7 +56,7 @@ from torch.autograd.function import once_differentiable
 from ..solvers.memory import available_memory
 
 __all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "hill_vjp", "integrate_hill_erk",
-           "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill"]
+           "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill", "adjoint_sweep"]
 
 _DIR = Path(__file__).parent
 _SOURCE = _DIR / "kernels.c"
@@ -115,7 +115,8 @@ def _build(dtype: torch.dtype) -> ctypes.CDLL:
         else:
             raise RuntimeError("compiling the native kernel failed:\n" + "\n".join(errors))
     lib = ctypes.CDLL(str(lib_path))
-    for name in ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_roots_hill"):
+    for name in ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_roots_hill",
+                 "genenet_hill_adjoint_sweep"):
         getattr(lib, name).restype = ctypes.c_int
     lib.genenet_tapes_new.restype = ctypes.c_void_p
     lib.genenet_tapes_oom.restype = ctypes.c_int64
@@ -375,6 +376,42 @@ def roots_hill(spec: dict, x: Tensor, *, mode: str, tol: float, max_iter: int, g
         raise RuntimeError(f"native steady-state kernel failed (code {rc})")
     dev = x.device
     return xs.to(dev), conv.to(dev, torch.bool), iters.to(dev)
+
+
+def adjoint_sweep(spec: dict, t_fine: Tensor, xs_fine: Tensor, dL: Tensor, data_at: np.ndarray, *, tableau: Any,
+                  rtol: float, atol: float, controller: Any, window: int = 8, max_steps: int = 40_000
+                  ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The continuous adjoint's whole backward pass in C, each row's intervals in turn (``kernels.c``
+    ``genenet_hill_adjoint_sweep``), as :func:`genenet.fit.adjoint.adjoint_gradient`'s loop does with
+    the torch loop: from the last of the F checkpoint times ``t_fine`` (F,) to the first, the
+    augmented system ``[x, a, g]`` integrated in ``s = -t`` by the explicit FSAL ``tableau`` with
+    step control over all its columns, ``x`` restarted at each checkpoint ``xs_fine`` (B, F, G), the
+    data's pull ``dL`` (B, T, G) added to ``a`` where ``data_at`` (F,) int names a data time (-1
+    elsewhere). Returns ``a`` (B, G) = dL/dx0, ``g`` (B, P) = dL/dspec in the spec arrays' order
+    (:data:`TANGENT_KEYS`, P = 4 K G + 2 G), ``status`` (B,) and the steps taken (B,); a row whose
+    integration failed has NaN in ``a`` and ``g`` and its status."""
+    dtype = xs_fine.dtype
+    lib = _lib(dtype)
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    B, F, G = xs_fine.shape
+    K = int(spec["K"])
+    model = _model_arrays(spec, B, dtype)
+    keep = [t_fine.detach().to("cpu", dtype).contiguous(), xs_fine.detach().to("cpu", dtype).contiguous(),
+            dL.detach().to("cpu", dtype).contiguous(), np.ascontiguousarray(data_at, dtype=np.int64)]
+    A, E, P = _erk_arrays(tableau)
+    a, g = torch.empty(B, G, dtype=dtype), torch.empty(B, 4 * K * G + 2 * G, dtype=dtype)
+    status, steps = torch.empty(B, dtype=torch.int64), torch.empty(B, dtype=torch.int64)
+    rc = lib.genenet_hill_adjoint_sweep(
+        _i64(B), _i64(G), _i64(K), *(_ptr(v) for v in model.values()), _i64(F), _ptr(keep[0]), _ptr(keep[1]),
+        _i64(dL.shape[1]), _ptr(keep[2]), _ptr(keep[3]), _i64(tableau.stages), _ptr(A), _ptr(E), _i64(P.shape[1]),
+        _ptr(P), _i64(tableau.error_order), _dbl(rtol), _dbl(atol), _dbl(controller.safety), _dbl(controller.beta),
+        _dbl(controller.factor_min), _dbl(controller.factor_max), _i64(window), _i64(max_steps), _ptr(a), _ptr(g),
+        _ptr(status), _ptr(steps), _i64(torch.get_num_threads()))
+    if rc != 0:
+        raise RuntimeError(f"native adjoint sweep rejected the tableau ({tableau.stages} stages)")
+    dev = xs_fine.device
+    return a.to(dev), g.to(dev), status.to(dev), steps.to(dev)
 
 
 def vjp_arrays(spec: dict, B: int, dtype: torch.dtype) -> dict:

@@ -131,8 +131,8 @@ static int tape_push(Tape *tp, real t, real t1, real h, const real *Y) {
 typedef struct Stepper Stepper;
 struct Stepper {
     /* Attempt a step of size h from (t, y) with f0 = f(t, y): write y1 (W), the error estimate
-       err (G) and f1 = f(t + h, y1) (W). Returns 1 when the step matrix is singular (the step is
-       then rejected without using y1, err or f1). */
+       err (the E = steer_width(r) steering columns) and f1 = f(t + h, y1) (W). Returns 1 when the
+       step matrix is singular (the step is then rejected without using y1, err or f1). */
     int (*step)(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err, real *f1);
     /* Dense output of the last attempted step at t + theta h, W columns. */
     void (*dense)(Stepper *m, const real *y, const real *y1, real h, real theta, real *dst);
@@ -195,10 +195,11 @@ typedef struct {
 } RowResult;
 
 /* Integrate one row from (t_begin, y0) to t_save[T-1]; writes out (T, W) at the save times after
-   t_begin (earlier ones stay as they are), y_last (W). Work: 4 W + 2 G reals. */
+   t_begin (earlier ones stay as they are), y_last (W). The first E = steer_width(r) columns steer
+   the step (rtol, atol: E each). Work: 4 W + 2 E reals. */
 static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettings *c, real t_begin,
                            const real *y0, real *out, real *y_last, real *work, Tape *tape) {
-    const int64_t G = r->G, T = c->T;
+    const int64_t G = r->G, T = c->T, E = steer_width(r);
     const real *t_save = c->t_save, *rtol = c->rtol, *atol = c->atol;
     const real t0 = t_save[0], t_end = t_save[T - 1];
     const int64_t Kw = c->window < T - 1 ? (c->window > 1 ? c->window : 1) : (T - 1 > 1 ? T - 1 : 1);
@@ -206,7 +207,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     const real span_abs = fabs(t0) > fabs(t_end) ? fabs(t0) : fabs(t_end);
     const real tiny = 16 * eps * (span_abs > 1 ? span_abs : (real)1);
     const real alpha = (real)(1.0 / (m->error_order + 1) - 0.75 * c->beta);
-    real *y = work, *y1 = y + W, *f0 = y1 + W, *f1 = f0 + W, *err = f1 + W, *scale = err + G;
+    real *y = work, *y1 = y + W, *f0 = y1 + W, *f1 = f0 + W, *err = f1 + W, *scale = err + E;
     RowResult res = {RUNNING, 0, 0, 0, t_begin};
     int64_t save_ptr = 1;
     while (save_ptr < T && t_save[save_ptr] <= t_begin) save_ptr++; /* searchsorted(right), at least 1 */
@@ -224,16 +225,16 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
         h = (real)c->first_step;
     } else { /* Hairer's starting step, as genenet.solvers.integrate.initial_step */
         real *yi = y1, *tmp = f1;
-        for (int64_t i = 0; i < G; ++i) scale[i] = atol[i] + rtol[i] * fabs(y[i]);
-        real d0 = rms(y, scale, G), d1 = rms(f0, scale, G);
+        for (int64_t i = 0; i < E; ++i) scale[i] = atol[i] + rtol[i] * fabs(y[i]);
+        real d0 = rms(y, scale, E), d1 = rms(f0, scale, E);
         real span = t_end - t;
         real h0 = (d0 < (real)1e-5 || d1 < (real)1e-5) ? (real)1e-6
                   : (real)0.01 * d0 / (d1 > (real)1e-300 ? d1 : (real)1e-300);
         h0 = h0 < span ? h0 : span;
-        for (int64_t i = 0; i < G; ++i) yi[i] = y[i] + h0 * f0[i];
-        rhs_state(r, yi, tmp); /* the tangents do not steer the step */
-        for (int64_t i = 0; i < G; ++i) tmp[i] = tmp[i] - f0[i];
-        real d2 = rms(tmp, scale, G) / h0;
+        for (int64_t i = 0; i < E; ++i) yi[i] = y[i] + h0 * f0[i];
+        rhs_steer(r, yi, tmp); /* the tangents do not steer the step */
+        for (int64_t i = 0; i < E; ++i) tmp[i] = tmp[i] - f0[i];
+        real d2 = rms(tmp, scale, E) / h0;
         real dmax = d1 > d2 ? d1 : d2;
         real h1 = dmax <= (real)1e-15 ? ((real)1e-6 > h0 * (real)1e-3 ? (real)1e-6 : h0 * (real)1e-3)
                   : (real)pow((real)0.01 / (dmax > (real)1e-300 ? dmax : (real)1e-300),
@@ -254,11 +255,11 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
         res.rhs += m->rhs_per_step;
         real err_norm = (real)INFINITY;
         if (!singular) {
-            for (int64_t i = 0; i < G; ++i) {
+            for (int64_t i = 0; i < E; ++i) {
                 real ay = fabs(y[i]), ay1 = fabs(y1[i]);
                 scale[i] = atol[i] + rtol[i] * (ay > ay1 ? ay : ay1);
             }
-            err_norm = rms(err, scale, G);
+            err_norm = rms(err, scale, E);
         }
         int finite = isfinite(err_norm);
         if (!finite) err_norm = (real)INFINITY;

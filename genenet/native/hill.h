@@ -30,7 +30,7 @@ typedef REAL real;
 
 enum { STIFF = -2, RUNNING = -1, SUCCESS = 0, MAX_STEPS = 1, STEP_UNDERFLOW = 2, NONFINITE = 3, SINGULAR = 4 };
 
-typedef struct {
+typedef struct Row {
     int64_t G, K;
     const int32_t *slot_src;                 /* (K*G) */
     const real *c0, *c1, *inv_thr, *hill;    /* (K*G) for this row */
@@ -43,6 +43,12 @@ typedef struct {
     const real *c0d, *c1d, *itd, *hilld;     /* (Q, K*G) parameter tangents for this row, or NULL */
     const real *prodd, *degd;                /* (Q, G), or NULL */
     real *tw;                                /* tangent / Jacobian work (5 K*G + 2 G) */
+    /* Another system built on the model (the continuous adjoint's augmented one, kernels.c): its
+       right-hand side over the whole state, which then all steers the step (E columns); NULL: the
+       model itself, steered by its G state columns */
+    void (*system)(const struct Row *r, const real *y, real *dy);
+    int64_t E;                               /* columns in the error norm when system is set */
+    real *sw;                                /* the system's work */
 } Row;
 
 /* z^n: by repeated squaring for the integer hill coefficients RACIPE draws (1..6), about five times
@@ -212,8 +218,21 @@ static void rhs_tangents(const Row *r, const real *x, real *dx) {
 }
 
 static void rhs(const Row *r, const real *x, real *dx) {
+    if (r->system) {
+        r->system(r, x, dx);
+        return;
+    }
     rhs_state(r, x, dx);
     if (r->Q) rhs_tangents(r, x, dx);
+}
+
+/* the columns that steer the step: the state's G, or all E of another system */
+static inline int64_t steer_width(const Row *r) { return r->system ? r->E : r->G; }
+
+/* the steering columns of the right-hand side (the state's without its tangents) */
+static void rhs_steer(const Row *r, const real *x, real *dx) {
+    if (r->system) r->system(r, x, dx);
+    else rhs_state(r, x, dx);
 }
 
 /* J = d(dx)/dx, (G, G) row-major */

@@ -31,7 +31,7 @@ typedef struct {
 static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err,
                     real *f1) {
     ErkWork *w = (ErkWork *)m->ws;
-    const int64_t S = w->S, W = w->W, G = r->G;
+    const int64_t S = w->S, W = w->W;
     real *ks = w->ks;
     memcpy(ks, f0, sizeof(real) * W);
     memcpy(w->Ys, y, sizeof(real) * W);
@@ -43,8 +43,9 @@ static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, rea
         if (s == S - 1) memcpy(y1, Yi, sizeof(real) * W);
         rhs(r, Yi, ks + s * W);
     }
-    weighted(w->e, S, ks, W, G, err);
-    for (int64_t i = 0; i < G; ++i) err[i] = h * err[i];
+    const int64_t E = steer_width(r);
+    weighted(w->e, S, ks, W, E, err);
+    for (int64_t i = 0; i < E; ++i) err[i] = h * err[i];
     memcpy(f1, ks + (S - 1) * W, sizeof(real) * W);
     return 0;
 }
@@ -175,7 +176,7 @@ static Row row_of(const Problem *p, int64_t b, real *H, const int *nint, real *t
              p->clamp ? p->clamp + b * G : NULL, H, nint, Q,
              p->c0d ? p->c0d + b * Q * KG : NULL, p->c1d ? p->c1d + b * Q * KG : NULL,
              p->itd ? p->itd + b * Q * KG : NULL, p->hilld ? p->hilld + b * Q * KG : NULL,
-             p->prodd ? p->prodd + b * Q * G : NULL, p->degd ? p->degd + b * Q * G : NULL, tw};
+             p->prodd ? p->prodd + b * Q * G : NULL, p->degd ? p->degd + b * Q * G : NULL, tw, NULL, 0, NULL};
     return r;
 }
 
@@ -692,6 +693,104 @@ int genenet_roots_hill(int64_t B, int64_t G, int64_t K, const int32_t *slot_src,
         }
         free(work);
         free(piv);
+        free(nint_w);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ continuous adjoint (genenet.fit.adjoint) */
+
+/* The augmented system of the continuous adjoint in s = -t, state y = [x, a, g] (G, G, P) with
+   P = 4 K G + 2 G in the spec arrays' order (c0, c1, inv_threshold, hill, production, degradation):
+     dx/ds = -f(x),   da/ds = a^T df/dx,   dg/ds = a^T df/dspec,
+   the VJPs as genenet_hill_vjp's. Work r->sw: ADJ_SYSTEM_WORK(G, K G) reals. */
+#define ADJ_SYSTEM_WORK(G, KG) (10 * (KG) + 2 * (G))
+static void adjoint_system(const Row *r, const real *y, real *dy) {
+    const int64_t G = r->G, K = r->K, KG = K * G;
+    const real *x = y, *a = y + G;
+    real *z = r->sw, *lz = z + KG, *zn = lz + KG, *Hs = zn + KG, *Ex = Hs + KG, *sg = Ex + KG, *wzn = sg + KG,
+         *wl = wzn + KG, *dxw = wl + KG, *dxs = dxw + KG, *P0 = dxs + KG, *ug = P0 + G;
+    real *xbar = dy + G, *c0b = xbar + G, *c1b = c0b + KG, *itb = c1b + KG, *nb = itb + KG, *gb = nb + KG,
+         *kb = gb + G;
+    rhs_state(r, x, dy);
+    for (int64_t i = 0; i < G; ++i) dy[i] = -dy[i];
+    memset(xbar, 0, sizeof(real) * (size_t)(G + 4 * KG + 2 * G));
+    hill_vjp_prepare(1, G, K, r->slot_src, x, r->c0, r->c1, r->inv_thr, r->hill, r->nint, 1, z, lz, zn, Hs, Ex, sg,
+                     wzn, wl, dxw, P0);
+    hill_vjp_apply(G, K, r->slot_src, x, a, r->prod, r->deg, r->mult, r->clamp, Ex, dxw, P0, xbar, Hs, gb, kb, ug,
+                   dxs);
+    slot_cotangents(1, KG, Hs, sg, wzn, wl, c0b, c1b, itb, nb);
+    threshold_cotangent(KG, r->inv_thr, r->hill, itb);
+}
+
+/* The adjoint's whole backward pass, per row: over the F - 1 intervals of t_fine from the last,
+   a += dL (at the data times: data_at[i] >= 0 names dL's time index), the augmented system
+   integrated from [xs_fine[i], a, g] at s = -t_fine[i] to s = -t_fine[i - 1] with the explicit
+   pair and the torch loop's step control over all its columns (scalar rtol, atol); at the end
+   a += dL[data_at[0]]. Out: a (B, G), g (B, P), status (B) (SUCCESS, or the failed interval's),
+   steps (B) (accepted + rejected over all intervals). */
+int genenet_hill_adjoint_sweep(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, const real *c0,
+                               const real *c1, const real *inv_thr, const real *hill, const real *prod,
+                               const real *deg, const real *mult, const real *add, const uint8_t *clamp,
+                               int64_t F, const real *t_fine, const real *xs_fine, int64_t T, const real *dL,
+                               const int64_t *data_at, int64_t S, const double *A, const double *Ev, int64_t D,
+                               const double *P, int64_t error_order, double rtol, double atol, double safety,
+                               double beta, double factor_min, double factor_max, int64_t window,
+                               int64_t max_steps, real *a_out, real *g_out, int64_t *status, int64_t *steps,
+                               int64_t nthreads) {
+    if (S > 16 || D > 8 || F < 1) return -1;
+    ErkMethod e = {S, D, {0}, {0}, {0}};
+    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
+    for (int64_t i = 0; i < S; ++i) e.e[i] = (real)Ev[i];
+    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
+                 NULL, NULL, NULL, NULL, NULL, NULL};
+    const int64_t KG = K * G, NP = 4 * KG + 2 * G, W = 2 * G + NP;
+    Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL, NULL, NULL, NULL};
+#pragma omp parallel num_threads((int)nthreads)
+    {
+        const size_t n = (size_t)(2 * W /* tolerances */ + 6 * W /* loop */ + 3 * W /* z0, out (2 W) */ +
+                                  (2 * S + 1) * W /* method */ + KG + 5 * KG + 2 * G /* model */ +
+                                  ADJ_SYSTEM_WORK(G, KG) + 64);
+        real *work = (real *)malloc(sizeof(real) * n);
+        real *rt = work, *at = rt + W, *loop = at + W, *z0 = loop + 6 * W, *out = z0 + W, *mw = out + 2 * W,
+             *H = mw + (2 * S + 1) * W, *tw = H + KG, *sw = tw + 5 * KG + 2 * G;
+        for (int64_t i = 0; i < W; ++i) { rt[i] = (real)rtol; at[i] = (real)atol; }
+        int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
+        Stepper m = proto;
+        make_erk(&m, &e, G, W, mw);
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < B; ++b) {
+            Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
+            r.system = adjoint_system;
+            r.E = W;
+            r.sw = sw;
+            real *a = z0 + G, *g = a + G;
+            memset(z0, 0, sizeof(real) * (size_t)W);
+            int64_t st = SUCCESS, nsteps = 0;
+            for (int64_t i = F - 1; i >= 1 && st == SUCCESS; --i) {
+                if (data_at[i] >= 0)
+                    for (int64_t j = 0; j < G; ++j) a[j] += dL[(b * T + data_at[i]) * G + j];
+                memcpy(z0, xs_fine + (b * F + i) * G, sizeof(real) * (size_t)G);
+                real ts[2] = {-t_fine[i], -t_fine[i - 1]};
+                LoopSettings c = {2, window, ts, rt, at, -1.0, -1.0, safety, beta, factor_min, factor_max,
+                                  max_steps, 0, 8, 0};
+                RowResult res = drive_row(&m, &r, W, &c, ts[0], z0, out, out + W, loop, NULL);
+                nsteps += res.steps;
+                st = res.status;
+                memcpy(z0 + G, out + W + G, sizeof(real) * (size_t)(W - G)); /* a, g at the interval's start */
+            }
+            if (st == SUCCESS && data_at[0] >= 0)
+                for (int64_t j = 0; j < G; ++j) a[j] += dL[(b * T + data_at[0]) * G + j];
+            if (st != SUCCESS)
+                for (int64_t j = G; j < W; ++j) z0[j] = (real)NAN;
+            memcpy(a_out + b * G, a, sizeof(real) * (size_t)G);
+            memcpy(g_out + b * NP, g, sizeof(real) * (size_t)NP);
+            status[b] = st;
+            steps[b] = nsteps;
+        }
+        free(m.ws);
+        free(work);
         free(nint_w);
     }
     return 0;
