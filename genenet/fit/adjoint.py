@@ -14,8 +14,8 @@ across steps. For the Hill model on the CPU with an explicit method the whole ba
 runs in C (:func:`genenet.native.adjoint_sweep`: each row's intervals in turn, the same steps
 as the torch loop, the VJPs as :func:`genenet.native.hill_vjp`'s), with the parameter
 quadrature kept in the kernel's spec arrays and chained to θ once at the end, and the forward
-passes to the checkpoints run in the native kernel. This is the continuous adjoint: it converges to the exact
-gradient as the tolerance tightens (the discrete gradient of backpropagation is exact
+passes to the checkpoints run in the native kernel. This is the continuous adjoint: it
+converges to the exact gradient as the tolerance tightens (the discrete gradient of backpropagation is exact
 for the computed solution; both are checked against finite differences).
 
 With an implicit method (``FitProblem(..., method="rodas5")``) the backward system is stiff
@@ -193,8 +193,7 @@ def adjoint_gradient(problem, theta: Tensor, *, rtol: float | None = None, atol:
         from .. import native
 
         at = np.full(len(t_fine), -1, dtype=np.int64)
-        for k, i in data_at.items():
-            at[k] = i
+        at[list(data_at)] = list(data_at.values())
         a, g, _, _ = native.adjoint_sweep(spec_rows | static_spec, t_fine, xs_fine, dL_dx, at, tableau=tab,
                                           rtol=float(rtol), atol=float(atol), controller=PIController())
     else:

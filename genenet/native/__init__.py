@@ -136,6 +136,14 @@ def _lib(dtype: torch.dtype) -> Any | None:
     return _LIBS[dtype]
 
 
+def _require_lib(dtype: torch.dtype) -> Any:
+    """The compiled library for ``dtype``, or RuntimeError saying why there is none."""
+    lib = _lib(dtype)
+    if lib is None:
+        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    return lib
+
+
 _STATE = threading.local()
 
 
@@ -269,9 +277,7 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     Returns ``y`` (B, T, W) (NaN after a failure; W = G or (1 + q) G), ``status`` (B,), counters
     (4, B) (steps, accepted, rejected, RHS evaluations), ``t_last`` (B,), ``y_last`` (B, W)."""
     dtype = x0.dtype
-    lib = _lib(dtype)
-    if lib is None:
-        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    lib = _require_lib(dtype)
     B, W = x0.shape
     G = spec["production"].shape[-1]
     tangents = spec.get("tangents")
@@ -303,9 +309,7 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
     """Run the Rosenbrock kernel on every row: as :func:`integrate_hill_erk` (no tangents) with a
     :class:`~genenet.solvers.rosenbrock.RosenbrockTableau`; an autonomous model (``∂f/∂t = 0``)."""
     dtype = x0.dtype
-    lib = _lib(dtype)
-    if lib is None:
-        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    lib = _require_lib(dtype)
     if "tangents" in spec:
         raise ValueError("the native Rosenbrock kernel carries no tangents")
     B, W = x0.shape
@@ -329,9 +333,7 @@ def hill_vjp(spec: dict, x: Tensor, a: Tensor, model: dict | None = None
     continuous adjoint's augmented system (:mod:`genenet.fit.adjoint`), which calls it once per RHS
     evaluation: ``model`` (``vjp_arrays(spec, B, dtype)``) skips rebuilding the kernel's arrays."""
     dtype = x.dtype
-    lib = _lib(dtype)
-    if lib is None:
-        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    lib = _require_lib(dtype)
     B, G = x.shape
     model = model if model is not None else _model_arrays(spec, B, dtype)
     on_cpu = x.device.type == "cpu"
@@ -360,9 +362,7 @@ def roots_hill(spec: dict, x: Tensor, *, mode: str, tol: float, max_iter: int, g
     if mode not in ("newton", "ptc"):
         raise ValueError(f"unknown mode {mode!r}; allowed: 'newton', 'ptc'")
     dtype = x.dtype
-    lib = _lib(dtype)
-    if lib is None:
-        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    lib = _require_lib(dtype)
     B, G = x.shape
     model = _model_arrays(spec, B, dtype)
     xs = x.detach().to("cpu", dtype).clone().contiguous()
@@ -391,9 +391,7 @@ def adjoint_sweep(spec: dict, t_fine: Tensor, xs_fine: Tensor, dL: Tensor, data_
     (:data:`TANGENT_KEYS`, P = 4 K G + 2 G), ``status`` (B,) and the steps taken (B,); a row whose
     integration failed has NaN in ``a`` and ``g`` and its status."""
     dtype = xs_fine.dtype
-    lib = _lib(dtype)
-    if lib is None:
-        raise RuntimeError(f"native kernel unavailable: {reason(dtype)}")
+    lib = _require_lib(dtype)
     B, F, G = xs_fine.shape
     K = int(spec["K"])
     model = _model_arrays(spec, B, dtype)

@@ -614,6 +614,30 @@ int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const r
     return 0;
 }
 
+/* One row's VJPs of the Hill right-hand side at x with the cotangent a: xbar = a^T df/dx (G) and the
+   spec arrays' cotangents a^T df/dspec: c0b, c1b, itb, nb (K G), gb, kb (G), each overwritten.
+   Work: VJP_ROW_WORK(G, K G) reals. Shared by genenet_hill_vjp and the adjoint's augmented system. */
+#define VJP_ROW_WORK(G, KG) (10 * (KG) + 2 * (G))
+static void hill_vjp_row(const Row *r, const real *x, const real *a, real *work, real *xbar, real *c0b, real *c1b,
+                         real *itb, real *nb, real *gb, real *kb) {
+    const int64_t G = r->G, K = r->K, KG = K * G;
+    real *z = work, *lz = z + KG, *zn = lz + KG, *Hs = zn + KG, *Ex = Hs + KG, *sg = Ex + KG, *wzn = sg + KG,
+         *wl = wzn + KG, *dxw = wl + KG, *dxs = dxw + KG, *P0 = dxs + KG, *ug = P0 + G;
+    memset(xbar, 0, sizeof(real) * (size_t)G);
+    memset(c0b, 0, sizeof(real) * (size_t)KG);
+    memset(c1b, 0, sizeof(real) * (size_t)KG);
+    memset(itb, 0, sizeof(real) * (size_t)KG);
+    memset(nb, 0, sizeof(real) * (size_t)KG);
+    memset(gb, 0, sizeof(real) * (size_t)G);
+    memset(kb, 0, sizeof(real) * (size_t)G);
+    hill_vjp_prepare(1, G, K, r->slot_src, x, r->c0, r->c1, r->inv_thr, r->hill, r->nint, 1, z, lz, zn, Hs, Ex, sg,
+                     wzn, wl, dxw, P0);
+    hill_vjp_apply(G, K, r->slot_src, x, a, r->prod, r->deg, r->mult, r->clamp, Ex, dxw, P0, xbar, Hs, gb, kb, ug,
+                   dxs);
+    slot_cotangents(1, KG, Hs, sg, wzn, wl, c0b, c1b, itb, nb);
+    threshold_cotangent(KG, r->inv_thr, r->hill, itb);
+}
+
 /* The right-hand side and its VJP at one state per row, for the continuous adjoint's augmented
    system (genenet.fit.adjoint): f (B, G); xbar = a^T df/dx (B, G); the spec arrays' cotangents
    a^T df/dspec: c0b, c1b, itb, nb (B, K G), gb, kb (B, G). Model arrays per row (B rows). */
@@ -626,31 +650,15 @@ int genenet_hill_vjp(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, c
     const int64_t KG = K * G;
 #pragma omp parallel num_threads((int)nthreads)
     {
-        real *work = (real *)malloc(sizeof(real) * (size_t)(16 * KG + 8 * G + 64));
-        real *H = work, *tw = H + KG, *z = tw + 5 * KG + 2 * G, *lz = z + KG, *zn = lz + KG, *Hs = zn + KG,
-             *Ex = Hs + KG, *sg = Ex + KG, *wzn = sg + KG, *wl = wzn + KG, *dxw = wl + KG, *P0 = dxw + KG,
-             *ug = P0 + G, *dxs = ug + G;
+        real *work = (real *)malloc(sizeof(real) * (size_t)(KG + 5 * KG + 2 * G + VJP_ROW_WORK(G, KG) + 64));
+        real *H = work, *tw = H + KG, *vw = tw + 5 * KG + 2 * G;
         int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; ++b) {
             Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
-            const real *xb = x + b * G;
-            rhs_state(&r, xb, f + b * G);
-            real *xo = xbar + b * G, *c0o = c0b + b * KG, *c1o = c1b + b * KG, *mo = itb + b * KG,
-                 *no = nb + b * KG, *go = gb + b * G, *ko = kb + b * G;
-            memset(xo, 0, sizeof(real) * (size_t)G);
-            memset(c0o, 0, sizeof(real) * (size_t)KG);
-            memset(c1o, 0, sizeof(real) * (size_t)KG);
-            memset(mo, 0, sizeof(real) * (size_t)KG);
-            memset(no, 0, sizeof(real) * (size_t)KG);
-            memset(go, 0, sizeof(real) * (size_t)G);
-            memset(ko, 0, sizeof(real) * (size_t)G);
-            hill_vjp_prepare(1, G, K, slot_src, xb, r.c0, r.c1, r.inv_thr, r.hill, r.nint, 1, z, lz, zn, Hs, Ex, sg,
-                             wzn, wl, dxw, P0);
-            hill_vjp_apply(G, K, slot_src, xb, a + b * G, r.prod, r.deg, r.mult, r.clamp, Ex, dxw, P0,
-                           xo, Hs, go, ko, ug, dxs);
-            slot_cotangents(1, KG, Hs, sg, wzn, wl, c0o, c1o, mo, no);
-            threshold_cotangent(KG, r.inv_thr, r.hill, mo);
+            rhs_state(&r, x + b * G, f + b * G);
+            hill_vjp_row(&r, x + b * G, a + b * G, vw, xbar + b * G, c0b + b * KG, c1b + b * KG, itb + b * KG,
+                         nb + b * KG, gb + b * G, kb + b * G);
         }
         free(work);
         free(nint_w);
@@ -703,24 +711,13 @@ int genenet_roots_hill(int64_t B, int64_t G, int64_t K, const int32_t *slot_src,
 /* The augmented system of the continuous adjoint in s = -t, state y = [x, a, g] (G, G, P) with
    P = 4 K G + 2 G in the spec arrays' order (c0, c1, inv_threshold, hill, production, degradation):
      dx/ds = -f(x),   da/ds = a^T df/dx,   dg/ds = a^T df/dspec,
-   the VJPs as genenet_hill_vjp's. Work r->sw: ADJ_SYSTEM_WORK(G, K G) reals. */
-#define ADJ_SYSTEM_WORK(G, KG) (10 * (KG) + 2 * (G))
+   the VJPs as genenet_hill_vjp's. Work r->sw: VJP_ROW_WORK(G, K G) reals. */
 static void adjoint_system(const Row *r, const real *y, real *dy) {
-    const int64_t G = r->G, K = r->K, KG = K * G;
-    const real *x = y, *a = y + G;
-    real *z = r->sw, *lz = z + KG, *zn = lz + KG, *Hs = zn + KG, *Ex = Hs + KG, *sg = Ex + KG, *wzn = sg + KG,
-         *wl = wzn + KG, *dxw = wl + KG, *dxs = dxw + KG, *P0 = dxs + KG, *ug = P0 + G;
-    real *xbar = dy + G, *c0b = xbar + G, *c1b = c0b + KG, *itb = c1b + KG, *nb = itb + KG, *gb = nb + KG,
-         *kb = gb + G;
-    rhs_state(r, x, dy);
+    const int64_t G = r->G, KG = r->K * G;
+    real *c0b = dy + 2 * G, *c1b = c0b + KG, *itb = c1b + KG, *nb = itb + KG, *gb = nb + KG, *kb = gb + G;
+    rhs_state(r, y, dy);
     for (int64_t i = 0; i < G; ++i) dy[i] = -dy[i];
-    memset(xbar, 0, sizeof(real) * (size_t)(G + 4 * KG + 2 * G));
-    hill_vjp_prepare(1, G, K, r->slot_src, x, r->c0, r->c1, r->inv_thr, r->hill, r->nint, 1, z, lz, zn, Hs, Ex, sg,
-                     wzn, wl, dxw, P0);
-    hill_vjp_apply(G, K, r->slot_src, x, a, r->prod, r->deg, r->mult, r->clamp, Ex, dxw, P0, xbar, Hs, gb, kb, ug,
-                   dxs);
-    slot_cotangents(1, KG, Hs, sg, wzn, wl, c0b, c1b, itb, nb);
-    threshold_cotangent(KG, r->inv_thr, r->hill, itb);
+    hill_vjp_row(r, y, y + G, r->sw, dy + G, c0b, c1b, itb, nb, gb, kb);
 }
 
 /* The adjoint's whole backward pass, per row: over the F - 1 intervals of t_fine from the last,
@@ -751,7 +748,7 @@ int genenet_hill_adjoint_sweep(int64_t B, int64_t G, int64_t K, const int32_t *s
     {
         const size_t n = (size_t)(2 * W /* tolerances */ + 6 * W /* loop */ + 3 * W /* z0, out (2 W) */ +
                                   (2 * S + 1) * W /* method */ + KG + 5 * KG + 2 * G /* model */ +
-                                  ADJ_SYSTEM_WORK(G, KG) + 64);
+                                  VJP_ROW_WORK(G, KG) + 64);
         real *work = (real *)malloc(sizeof(real) * n);
         real *rt = work, *at = rt + W, *loop = at + W, *z0 = loop + 6 * W, *out = z0 + W, *mw = out + 2 * W,
              *H = mw + (2 * S + 1) * W, *tw = H + KG, *sw = tw + 5 * KG + 2 * G;

@@ -489,12 +489,12 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None  # the Rosenbrock kernel carries no tangents
     if grad and ("tangents" in spec or _requires_grad([spec.get(k) for k in ("mult", "add")])):
         return None  # the native adjoint differentiates x0 and the model parameters only
+    if stiff_after is not None and "tangents" in spec:
+        return None  # stiffness detection runs without tangents
     if grad:
         kernel = native_mod.integrate_hill_erk_grad
     else:
         kernel = native_mod.integrate_hill_rodas if implicit else native_mod.integrate_hill_erk
-    if stiff_after is not None and "tangents" in spec:
-        return None
     extra = {} if stiff_after is None else {"stiff_after": stiff_after, "check_every": check_every,
                                             "use_rho": use_rho}
     y, status, counters, t_last, y_last = kernel(
