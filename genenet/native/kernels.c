@@ -365,9 +365,10 @@ __attribute__((optimize("no-tree-vectorize")))
 #endif
 static void gather_stages(int64_t NS, int64_t n, int64_t G, const int32_t *restrict src, const real *restrict x,
                           real *restrict a) {
-    for (int64_t s = 0; s < n; ++s) {
-        const real *xs = x + src[s];
-        for (int64_t st = 0; st < NS; ++st) a[st * n + s] = xs[st * G];
+    for (int64_t st = 0; st < NS; ++st) {
+        const real *xs = x + st * G;
+        real *as = a + st * n;
+        for (int64_t s = 0; s < n; ++s) as[s] = xs[src[s]];
     }
 }
 
@@ -391,40 +392,38 @@ __attribute__((noinline)) static void hill_vjp_prepare(
     else memset(lz, 0, sizeof(real) * (size_t)(NS * KG));
     for (int64_t st = 0; st < NS; ++st) {
         const int64_t o = st * KG;
+        /* one pass per stage from z and log z to H, s and the weights (w = dH/d(z^n) = -c1 s^2) */
         if (nint) {
-            for (int64_t s = 0; s < KG; ++s) { /* dxw holds n it z^(n-1) for now */
+            for (int64_t s = 0; s < KG; ++s) {
                 int k = nint[s];
-                real p1 = small_int_pow(z[o + s], k > 0 ? k - 1 : 0);
-                zn[o + s] = k > 0 ? p1 * z[o + s] : (real)1;
-                dxw[o + s] = (real)k * it[s] * p1;
+                real zs = z[o + s], p1 = small_int_pow(zs, k > 0 ? k - 1 : 0);
+                real p = k > 0 ? p1 * zs : (real)1, q = (real)1 / ((real)1 + p), w = -c1[s] * q * q, wz = w * p;
+                sg[o + s] = q;
+                H[o + s] = c0[s] + c1[s] * q;
+                wzn[o + s] = wz;
+                wl[o + s] = wz * lz[o + s];
+                dxw[o + s] = (real)k * it[s] * p1 * w;
             }
         } else {
             for (int64_t s = 0; s < KG; ++s) {
                 real zs = z[o + s], p = hill_pow(zs, n[s]);
-                zn[o + s] = p;
+                real q = (real)1 / ((real)1 + p), w = -c1[s] * q * q, wz = w * p;
+                sg[o + s] = q;
+                H[o + s] = c0[s] + c1[s] * q;
+                wzn[o + s] = wz;
+                wl[o + s] = wz * lz[o + s];
                 /* n z^n / x = n it z^n / z; right derivative at x <= 0: it for n = 1, else 0 */
-                dxw[o + s] = zs > 0 ? n[s] * it[s] * p / zs : (n[s] == 1 ? it[s] : (real)0);
+                dxw[o + s] = (zs > 0 ? n[s] * it[s] * p / zs : (n[s] == 1 ? it[s] : (real)0)) * w;
             }
         }
-        for (int64_t s = 0; s < KG; ++s) {
-            real q = (real)1 / ((real)1 + zn[o + s]);
-            sg[o + s] = q;
-            H[o + s] = c0[s] + c1[s] * q;
-        }
-        real *restrict P = P0 + st * G, *restrict acc = wl + o; /* wl is free until the last loop */
+        real *restrict P = P0 + st * G, *restrict acc = zn + o; /* zn: free work */
         for (int64_t i = 0; i < G; ++i) P[i] = 1;
         for (int64_t k = 0; k < K; ++k) /* prefix products */
             for (int64_t i = 0; i < G; ++i) { Ex[o + k * G + i] = P[i]; P[i] *= H[o + k * G + i]; }
-        if (K > 0) { /* times the suffix products (acc: G of the K G reals of wl) */
+        if (K > 0) { /* times the suffix products */
             for (int64_t i = 0; i < G; ++i) acc[i] = 1;
             for (int64_t k = K - 1; k >= 0; --k)
                 for (int64_t i = 0; i < G; ++i) { Ex[o + k * G + i] *= acc[i]; acc[i] *= H[o + k * G + i]; }
-        }
-        for (int64_t s = 0; s < KG; ++s) { /* w = dH/d(z^n) = -c1 s^2 */
-            real q = sg[o + s], w = -c1[s] * q * q, wz = w * zn[o + s];
-            wzn[o + s] = wz;
-            wl[o + s] = wz * lz[o + s];
-            dxw[o + s] *= w;
         }
     }
 }
@@ -518,16 +517,17 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
     int64_t si_hi = tp->steady_from - 1; /* last save index written by a step */
     const int64_t rec = TAPE_HEAD + S * G;
+    int carried = 0; /* this step's last stage's cotangent went to the next step's first stage */
     for (const TapeBlock *blk = tp->last; blk; blk = blk->prev)
     for (int64_t q = blk->n - 1; q >= 0; --q) {
         const real *stp = blk->data + q * rec, *Y = stp + TAPE_HEAD;
         const real t = stp[0], t1 = stp[1], h = stp[2];
-        { /* the sweep reads the tape backward, which hardware prefetchers follow poorly: fetch the
-             next (older) record while this one is worked on */
-            const real *nxt = q > 0 ? stp - rec : (blk->prev ? blk->prev->data + (blk->prev->n - 1) * rec : NULL);
-            if (nxt)
-                for (int64_t o = 0; o < rec; o += (int64_t)(64 / sizeof(real))) __builtin_prefetch(nxt + o, 0, 3);
-        }
+        /* the step before this one (the sweep's next) */
+        const real *prv = q > 0 ? stp - rec : (blk->prev ? blk->prev->data + (blk->prev->n - 1) * rec : NULL);
+        /* the sweep reads the tape backward, which hardware prefetchers follow poorly: fetch the
+           next (older) record while this one is worked on */
+        if (prv)
+            for (int64_t o = 0; o < rec; o += (int64_t)(64 / sizeof(real))) __builtin_prefetch(prv + o, 0, 3);
         memcpy(yb1, yb, sizeof(real) * (size_t)G); /* cotangent of y1, the state after the step */
         memset(yb, 0, sizeof(real) * (size_t)G);
         memset(kbar, 0, sizeof(real) * (size_t)(S * G));
@@ -542,10 +542,27 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
             th = th < 0 ? 0 : (th > 1 ? 1 : th);
             dense_weights(e->P, S, D, th, wd);
             for (int64_t i = 0; i < G; ++i) yb[i] += ob[i]; /* y + h sum_j w_j k_j */
-            for (int64_t j = 0; j < S; ++j) {
+            for (int64_t j = 0; j < S - carried; ++j) {
                 if (wd[j] == 0) continue;
                 real q = h * wd[j];
                 for (int64_t i = 0; i < G; ++i) kbar[j * G + i] += q * ob[i];
+            }
+        }
+        /* FSAL: the step before ends at this one's start, its last stage is f(y) = this step's first,
+           at the same state, so the cotangent its dense output gives that stage joins this step's
+           first stage's (one VJP instead of two) */
+        carried = prv != NULL && prv[1] == t;
+        if (carried) {
+            const real tp0 = prv[0], hp = prv[2], hd = hp > 0 ? hp : (real)1;
+            for (int64_t sj = si_hi; sj >= 1 && t_save[sj] > tp0; --sj) {
+                if (t_save[sj] >= t) continue; /* at the step's end: no stage */
+                real th = (t_save[sj] - tp0) / hd;
+                th = th < 0 ? 0 : (th > 1 ? 1 : th);
+                dense_weights(e->P, S, D, th, wd);
+                real qs = hp * wd[S - 1];
+                if (qs == 0) continue;
+                const real *ob = ybar + sj * G;
+                for (int64_t i = 0; i < G; ++i) kbar[i] += qs * ob[i];
             }
         }
         /* the last stage (f(y1)) only matters when a save used it */
