@@ -469,7 +469,7 @@ class _ErkHill(torch.autograd.Function):
         if lost:
             raise MemoryError(
                 f"this solve records a tape of its steps for gradients (an input requires grad; {B} rows of {G} "
-                f"genes, {static['tableau'].stages} stage states per step) and {lost} rows ran out of the memory "
+                f"genes, {static['tableau'].stages - 1} stage states per step) and {lost} rows ran out of the memory "
                 f"available when it started ({(avail or 0) / 2**30:.1f} GiB). When no gradient is needed, run it "
                 "under torch.no_grad(); for gradients of long solves use the adjoint method "
                 "(FitProblem.gradient_adjoint, memory independent of the number of steps), fewer rows per call, "

@@ -14,8 +14,9 @@
 #include "hill.h"
 
 /* The accepted steps of one row, for the discrete adjoint (backpropagation through the solver
-   replayed in C): per step a record of TAPE_HEAD reals (t, t1, h, unused) and its S stage inputs
-   (G each; no tangents), in blocks of TAPE_BLOCK steps chained backward (the reverse sweep's
+   replayed in C): per step a record of TAPE_HEAD reals (t, t1, h, unused) and its first S - 1
+   stage inputs (G each; no tangents; the last one is y1, FSAL: the next step's first, or y_end for
+   the newest step), in blocks of TAPE_BLOCK steps chained backward (the reverse sweep's
    order). Blocks come from a pool that keeps the blocks of the last freed tape set: a screen that
    is differentiated again and again reuses memory that is already mapped instead of growing arrays
    by realloc (a copy) into fresh pages (a page fault each) on every call, which cost as much as a
@@ -26,7 +27,7 @@
 typedef struct TapeBlock {
     struct TapeBlock *prev; /* the block before this one (older steps), or NULL */
     int64_t n;              /* steps recorded here */
-    real data[];            /* TAPE_BLOCK records of TAPE_HEAD + S G reals */
+    real data[];            /* TAPE_BLOCK records of TAPE_HEAD + (S - 1) G reals */
 } TapeBlock;
 
 typedef struct {
@@ -35,6 +36,7 @@ typedef struct {
     int64_t steady_from; /* saves from here on copy the final state (steady stop); T if none */
     int64_t first_saved; /* 1 when out[0] is the initial state */
     int oom;             /* the tape could not grow: the caller raises MemoryError */
+    real *y_end;         /* (G) the newest step's last stage input, its y1 */
 } Tape;
 
 static pthread_mutex_t tape_pool_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -48,7 +50,7 @@ static int64_t tape_bytes_used, tape_bytes_peak; /* in blocks handed out; the pe
 static int64_t tape_fresh_bytes, tape_fresh_limit = INT64_MAX;
 
 static size_t tape_block_bytes(int64_t S, int64_t G) {
-    return sizeof(TapeBlock) + sizeof(real) * (size_t)(TAPE_BLOCK * (TAPE_HEAD + S * G));
+    return sizeof(TapeBlock) + sizeof(real) * (size_t)(TAPE_BLOCK * (TAPE_HEAD + (S - 1) * G));
 }
 
 static TapeBlock *tape_block_get(size_t bytes) {
@@ -111,7 +113,7 @@ static void tape_blocks_put(TapeBlock *chain, size_t bytes, int64_t keep) {
 }
 
 static int tape_push(Tape *tp, real t, real t1, real h, const real *Y) {
-    const int64_t rec = TAPE_HEAD + tp->S * tp->G;
+    const int64_t rec = TAPE_HEAD + (tp->S - 1) * tp->G;
     TapeBlock *b = tp->last;
     if (!b || b->n == TAPE_BLOCK) {
         TapeBlock *fresh = tape_block_get(tape_block_bytes(tp->S, tp->G));
@@ -122,7 +124,8 @@ static int tape_push(Tape *tp, real t, real t1, real h, const real *Y) {
     }
     real *r = b->data + b->n * rec;
     r[0] = t; r[1] = t1; r[2] = h; r[3] = 0;
-    memcpy(r + TAPE_HEAD, Y, sizeof(real) * (size_t)(tp->S * tp->G));
+    memcpy(r + TAPE_HEAD, Y, sizeof(real) * (size_t)((tp->S - 1) * tp->G));
+    memcpy(tp->y_end, Y + (tp->S - 1) * tp->G, sizeof(real) * (size_t)tp->G);
     b->n++;
     tp->n++;
     return 0;

@@ -301,9 +301,13 @@ int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, c
 /* the vectorized log of hill.h, for its test */
 void genenet_log_pos(int64_t n, const real *x, real *out) { log_pos(n, x, out); }
 
+/* B empty tapes of an S-stage FSAL method (S >= 2) and G genes, their y_end in the same block */
 Tape *genenet_tapes_new(int64_t B, int64_t S, int64_t G) {
-    Tape *tp = (Tape *)calloc((size_t)(B > 0 ? B : 1), sizeof(Tape));
-    for (int64_t b = 0; tp && b < B; ++b) { tp[b].S = S; tp[b].G = G; }
+    if (S < 2) return NULL;
+    const size_t nb = (size_t)(B > 0 ? B : 1);
+    Tape *tp = (Tape *)calloc(1, nb * sizeof(Tape) + nb * (size_t)G * sizeof(real));
+    real *ends = tp ? (real *)(tp + nb) : NULL;
+    for (int64_t b = 0; tp && b < B; ++b) { tp[b].S = S; tp[b].G = G; tp[b].y_end = ends + b * G; }
     return tp;
 }
 
@@ -497,7 +501,7 @@ static void threshold_cotangent(int64_t KG, const real *it, const real *n, real 
 
 /* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
    the initial state; ylast_bar (G): of the final state. Work: ADJOINT_WORK(S, G, K G) reals. */
-#define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + 2 * (KG) + 10 * (S) * (KG) + 2 * (S) * (G) + 64)
+#define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + 2 * (KG) + 10 * (S) * (KG) + 3 * (S) * (G) + 64)
 static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, const real *t_save, int64_t T,
                             const real *ybar, const real *ylast_bar, real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb,
                             real *kb, real *work) {
@@ -506,7 +510,8 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
     real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *ug = yb1 + G, *wd = ug + G;
     real *P0 = wd + S, *xg = P0 + S * G, *lz = xg + S * KG, *zn = lz + S * KG,
          *H = zn + S * KG, *Ex = H + S * KG, *sg = Ex + S * KG, *wzn = sg + S * KG, *wl = wzn + S * KG,
-         *dxw = wl + S * KG, *dxs = dxw + S * KG, *nb_sink = dxs + KG; /* nb_sink: hill's cotangent unwanted */
+         *dxw = wl + S * KG, *dxs = dxw + S * KG, *nb_sink = dxs + KG, /* nb_sink: hill's cotangent unwanted */
+         *Yw = nb_sink + KG; /* all S stage inputs of a step whose last stage's VJP is taken */
     const int want_hill = nb != NULL;
     if (c0b && !nb) {
         memset(nb_sink, 0, sizeof(real) * (size_t)KG);
@@ -516,11 +521,12 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
     for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
         for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
     int64_t si_hi = tp->steady_from - 1; /* last save index written by a step */
-    const int64_t rec = TAPE_HEAD + S * G;
+    const int64_t rec = TAPE_HEAD + (S - 1) * G;
     int carried = 0; /* this step's last stage's cotangent went to the next step's first stage */
+    const real *y1 = tp->y_end; /* the step's last stage input: the newer step's first (FSAL) */
     for (const TapeBlock *blk = tp->last; blk; blk = blk->prev)
     for (int64_t q = blk->n - 1; q >= 0; --q) {
-        const real *stp = blk->data + q * rec, *Y = stp + TAPE_HEAD;
+        const real *stp = blk->data + q * rec, *Yrec = stp + TAPE_HEAD, *Y = Yrec; /* (S - 1, G) */
         const real t = stp[0], t1 = stp[1], h = stp[2];
         /* the step before this one (the sweep's next) */
         const real *prv = q > 0 ? stp - rec : (blk->prev ? blk->prev->data + (blk->prev->n - 1) * rec : NULL);
@@ -569,6 +575,11 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         int last = 0;
         for (int64_t i = 0; i < G; ++i) last |= kbar[(S - 1) * G + i] != 0;
         const int64_t NS = last ? S : S - 1;
+        if (last) { /* the record holds the first S - 1 stage inputs */
+            memcpy(Yw, Y, sizeof(real) * (size_t)((S - 1) * G));
+            memcpy(Yw + (S - 1) * G, y1, sizeof(real) * (size_t)G);
+            Y = Yw;
+        }
         hill_vjp_prepare(NS, G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, want_hill, xg,
                          lz, zn, H, Ex, sg, wzn, wl, dxw, P0);
         /* stages in reverse: Y_s = y + h sum_l a_sl k_l, k_s = f(Y_s); y1 = Y_{S-1} */
@@ -594,6 +605,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
             }
         }
         if (c0b) slot_cotangents(NS, KG, H, sg, wzn, wl, c0b, c1b, itb, nb);
+        y1 = Yrec;
     }
     for (int64_t i = 0; i < G; ++i) x0b[i] = yb[i] + (tp->first_saved ? ybar[i] : (real)0);
     if (itb) threshold_cotangent(KG, r->inv_thr, r->hill, itb);
