@@ -18,6 +18,7 @@ import collections
 import difflib
 import itertools
 import math
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -394,12 +395,40 @@ def _entry_index(model: Any, p: SetParameter) -> int | slice:
     return slice(None)
 
 
+# the last few compiled condition lists of each model: a screen or a fit solves the same conditions
+# call after call, and compiling thousands of them costs ~7 µs each (35 ms for the 5051 rows of a
+# double-knockout screen of 100 genes) against ~2 µs to hash and compare them
+_COMPILED: weakref.WeakKeyDictionary[Any, collections.OrderedDict] = weakref.WeakKeyDictionary()
+_COMPILED_PER_MODEL = 4
+
+
 def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledConditions:
     """Check every condition against ``model`` and build the per-condition arrays.
 
     Raises before any solving: unknown genes (naming the closest names), unknown
     parameters, a clamped gene that is also knocked out, values out of range.
+    The result of an equal list of conditions on the same model object is reused (it is
+    shared: treat its arrays as read-only).
     """
+    key = tuple(conditions)
+    try:
+        per_model = _COMPILED.setdefault(model, collections.OrderedDict())
+        h = hash(key)  # once: a tuple does not keep its hash
+    except TypeError:  # an unhashable model or perturbation: no reuse
+        return _compile_conditions(key, model)
+    entry = per_model.get(h)
+    if entry is not None and entry[0] == key:
+        per_model.move_to_end(h)
+        return entry[1]
+    compiled = _compile_conditions(key, model)
+    per_model[h] = (key, compiled)
+    per_model.move_to_end(h)
+    if len(per_model) > _COMPILED_PER_MODEL:
+        per_model.popitem(last=False)
+    return compiled
+
+
+def _compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledConditions:
     genes = list(model.genes)
     names = list(dict.fromkeys([*getattr(model, "gene_names", []), *genes]))
     C, G = len(conditions), len(genes)

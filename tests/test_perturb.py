@@ -144,6 +144,26 @@ def test_screens_and_screen_table(net10, model10):
         gn.screen_table(traj, reference="control")
 
 
+def test_compiled_conditions_are_reused_for_an_equal_list_on_the_same_model(net10, model10):
+    from genenet.perturb import compile_conditions
+
+    screen = gn.knockout_screen(net10, order=2)
+    first = compile_conditions(screen, model10)
+    assert compile_conditions(list(gn.knockout_screen(net10, order=2)), model10) is first  # equal, not the same list
+    other = compile_conditions(screen[:-1] + [gn.Condition(gn.Knockdown("G1", 0.5))], model10)
+    assert other is not first and np.all(other.layers[0].mult[-1] == np.where(np.arange(10) == 1, 0.5, 1.0))
+    twin = gn.Hill.random(net10, n=1, seed=2)
+    assert compile_conditions(screen, twin) is not first  # another model object compiles its own
+    for extra in range(5):  # a few lists per model are kept: the oldest goes
+        compile_conditions(screen[: 3 + extra], model10)
+    assert compile_conditions(screen, model10) is not first
+    # a solve with the reused compile equals one with a fresh compile
+    t = [0.0, 2.0]
+    a = gn.simulate(model10, t, x0=3.0, perturbations=screen[:12]).numpy()
+    b = gn.simulate(model10, t, x0=3.0, perturbations=screen[:12]).numpy()
+    np.testing.assert_array_equal(a, b)
+
+
 def test_bad_perturbations_fail_before_solving(model10):
     t = [0.0, 1.0]
     with pytest.raises(KeyError, match=r"unknown gene 'G33'.*did you mean 'G3'"):
