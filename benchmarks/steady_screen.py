@@ -128,7 +128,7 @@ def main() -> None:
         print(name, s, ok, flush=True)
 
     today = dt.date.today().isoformat()
-    counts = {k: int((ss.method == k).sum()) for k in ("newton", "integrate", "ptc", "failed")}
+    counts = {k: int((ss.method == k).sum()) for k in ("newton", "integrate", "ptc", "sub-condition", "failed")}
     lines = [f"# Steady states of the double-knockout screen, {today}", "",
              f"- machine: {machine(torch.device('cpu'))}", f"- versions: {json.dumps(versions())}",
              f"- problem: standard network (100 genes, 300 edges, Hill.random seed 0), {a.rows} rows "

@@ -228,3 +228,39 @@ def test_steady_state_progress_bar(toggle, capsys):
     shown = gn.steady_state(toggle, x0=[[8.0, 0.5], [3.0, 3.0]], progress=True)
     assert "steady_state" in capsys.readouterr().err
     torch.testing.assert_close(shown.x, quiet.x)
+
+
+def test_sub_condition_candidates_same_set_fewest_perturbations_removed_first():
+    from genenet.steady import _sub_condition_rows
+
+    a, b, c = gn.Knockout("A"), gn.Knockout("B"), gn.Knockout("C")
+    conds = [gn.Condition(), gn.Condition(a), gn.Condition(b), gn.Condition([a, b]), gn.Condition([a, b, c])]
+    P = 2  # rows c * 2 + s
+    conv = np.ones(10, bool)
+    conv[[2, 3]] = False  # set 0 of KO(A) and set 1 of KO(A) fail; KO(B) converged in both sets
+    first, second, third = _sub_condition_rows(conds, P, conv)
+    # KO(A)+KO(B), set 0: KO(A) failed, so KO(B) (row 4), then the wild type (row 0)
+    assert (first[6], second[6], third[6]) == (4, 0, -1)
+    assert (first[7], second[7]) == (5, 1)  # set 1: KO(A) row 3 failed too
+    # the triple: the double first (one fewer), then KO(B) (two fewer; KO(A) failed), then the wild type
+    assert (first[8], second[8], third[8]) == (6, 4, 0)
+    assert first[0] == -1 and first[2] == 0  # the wild type has none; KO(A) set 0: the wild type
+
+
+def test_screen_rows_unsolved_from_their_start_solve_from_a_sub_condition():
+    # rows of the standard 100-gene screen where Newton from x0, integration to t = 1000 and
+    # pseudo-transient continuation all fail (they oscillate; the steady state is unstable) and
+    # Newton from the wild type's steady state, with the knockout set, converges
+    net = random_network(100, 3, seed=0)
+    model = gn.Hill.random(net, n=1, seed=0)
+    conds = [gn.Condition(), gn.Knockout("G6"), gn.Knockout("G7")]
+    ss = gn.steady_state(model, conds)
+    assert ss.converged.all() and list(ss.method[1:]) == ["sub-condition", "sub-condition"]
+    p = hill_values(model)
+    for row, gene in ((1, "G6"), (2, "G7")):
+        i = net.index(gene)
+        assert abs(ss.x[row, i].item()) <= 1e-12  # knocked out (Newton moves it by rounding only)
+        q = dict(p, production=p["production"].copy())
+        q["production"][i] = 0.0
+        f = hill_rhs_numpy(net, q)(0.0, ss.x[row].numpy())
+        assert np.abs(f).max() <= 1e-9 * (1 + ss.x[row].abs().max().item())
