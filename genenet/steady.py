@@ -24,6 +24,7 @@ A row is converged when ``max_i |f_i(x)| <= tol * (1 + max_i |x_i|)``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -366,6 +367,10 @@ def steady_state(
             x1, conv, iters = newton(term, x, args, tol=tol, max_iter=max_iter, give_up=10)
             how[conv.cpu().numpy()] = "newton"
             fallbacks = [("integrate", _via_integration), ("ptc", _via_ptc)]
+            if batch.n_conditions > 1:  # the rows solved so far (x1, conv: updated in place) as starts
+                fallbacks.append(("sub-condition", functools.partial(
+                    _via_sub_conditions, conditions=as_conditions(perturbations), n_sets=batch.n_sets,
+                    fixed=batch.x0_fixed, solved=(x1, conv))))
         else:
             x1, conv = x.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
             iters = torch.zeros(B, dtype=torch.long, device=dev)
@@ -376,28 +381,12 @@ def steady_state(
                 break
             bar.set_postfix_str(name)
             sub = torch.nonzero(~conv).squeeze(1)
-            xs, cs, its = fallback(term, tree_index(args, sub), x[sub], tol, max_iter, t_max)
+            xs, cs, its = fallback(term, tree_index(args, sub), x[sub], sub, tol, max_iter, t_max)
             x1[sub] = torch.where(cs[:, None], xs, x1[sub])
             iters[sub] += its
             conv[sub] = cs
             how[sub[cs].cpu().numpy()] = name
             bar.update(int(cs.sum()))
-        if method == "newton" and not bool(conv.all()) and batch.n_conditions > 1:
-            bar.set_postfix_str("sub-condition")
-            for cand in _sub_condition_rows(as_conditions(perturbations), batch.n_sets, conv.cpu().numpy()):
-                sub = torch.as_tensor(np.flatnonzero((cand >= 0) & ~conv.cpu().numpy()), device=dev)
-                if sub.numel() == 0:
-                    continue
-                donor = x1[torch.as_tensor(cand, device=dev)[sub]]
-                start = torch.where(batch.x0_fixed[sub], batch.x0[sub].detach(), donor)
-                sargs = tree_index(args, sub)
-                start = term.reset(torch.zeros(sub.numel(), dtype=dtp, device=dev), start, sargs)
-                xs, cs, its = newton(term, start, sargs, tol=tol, max_iter=max_iter)
-                x1[sub] = torch.where(cs[:, None], xs, x1[sub])
-                iters[sub] += its
-                conv[sub] = cs
-                how[sub[cs].cpu().numpy()] = "sub-condition"
-                bar.update(int(cs.sum()))
         F = term.vf(torch.zeros(B, dtype=dtp, device=dev), x1, args)
         ev, stable = stability(term, x1, args)
     conv_np = conv.cpu().numpy()
@@ -416,33 +405,54 @@ def _sub_condition_rows(conditions: list, n_sets: int, converged: np.ndarray, n_
     with one perturbation fewer first, then two fewer, then none (the wild type). Returns
     ``n_starts`` arrays (B,) of row indices, -1 where a row has no such candidate."""
     C, P = len(conditions), n_sets
-    by_set = {}
+    conv = converged.reshape(C, P)
+    by_set: dict[frozenset, int] = {}
     for c, cond in enumerate(conditions):
         by_set.setdefault(frozenset(cond.perturbations), c)
-    out = [np.full(C * P, -1) for _ in range(n_starts)]
+    out = np.full((n_starts, C, P), -1)
     for c, cond in enumerate(conditions):
         perts = list(dict.fromkeys(cond.perturbations))
         k = len(perts)
         subsets = [frozenset(q) for size in (k - 1, k - 2) if size > 0 for q in itertools.combinations(perts, size)]
-        subsets.append(frozenset())
-        subs = [by_set[q] for q in dict.fromkeys(subsets) if q in by_set and by_set[q] != c]
-        for s in range(P):
-            found = [d * P + s for d in subs if converged[d * P + s]][:n_starts]
-            for j, r in enumerate(found):
-                out[j][c * P + s] = r
-    return out
+        subs = np.array([by_set[q] for q in dict.fromkeys([*subsets, frozenset()]) if by_set.get(q, c) != c], int)
+        if subs.size == 0:
+            continue
+        ok = conv[subs]  # (candidates, P)
+        rank = np.cumsum(ok, axis=0) - 1  # each converged candidate's place in its set's list
+        for j in range(n_starts):
+            pick = ok & (rank == j)  # at most one per set
+            has = pick.any(axis=0)
+            out[j, c, has] = subs[pick.argmax(axis=0)][has] * P + np.flatnonzero(has)
+    return list(out.reshape(n_starts, C * P))
 
 
-def _via_integration(term: Any, args: dict, x: Tensor, tol: float, max_iter: int, t_max: float
+def _via_sub_conditions(term: Any, args: dict, x: Tensor, rows: Tensor, tol: float, max_iter: int, t_max: float, *,
+                        conditions: list, n_sets: int, fixed: Tensor, solved: tuple[Tensor, Tensor]
+                        ) -> tuple[Tensor, Tensor, Tensor]:
+    """Newton from the steady states of the rows' sub-conditions in turn (:func:`_sub_condition_rows`;
+    ``solved``: the batch's states and convergence so far), with the rows' own knockouts and clamps
+    (``fixed`` genes from ``x``): a one-step continuation in the perturbation."""
+    x_solved, conv = solved
+    t = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    starts = []
+    for cand in _sub_condition_rows(conditions, n_sets, conv.cpu().numpy()):
+        donor = torch.as_tensor(cand, device=x.device)[rows]
+        start = torch.where(fixed[rows], x, x_solved[donor.clamp(min=0)])
+        starts.append(torch.where((donor >= 0)[:, None], term.reset(t, start, args), torch.nan))
+    return _newton_from_starts(term, starts, args, tol, max_iter)
+
+
+def _via_integration(term: Any, args: dict, x: Tensor, rows: Tensor, tol: float, max_iter: int, t_max: float
                      ) -> tuple[Tensor, Tensor, Tensor]:
     """Follow the dynamics from ``x``, then Newton from the trajectory's starts in turn
-    (:func:`_integrate_to_steady`)."""
+    (:func:`_integrate_to_steady`). A fallback of :func:`steady_state`: ``args``, ``x`` are those of
+    the batch's ``rows``, which this one does not need."""
     return _newton_from_starts(term, list(_integrate_to_steady(term, args, x, t_max)), args, tol, max_iter)
 
 
-def _via_ptc(term: Any, args: dict, x: Tensor, tol: float, max_iter: int, t_max: float
+def _via_ptc(term: Any, args: dict, x: Tensor, rows: Tensor, tol: float, max_iter: int, t_max: float
              ) -> tuple[Tensor, Tensor, Tensor]:
-    """Pseudo-transient continuation from ``x``, then Newton."""
+    """Pseudo-transient continuation from ``x``, then Newton (a fallback, as :func:`_via_integration`)."""
     x2, _, it2 = pseudo_transient(term, x, args, tol=tol, max_iter=3 * max_iter)
     x3, conv, it3 = newton(term, x2, args, tol=tol, max_iter=max_iter)
     return x3, conv, it2 + it3
@@ -479,20 +489,20 @@ def _integrate_to_steady(term: Any, args: dict, x: Tensor, t_max: float, max_ste
 def _newton_from_starts(term: Any, starts: list[Tensor], args: dict, tol: float, max_iter: int
                         ) -> tuple[Tensor, Tensor, Tensor]:
     """Newton from each start in turn on the rows no earlier start solved; a row keeps its
-    first converged result (else the result from the first start)."""
+    first converged result (else the result from its first start). A row whose start is not
+    finite has none there (rows with none at all come back unconverged, as their first start)."""
     B = starts[0].shape[0]
     conv = torch.zeros(B, dtype=torch.bool, device=starts[0].device)
+    ran = torch.zeros(B, dtype=torch.bool, device=starts[0].device)
     iters = torch.zeros(B, dtype=torch.long, device=starts[0].device)
-    x = None
+    x = starts[0].clone()
     for start in starts:
-        sub = torch.nonzero(~conv).squeeze(1)
+        sub = torch.nonzero(~conv & torch.isfinite(start).all(dim=-1)).squeeze(1)
         if sub.numel() == 0:
-            break
+            continue
         xs, cs, its = newton(term, start[sub], tree_index(args, sub), tol=tol, max_iter=max_iter)
-        if x is None:
-            x = xs
-        else:
-            x[sub] = torch.where(cs[:, None], xs, x[sub])
+        x[sub] = torch.where((ran[sub] & ~cs)[:, None], x[sub], xs)
+        ran[sub] = True
         conv[sub] = cs
         iters[sub] += its
     return x, conv, iters

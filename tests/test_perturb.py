@@ -145,7 +145,7 @@ def test_screens_and_screen_table(net10, model10):
 
 
 def test_compiled_conditions_are_reused_for_an_equal_list_on_the_same_model(net10, model10):
-    from genenet.perturb import compile_conditions
+    from genenet.perturb import _COMPILED, compile_conditions
 
     screen = gn.knockout_screen(net10, order=2)
     first = compile_conditions(screen, model10)
@@ -159,9 +159,11 @@ def test_compiled_conditions_are_reused_for_an_equal_list_on_the_same_model(net1
     assert compile_conditions(screen, model10) is not first
     # a solve with the reused compile equals one with a fresh compile
     t = [0.0, 2.0]
-    a = gn.simulate(model10, t, x0=3.0, perturbations=screen[:12]).numpy()
-    b = gn.simulate(model10, t, x0=3.0, perturbations=screen[:12]).numpy()
-    np.testing.assert_array_equal(a, b)
+    _COMPILED.clear()
+    fresh = gn.simulate(model10, t, x0=3.0, perturbations=screen[:12]).numpy()
+    assert len(_COMPILED[model10]) == 1
+    reused = gn.simulate(model10, t, x0=3.0, perturbations=screen[:12]).numpy()
+    np.testing.assert_array_equal(fresh, reused)
 
 
 def test_bad_perturbations_fail_before_solving(model10):

@@ -369,10 +369,9 @@ __attribute__((optimize("no-tree-vectorize")))
 #endif
 static void gather_stages(int64_t NS, int64_t n, int64_t G, const int32_t *restrict src, const real *restrict x,
                           real *restrict a) {
-    for (int64_t st = 0; st < NS; ++st) {
-        const real *xs = x + st * G;
-        real *as = a + st * n;
-        for (int64_t s = 0; s < n; ++s) as[s] = xs[src[s]];
+    for (int64_t s = 0; s < n; ++s) {
+        const real *xs = x + src[s];
+        for (int64_t st = 0; st < NS; ++st) a[st * n + s] = xs[st * G];
     }
 }
 
