@@ -18,7 +18,7 @@ from .models.base import Model
 from .perturb import ConditionTerm, as_conditions, compile_conditions
 from .validation import check_state, per_gene
 
-__all__ = ["Batch", "build_batch"]
+__all__ = ["Batch", "build_batch", "check_rows", "count_rows"]
 
 
 @dataclass
@@ -33,6 +33,7 @@ class Batch:
     n_conditions: int
     n_sets: int
     x0_fixed: Tensor  # (B, G) bool: genes whose initial state the condition sets (knockouts, clamps)
+    index: np.ndarray  # (B,) each row's place in the whole batch of C * n_sets rows (``rows=``)
 
     @property
     def n_rows(self) -> int:
@@ -55,61 +56,98 @@ def _n_sets(model: Model, params: Mapping[str, Any] | None) -> int:
     return max(many, default=1)
 
 
+def _layout(model: Model, n_conditions: int, x: Tensor | None, params: Mapping[str, Any] | None
+            ) -> tuple[int, bool]:
+    """Parameter sets P of the batch (the rows of ``x`` for one condition and one set's replicates)
+    and whether those are replicates of one initial state each; checks ``x``'s rows."""
+    C, P = n_conditions, _n_sets(model, params)
+    if x is not None and x.ndim == 2 and x.shape[0] not in (1, P, C * P):
+        if C == 1 and P == 1:  # many initial states of one condition and one parameter set
+            return x.shape[0], True
+        allowed = f"1, {P} (one per parameter set)" + (f" or {C * P} (conditions x parameter sets)" if C > 1 else "")
+        raise ValueError(f"x0 has {x.shape[0]} rows; allowed: {allowed}")
+    return P, False
+
+
+def _initial(model: Model, x0: Any, n_rows: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+    if x0 is None:
+        return model.default_x0(1, device=device, dtype=dtype)[0]
+    x = per_gene(x0, "x0", model.genes, device=device, dtype=dtype, rows=n_rows)
+    check_state(x, model.genes)
+    return x
+
+
+def count_rows(model: Model, perturbations: Any, x0: Any = None, params: Mapping[str, Any] | None = None) -> int:
+    """Rows ``B`` that :func:`build_batch` makes of these arguments (without compiling them)."""
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a genenet Model (e.g. gn.Hill), got {type(model).__name__}")
+    C = len(as_conditions(perturbations))
+    x = None if x0 is None else per_gene(x0, "x0", model.genes, device=torch.device("cpu"),
+                                         dtype=torch.float64, rows=C)
+    P, _ = _layout(model, C, x, params)
+    return C * P
+
+
+def check_rows(rows: Any, n_rows: int) -> np.ndarray:
+    """``rows``: indices into the batch's ``n_rows`` rows (1-D integers in ``[-n_rows, n_rows)``, or a
+    slice) -> int64 array of non-negative indices in the given order."""
+    if isinstance(rows, slice):
+        return np.arange(n_rows)[rows]
+    idx = np.asarray(rows.detach().cpu() if isinstance(rows, Tensor) else rows)
+    if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+        raise ValueError(f"rows must be a slice or 1-D integer indices, got shape {idx.shape} of {idx.dtype}")
+    bad = (idx < -n_rows) | (idx >= n_rows)
+    if bad.any():
+        raise ValueError(f"rows holds {int(idx[bad][0])}; allowed: -{n_rows} .. {n_rows - 1} (the batch has "
+                         f"{n_rows} rows: conditions x parameter sets)")
+    return np.where(idx < 0, idx + n_rows, idx).astype(np.int64)
+
+
 def build_batch(model: Model, perturbations: Any, x0: Any, params: Mapping[str, Any] | None, *,
-                device: torch.device, dtype: torch.dtype) -> Batch:
+                device: torch.device, dtype: torch.dtype, rows: Any = None) -> Batch:
     """Compile conditions, expand parameters and initial states to ``B = C * P`` rows.
 
     ``x0``: None (model default), scalar / (G,) / {gene: value} (every row),
     (P, G) (per parameter set), (C*P, G) (per row), or, for one condition and one
     parameter set, (N, G) (N rows from N initial states). Knockouts start at 0 and
-    clamps at their value, whatever ``x0`` says.
+    clamps at their value, whatever ``x0`` says. ``rows`` (see :func:`check_rows`):
+    only these of the B rows, in that order, labelled as in the whole batch.
     """
     if not isinstance(model, Model):
         raise TypeError(f"model must be a genenet Model (e.g. gn.Hill), got {type(model).__name__}")
     conditions = as_conditions(perturbations)
     compiled = compile_conditions(conditions, model)  # validates before anything is computed
-    C, P = len(conditions), _n_sets(model, params)
-    G = model.n_genes
-    if x0 is None:
-        x = model.default_x0(1, device=device, dtype=dtype)[0]
-    else:
-        x = per_gene(x0, "x0", model.genes, device=device, dtype=dtype, rows=C * P)
-        check_state(x, model.genes)
-    replicates = False
-    if x.ndim == 2 and x.shape[0] not in (1, P, C * P):
-        if C == 1 and P == 1:  # many initial states of one condition and one parameter set
-            P, replicates = x.shape[0], True
-        else:
-            allowed = f"1, {P} (one per parameter set)" + (
-                f" or {C * P} (conditions x parameter sets)" if C > 1 else "")
-            raise ValueError(f"x0 has {x.shape[0]} rows; allowed: {allowed}")
+    C, G = len(conditions), model.n_genes
+    x = _initial(model, x0, C * _n_sets(model, params), device=device, dtype=dtype)
+    P, replicates = _layout(model, C, x, params)
     B = C * P
-    cond_of_row = torch.arange(C, device=device).repeat_interleave(P)
-    set_of_row = torch.arange(P, device=device).repeat(C)
-    if x.ndim == 1:
-        x = x.expand(B, G)
-    elif x.shape[0] == 1:
-        x = x.expand(B, G)
+    index = torch.arange(B, device=device) if rows is None else torch.as_tensor(check_rows(rows, B), device=device)
+    cond_of_row = torch.div(index, P, rounding_mode="floor")
+    set_of_row = index - cond_of_row * P
+    n = index.shape[0]
+    if x.ndim == 1 or x.shape[0] == 1:
+        x = x.reshape(-1, G).expand(n, G)
     elif x.shape[0] == P and B != P:
         x = x.index_select(0, set_of_row)
+    elif rows is not None:
+        x = x.index_select(0, index)
     mask = torch.as_tensor(compiled.x0_mask, device=device).index_select(0, cond_of_row)
     value = torch.as_tensor(compiled.x0_value, device=device, dtype=dtype).index_select(0, cond_of_row)
     x = torch.where(mask, value, x)
 
+    labels_c = compiled.labels
     if replicates:
-        set_of_row = torch.zeros(B, dtype=torch.long, device=device)
-    p = model.row_params(set_of_row, B, device=device, dtype=dtype, overrides=params)
+        labels = [f"{labels_c[0]} #{i}" for i in index.tolist()]
+        set_of_row = torch.zeros(n, dtype=torch.long, device=device)
+    elif P == 1:
+        labels = [labels_c[c] for c in cond_of_row.tolist()]
+    else:
+        labels = [f"{labels_c[c]} | set {s}" for c, s in zip(cond_of_row.tolist(), set_of_row.tolist())]
+    p = model.row_params(set_of_row, n, device=device, dtype=dtype, overrides=params)
     for name, v in p.items():
         if not torch.isfinite(v.detach()).all():
             raise ValueError(f"parameter {name!r} is not finite")
     term = ConditionTerm(model, compiled, p, cond_of_row, dtype=dtype)
-
-    labels_c = compiled.labels
-    if replicates:
-        labels = [f"{labels_c[0]} #{i}" for i in range(B)]
-    elif P == 1:
-        labels = list(labels_c)
-    else:
-        labels = [f"{labels_c[c]} | set {s}" for c in range(C) for s in range(P)]
     return Batch(term=term, x0=x, labels=labels, conditions=[labels_c[c] for c in cond_of_row.tolist()],
-                 parameter_sets=set_of_row.cpu().numpy(), n_conditions=C, n_sets=P, x0_fixed=mask)
+                 parameter_sets=set_of_row.cpu().numpy(), n_conditions=C, n_sets=P, x0_fixed=mask,
+                 index=index.cpu().numpy())

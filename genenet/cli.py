@@ -37,7 +37,7 @@ def _simulate(args: argparse.Namespace) -> int:
             k.strip(): float(v) for k, v in (kv.split("=") for kv in args.x0.split(","))}
     traj = simulate(model, t, x0=x0, method=args.method, rtol=args.rtol, atol=args.atol, dt=args.dt,
                     max_steps=args.max_steps, device=args.device, dtype=args.dtype, throw=False,
-                    progress=not args.quiet)
+                    progress=not args.quiet, cluster=args.cluster)
     if not args.quiet:
         print(traj.summary())
     if args.out:
@@ -67,6 +67,7 @@ def _screen(args: argparse.Namespace) -> int:
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from .distributed import connect
     from .perturb import knockdown_screen, knockout_screen
     from .screen import screen_table
     from .steady import steady_state
@@ -92,26 +93,28 @@ def _screen(args: argparse.Namespace) -> int:
         raise ValueError(f"{parts} holds a different screen ({mpath}); remove it or rerun with the same options")
     mpath.write_text(json.dumps(manifest, indent=1))
 
-    # the wild-type steady state is every condition's starting point and the fold-change reference
-    wt = steady_state(model, method="integrate", device=args.device)
-    x_wt = wt.x
-    done = 0
-    bar = tqdm(total=len(conditions), desc="screen", unit="condition", disable=args.quiet)
-    for i, chunk in enumerate(chunks):
-        part = parts / f"part_{i:05d}.csv"
-        if part.exists():  # finished in an earlier run: written atomically, never partial
+    with connect(args.cluster) as cluster:  # one connection for all chunks
+        # the wild-type steady state is every condition's starting point and the fold-change reference
+        wt = steady_state(model, method="integrate", device=args.device)  # one row: in-process
+        x_wt = wt.x
+        done = 0
+        bar = tqdm(total=len(conditions), desc="screen", unit="condition", disable=args.quiet)
+        for i, chunk in enumerate(chunks):
+            part = parts / f"part_{i:05d}.csv"
+            if part.exists():  # finished in an earlier run: written atomically, never partial
+                done += len(chunk)
+                bar.update(len(chunk) + (1 if i == 0 else 0))
+                continue
+            ss = steady_state(model, [wild, *chunk], x0=x_wt, method="integrate", device=args.device,
+                              cluster=cluster)
+            table = screen_table(ss)
+            if i > 0:
+                table = table[table.condition != wild.label]
+            tmp = part.with_suffix(".tmp")
+            table.to_csv(tmp, index=False)
+            os.replace(tmp, part)
             done += len(chunk)
             bar.update(len(chunk) + (1 if i == 0 else 0))
-            continue
-        ss = steady_state(model, [wild, *chunk], x0=x_wt, method="integrate", device=args.device)
-        table = screen_table(ss)
-        if i > 0:
-            table = table[table.condition != wild.label]
-        tmp = part.with_suffix(".tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, part)
-        done += len(chunk)
-        bar.update(len(chunk) + (1 if i == 0 else 0))
     bar.close()
     table = pd.concat([pd.read_csv(parts / f"part_{i:05d}.csv") for i in range(len(chunks))], ignore_index=True)
     table.to_csv(out, index=False)
@@ -137,7 +140,8 @@ def _steady(args: argparse.Namespace) -> int:
     from .multistability import find_steady_states
 
     _, model = _model(args)
-    res = find_steady_states(model, n_initial=args.initial, seed=args.seed, device=args.device)
+    res = find_steady_states(model, n_initial=args.initial, seed=args.seed, device=args.device, cluster=args.cluster,
+                             progress=not args.quiet)
     if not args.quiet:
         print(res.summary())
     if args.out:
@@ -158,7 +162,8 @@ def _fit(args: argparse.Namespace) -> int:
     data = ExpressionData.from_csv(args.data, dropna=args.dropna)
     free = [f.strip() for f in args.free.split(",") if f.strip()]
     res = fit(model, data, free=free, method=args.method, multistart=args.multistart, seed=args.seed,
-              max_iter=args.max_iter, progress=not args.quiet, noise=args.noise, device=args.device)
+              max_iter=args.max_iter, progress=not args.quiet, noise=args.noise, device=args.device,
+              cluster=args.cluster)
     if not args.quiet:
         print(res.summary())
         print(res.params.to_string(index=False, float_format=lambda v: f"{v:.5g}"))
@@ -191,6 +196,9 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, default=0, metavar="P", help="P random RACIPE parameter sets")
     p.add_argument("--seed", type=int, default=0, help="seed of --ensemble and of random initial states")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu or cuda")
+    p.add_argument("--cluster", default=None, metavar="ADDRESS",
+                   help="run the rows (fit: the starts) in chunks on Dask workers: 'local' for this machine's "
+                        "cores, or a scheduler address such as tcp://host:8786 (needs genenet[dask])")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing, show no progress bar")
 
 

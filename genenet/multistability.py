@@ -27,7 +27,9 @@ import torch
 from torch import Tensor
 
 from .batch import build_batch
+from .distributed import on_cluster
 from .models.base import Model
+from .rows import concat_rows
 from .solvers import get_method, integrate
 from .solvers.integrate import tree_index
 from .steady import newton, stability
@@ -110,6 +112,21 @@ def _cluster(cands: Tensor, valid: Tensor, scale: Tensor, rtol: float) -> tuple[
     return reps[:, :K], used[:, :K], ids
 
 
+def _uniform_rows(seed: int, rows: np.ndarray, shape: tuple[int, ...], low: float, high: float) -> np.ndarray:
+    """``default_rng(seed).uniform(low, high, (B, *shape))[rows]`` without drawing the other rows:
+    PCG64 skips ahead (one 64-bit draw per double) to each run of consecutive rows."""
+    per_row = int(np.prod(shape))
+    out = np.empty((len(rows), *shape))
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for run in np.split(np.arange(len(rows)), breaks):
+        if run.size == 0:
+            continue
+        bits = np.random.PCG64(seed)
+        bits.advance(int(rows[run[0]]) * per_row)
+        out[run] = np.random.Generator(bits).uniform(low, high, size=(run.size, *shape))
+    return out
+
+
 def find_steady_states(
     model: Model,
     perturbations: Any = None,
@@ -126,6 +143,10 @@ def find_steady_states(
     steady_tol: float = 1e-8,
     device: str | torch.device = "auto",
     dtype: Any = None,
+    rows: Any = None,
+    cluster: Any = None,
+    chunk_size: int | None = None,
+    progress: bool = False,
 ) -> SteadyStates:
     """All distinct steady states of every row, with stability and basin fractions (see module doc).
 
@@ -142,6 +163,11 @@ def find_steady_states(
         (1 + max|x|)``; the states are then polished by Newton to ``tol`` whatever these are, so looser
         values (e.g. GRiNS's rtol 1e-5, atol 1e-6) trade only integration time for Newton iterations.
 
+    rows, cluster, chunk_size : only some rows of the batch; rows in chunks on Dask workers (as
+        for :func:`genenet.simulate`). A row's initial states are the same whichever rows are
+        asked for, so chunks give the result of one call.
+    progress : a tqdm bar of finished chunks (with ``cluster``).
+
     **Returns** :class:`SteadyStates` (``.states``, ``.groups``, ``.multistability()``).
     """
     check_positive(n_initial, "n_initial", integer=True)
@@ -151,10 +177,17 @@ def find_steady_states(
     if not hasattr(model, "max_levels"):
         raise TypeError(f"{type(model).__name__} has no max_levels(p, mult, add); find_steady_states samples "
                         "initial states in [1e-3 M, M] per gene and needs the model's maximal levels M")
+    if cluster is not None:
+        kwargs = dict(model=model, perturbations=perturbations, n_initial=n_initial, seed=seed, params=params, tol=tol,
+                      cluster_rtol=cluster_rtol, t_max=t_max, max_steps=max_steps, rtol=rtol, atol=atol,
+                      steady_tol=steady_tol, device=device, dtype=dtype)
+        parts = on_cluster(find_steady_states, kwargs, model, perturbations, None, params, rows=rows,
+                           cluster=cluster, chunk_size=chunk_size, progress=progress, desc="find_steady_states")
+        return concat_rows(parts, shared=("genes",))
     dev = resolve_device(device)
     dtp = resolve_dtype(dtype, dev)
     tol = max(tol, 100 * torch.finfo(dtp).eps)
-    batch = build_batch(model, perturbations, None, params, device=dev, dtype=dtp)
+    batch = build_batch(model, perturbations, None, params, device=dev, dtype=dtp, rows=rows)
     if batch.term.pulsed:
         raise ValueError("find_steady_states does not take Pulse perturbations")
     term = batch.term
@@ -162,8 +195,7 @@ def find_steady_states(
     with torch.no_grad():
         args = term.segment(torch.zeros(R, dtype=dtp, device=dev), term.initial_args)
         M = model.max_levels(args["p"], args.get("mult"), args.get("add")).expand(R, G)
-        rng = np.random.default_rng(seed)
-        u = torch.as_tensor(rng.uniform(-3.0, 0.0, size=(R, n, G)), dtype=dtp, device=dev)
+        u = torch.as_tensor(_uniform_rows(seed, batch.index, (n, G), -3.0, 0.0), dtype=dtp, device=dev)
         starts = M[:, None, :] * torch.pow(10.0, u)  # log-uniform in [1e-3 M, M]
         diag = M[:, None, :] * torch.as_tensor(_DIAGONAL, dtype=dtp, device=dev)[None, :, None]
         all_starts = torch.cat([starts, diag], dim=1)  # (R, n + D, G)

@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .batch import build_batch
+from .distributed import on_cluster
 from .models.base import Model
+from .rows import concat_rows
 from .solvers import AutoSwitch, SolverError, get_method, integrate_auto
 from .solvers.integrate import implicit_chunk, integrate_in_chunks
 from .solvers.status import describe_failures
@@ -38,6 +41,9 @@ def simulate(
     device: str | torch.device = "auto",
     dtype: Any = None,
     progress: bool = False,
+    rows: Any = None,
+    cluster: Any = None,
+    chunk_size: int | None = None,
 ) -> Trajectory:
     r"""Integrate ``dx/dt = production(t, x) - degradation(t, x)`` for every row at once.
 
@@ -82,7 +88,14 @@ def simulate(
         failed rows are returned with their ``status`` (and NaN after the failure).
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
     dtype : default float64 on CPU, float32 on CUDA.
-    progress : show a tqdm bar over simulated time.
+    progress : show a tqdm bar over simulated time (over finished chunks with ``cluster``).
+    rows : only these rows of the batch (indices or a slice), labelled as in the whole
+        batch, e.g. ``rows=traj.failed`` to run a screen's failed rows again with another method.
+    cluster : solve the rows in chunks on Dask workers: ``"local"`` (a cluster of this
+        machine's cores for the call), a scheduler address or a ``distributed.Client`` (see
+        :mod:`genenet.distributed`; needs ``pip install 'genenet[dask]'``). The result equals
+        the in-process one row for row, but carries no autograd graph.
+    chunk_size : rows per task with ``cluster`` (default: about four tasks per worker thread).
 
     **Returns**
 
@@ -97,9 +110,19 @@ def simulate(
     SolverError
         ``throw=True`` and a row failed; the message lists rows, reasons and fixes.
     """
+    if cluster is not None:
+        kwargs = dict(model=model, t=t, x0=x0, perturbations=perturbations, params=params, method=method, rtol=rtol,
+                      atol=atol, dt=dt, first_step=first_step, max_steps=max_steps, steady_tol=steady_tol,
+                      throw=False, device=device, dtype=dtype)
+        traj = concat_rows(on_cluster(simulate, kwargs, model, perturbations, x0, params, rows=rows, cluster=cluster,
+                                      chunk_size=chunk_size, progress=progress, desc="simulate"),
+                           shared=("t", "genes", "method", "species"))
+        if throw:
+            raise_failures(traj.status, traj.labels)
+        return traj
     run = setup_run(model, t, method=method, rtol=rtol, atol=atol, dt=dt, first_step=first_step,
                     max_steps=max_steps, device=device, dtype=dtype)
-    batch = build_batch(model, perturbations, x0, params, device=run.device, dtype=run.dtype)
+    batch = build_batch(model, perturbations, x0, params, device=run.device, dtype=run.dtype, rows=rows)
     term = batch.term
     sol = run.integrate(term.vf, batch.x0, term, batch.stops, steady_tol=steady_tol, progress=progress)
     return run.trajectory(model, batch, sol, sol.y, throw=throw)
@@ -161,10 +184,17 @@ class Run:
                    **({"switched": sol.switched.cpu().numpy()} if sol.switched is not None else {})},
             method=self.solver.name, species=getattr(model, "species", None),
         )
-        if throw and not traj.success:
-            raise SolverError(f"{len(traj.failed)} of {batch.n_rows} rows failed (simulate(..., throw=False) "
-                              "returns them):\n" + describe_failures(status, batch.labels), status=status)
+        if throw:
+            raise_failures(status, batch.labels)
         return traj
+
+
+def raise_failures(status: np.ndarray, labels: list[str]) -> None:
+    """:class:`SolverError` listing the failed rows, reasons and fixes, if any row failed."""
+    failed = int((status != 0).sum())
+    if failed:
+        raise SolverError(f"{failed} of {len(status)} rows failed (simulate(..., throw=False) returns them):\n"
+                          + describe_failures(status, labels), status=status)
 
 
 def setup_run(model: Model, t: Any, *, method: str, rtol: Any, atol: Any, dt: float | None,

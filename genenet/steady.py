@@ -24,9 +24,10 @@ A row is converged when ``max_i |f_i(x)| <= tol * (1 + max_i |x_i|)``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,8 +38,10 @@ from torch import Tensor
 
 from . import native
 from .batch import Batch, build_batch
+from .distributed import on_cluster
 from .models.base import Model
 from .perturb import as_conditions
+from .rows import LOCAL, concat_rows
 from .solvers import get_method, integrate
 from .solvers.integrate import tree_cast, tree_index
 from .validation import check_positive, resolve_device, resolve_dtype
@@ -81,8 +84,8 @@ class SteadyState:
     parameter_sets: np.ndarray
     method: np.ndarray
     iterations: np.ndarray
-    _batch: Any = field(default=None, repr=False, compare=False)
-    _args: Any = field(default=None, repr=False, compare=False)
+    _batch: Any = field(default=None, repr=False, compare=False, metadata=LOCAL)
+    _args: Any = field(default=None, repr=False, compare=False, metadata=LOCAL)
 
     @property
     def n_rows(self) -> int:
@@ -293,10 +296,10 @@ def stability(term: Any, x: Tensor, args: dict) -> tuple[Tensor, Tensor]:
 
 # --------------------------------------------------------------------- API
 def _prepare(model: Model, perturbations: Any, x0: Any, params: Mapping[str, Any] | None, device: Any,
-             dtype: Any) -> tuple[Batch, dict, torch.device, torch.dtype]:
+             dtype: Any, rows: Any = None) -> tuple[Batch, dict, torch.device, torch.dtype]:
     dev = resolve_device(device)
     dtp = resolve_dtype(dtype, dev)
-    batch = build_batch(model, perturbations, x0, params, device=dev, dtype=dtp)
+    batch = build_batch(model, perturbations, x0, params, device=dev, dtype=dtp, rows=rows)
     term = batch.term
     t0 = torch.zeros(batch.n_rows, dtype=dtp, device=dev)
     args = term.segment(t0, term.initial_args)
@@ -316,6 +319,9 @@ def steady_state(
     device: str | torch.device = "auto",
     dtype: Any = None,
     progress: bool = False,
+    rows: Any = None,
+    cluster: Any = None,
+    chunk_size: int | None = None,
 ) -> SteadyState:
     r"""Steady states ``f(x) = 0`` of every row (conditions x parameter sets) at once.
 
@@ -343,7 +349,12 @@ def steady_state(
         dynamics from ``x0`` (dopri5 until steady or ``t_max``) then polish by Newton;
         this gives the state the system actually reaches from ``x0``.
     max_iter : Newton / continuation iterations.
-    progress : a tqdm bar of converged rows over the stages (newton, integrate, ptc).
+    progress : a tqdm bar of converged rows over the stages (newton, integrate, ptc); of
+        finished chunks with ``cluster``.
+    rows, cluster, chunk_size : only some rows of the batch; rows in chunks on Dask workers
+        (as for :func:`genenet.simulate`). A row's sub-condition states come from the same
+        call, or are solved for it where its chunk lacks them, so chunks give the rows the
+        states one call gives them.
 
     **Returns** :class:`SteadyState` with ``.x`` (B, G), ``.converged``, ``.residual``,
     ``.jacobian_eigenvalues``, ``.stable``, row labels and ``.to_frame()``.
@@ -352,7 +363,15 @@ def steady_state(
         raise ValueError(f"unknown method {method!r}; allowed: 'newton', 'integrate'")
     check_positive(tol, "tol")
     check_positive(max_iter, "max_iter", integer=True)
-    batch, args, dev, dtp = _prepare(model, perturbations, x0, params, device, dtype)
+    if cluster is not None:
+        kwargs = dict(model=model, perturbations=perturbations, x0=x0, params=params, tol=tol, method=method,
+                      max_iter=max_iter, t_max=t_max, device=device, dtype=dtype)
+        parts = on_cluster(steady_state, kwargs, model, perturbations, x0, params, rows=rows, cluster=cluster,
+                           chunk_size=chunk_size, progress=progress, desc="steady_state")
+        ss = concat_rows(parts, shared=("genes",))
+        batch, args, _, _ = _prepare(model, perturbations, x0, params, ss.x.device, ss.x.dtype, rows=rows)
+        return dataclasses.replace(ss, _batch=batch, _args=args)  # for steady_state_sensitivity
+    batch, args, dev, dtp = _prepare(model, perturbations, x0, params, device, dtype, rows=rows)
     if batch.term.pulsed:
         raise ValueError("steady_state does not take Pulse perturbations: a pulsed system has no fixed regime")
     tol = max(tol, 100 * torch.finfo(dtp).eps)
@@ -368,9 +387,12 @@ def steady_state(
             how[conv.cpu().numpy()] = "newton"
             fallbacks = [("integrate", _via_integration), ("ptc", _via_ptc)]
             if batch.n_conditions > 1:  # the rows solved so far (x1, conv: updated in place) as starts
+                solve_rows = functools.partial(steady_state, model, perturbations, x0, params, tol, method=method,
+                                               max_iter=max_iter, t_max=t_max, device=dev, dtype=dtp)
                 fallbacks.append(("sub-condition", functools.partial(
                     _via_sub_conditions, conditions=as_conditions(perturbations), n_sets=batch.n_sets,
-                    fixed=batch.x0_fixed, solved=(x1, conv))))
+                    fixed=batch.x0_fixed, solved=(x1, conv), batch_rows=batch.index,
+                    solve_rows=lambda r: solve_rows(rows=r))))
         else:
             x1, conv = x.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
             iters = torch.zeros(B, dtype=torch.long, device=dev)
@@ -398,47 +420,87 @@ def steady_state(
     )
 
 
-def _sub_condition_rows(conditions: list, n_sets: int, converged: np.ndarray, n_starts: int = 3
-                        ) -> list[np.ndarray]:
-    """For each row (condition c, parameter set s: row ``c * n_sets + s``), up to ``n_starts``
+def _sub_condition_rows(conditions: list, n_sets: int, targets: np.ndarray,
+                        converged: Callable[[np.ndarray], np.ndarray], n_starts: int = 3) -> np.ndarray:
+    """For each target row (condition c, parameter set s: row ``c * n_sets + s``), up to ``n_starts``
     converged rows of the same set whose condition's perturbations are a subset of its own: those
-    with one perturbation fewer first, then two fewer, then none (the wild type). Returns
-    ``n_starts`` arrays (B,) of row indices, -1 where a row has no such candidate."""
-    C, P = len(conditions), n_sets
-    conv = converged.reshape(C, P)
+    with one perturbation fewer first, then two fewer, then none (the wild type).
+
+    ``converged(rows)`` says which of the candidate rows converged; it is called once, with all
+    candidates of all targets (unique, sorted). Returns (n_starts, len(targets)) row indices, -1
+    where a target has no such candidate."""
+    P = n_sets
     by_set: dict[frozenset, int] = {}
     for c, cond in enumerate(conditions):
         by_set.setdefault(frozenset(cond.perturbations), c)
-    out = np.full((n_starts, C, P), -1)
-    for c, cond in enumerate(conditions):
-        perts = list(dict.fromkeys(cond.perturbations))
+    cond_t, set_t = np.divmod(np.asarray(targets, dtype=np.int64), P)
+    groups = []  # per target condition: (positions among the targets, candidate rows (candidates, positions))
+    for c in np.unique(cond_t):
+        perts = list(dict.fromkeys(conditions[c].perturbations))
         k = len(perts)
         subsets = [frozenset(q) for size in (k - 1, k - 2) if size > 0 for q in itertools.combinations(perts, size)]
         subs = np.array([by_set[q] for q in dict.fromkeys([*subsets, frozenset()]) if by_set.get(q, c) != c], int)
-        if subs.size == 0:
-            continue
-        ok = conv[subs]  # (candidates, P)
-        rank = np.cumsum(ok, axis=0) - 1  # each converged candidate's place in its set's list
+        if subs.size:
+            pos = np.flatnonzero(cond_t == c)
+            groups.append((pos, subs[:, None] * P + set_t[pos][None, :]))
+    out = np.full((n_starts, len(cond_t)), -1)
+    if not groups:
+        return out
+    known = np.unique(np.concatenate([cand.ravel() for _, cand in groups]))
+    conv_known = np.asarray(converged(known), dtype=bool)
+    for pos, cand in groups:
+        ok = conv_known[np.searchsorted(known, cand)]  # (candidates, positions)
+        rank = np.cumsum(ok, axis=0) - 1  # each converged candidate's place in its target's list
+        cols = np.arange(cand.shape[1])
         for j in range(n_starts):
-            pick = ok & (rank == j)  # at most one per set
+            pick = ok & (rank == j)  # at most one per target
             has = pick.any(axis=0)
-            out[j, c, has] = subs[pick.argmax(axis=0)][has] * P + np.flatnonzero(has)
-    return list(out.reshape(n_starts, C * P))
+            out[j, pos[has]] = cand[pick.argmax(axis=0), cols][has]
+    return out
 
 
 def _via_sub_conditions(term: Any, args: dict, x: Tensor, rows: Tensor, tol: float, max_iter: int, t_max: float, *,
-                        conditions: list, n_sets: int, fixed: Tensor, solved: tuple[Tensor, Tensor]
+                        conditions: list, n_sets: int, fixed: Tensor, solved: tuple[Tensor, Tensor],
+                        batch_rows: np.ndarray, solve_rows: Callable[[np.ndarray], SteadyState]
                         ) -> tuple[Tensor, Tensor, Tensor]:
-    """Newton from the steady states of the rows' sub-conditions in turn (:func:`_sub_condition_rows`;
-    ``solved``: the batch's states and convergence so far), with the rows' own knockouts and clamps
-    (``fixed`` genes from ``x``): a one-step continuation in the perturbation."""
+    """Newton from the steady states of the rows' sub-conditions in turn (:func:`_sub_condition_rows`),
+    with the rows' own knockouts and clamps (``fixed`` genes from ``x``): a one-step continuation in
+    the perturbation. ``solved``: the batch's states and convergence so far; the batch holds the
+    rows ``batch_rows`` of the whole (conditions x sets) batch, and sub-condition rows outside it
+    are solved by ``solve_rows(rows)`` (a steady_state call for those rows)."""
     x_solved, conv = solved
+    local = np.full(len(conditions) * n_sets, -1)
+    local[batch_rows] = np.arange(len(batch_rows))
+    states = {}  # candidate rows -> their states, from the batch or solved here
+
+    def converged(cand: np.ndarray) -> np.ndarray:
+        pos = local[cand]
+        inside = pos >= 0
+        got = np.zeros(len(cand), dtype=bool)
+        got[inside] = conv.cpu().numpy()[pos[inside]]
+        xs = x_solved.new_full((len(cand), x_solved.shape[1]), float("nan"))
+        xs[torch.as_tensor(inside, device=xs.device)] = x_solved[torch.as_tensor(pos[inside], device=xs.device)]
+        if not inside.all():
+            out = solve_rows(cand[~inside])
+            got[~inside] = out.converged
+            xs[torch.as_tensor(~inside, device=xs.device)] = out.x.to(xs.device, xs.dtype)
+        states["rows"], states["x"] = cand, xs
+        return got
+
+    targets = batch_rows[rows.cpu().numpy()]
+    donors = _sub_condition_rows(conditions, n_sets, targets, converged)
     t = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     starts = []
-    for cand in _sub_condition_rows(conditions, n_sets, conv.cpu().numpy()):
-        donor = torch.as_tensor(cand, device=x.device)[rows]
-        start = torch.where(fixed[rows], x, x_solved[donor.clamp(min=0)])
-        starts.append(torch.where((donor >= 0)[:, None], term.reset(t, start, args), torch.nan))
+    for cand in donors:
+        has = torch.as_tensor(cand >= 0, device=x.device)
+        if not bool(has.any()):
+            continue
+        at = torch.as_tensor(np.searchsorted(states["rows"], np.maximum(cand, 0)).clip(max=len(states["rows"]) - 1),
+                             device=x.device)
+        start = torch.where(fixed[rows], x, states["x"][at])
+        starts.append(torch.where(has[:, None], term.reset(t, start, args), torch.nan))
+    if not starts:
+        return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device), torch.zeros_like(rows)
     return _newton_from_starts(term, starts, args, tol, max_iter)
 
 

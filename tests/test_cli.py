@@ -61,6 +61,15 @@ def test_screen_writes_table_and_heatmap(tmp_path, capsys):
     assert "KD(A,0.5)" in set(pd.read_csv(kd).condition)
 
 
+def test_screen_on_a_local_dask_cluster_matches_in_process(tmp_path):
+    pytest.importorskip("distributed")
+    args = ["screen", "myeloid", "--order", "2", "--chunk-size", "20", "-q"]
+    here, there = tmp_path / "here.csv", tmp_path / "there.csv"
+    assert main([*args, "--out", str(here)]) == 0
+    assert main([*args, "--out", str(there), "--cluster", "local"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(there), pd.read_csv(here))
+
+
 def test_screen_resume_after_interruption_matches_uninterrupted(tmp_path, monkeypatch):
     import genenet.steady as steady
 

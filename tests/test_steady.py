@@ -238,7 +238,9 @@ def test_sub_condition_candidates_same_set_fewest_perturbations_removed_first():
     P = 2  # rows c * 2 + s
     conv = np.ones(10, bool)
     conv[[2, 3]] = False  # set 0 of KO(A) and set 1 of KO(A) fail; KO(B) converged in both sets
-    first, second, third = _sub_condition_rows(conds, P, conv)
+    asked = []
+    first, second, third = _sub_condition_rows(conds, P, np.arange(10), lambda rows: asked.append(rows) or conv[rows])
+    assert len(asked) == 1 and set(asked[0]) == set(range(8))  # every candidate once: no row has the triple's
     # KO(A)+KO(B), set 0: KO(A) failed, so KO(B) (row 4), then the wild type (row 0)
     assert (first[6], second[6], third[6]) == (4, 0, -1)
     assert (first[7], second[7]) == (5, 1)  # set 1: KO(A) row 3 failed too

@@ -12,8 +12,9 @@ import torch
 from torch import Tensor
 
 from ..data import ExpressionData
+from ..distributed import map_chunks, row_chunks
 from ..models.base import Model
-from .optimizers import levenberg_marquardt, torch_optimizer, trust_ncg
+from .optimizers import OptimResult, levenberg_marquardt, torch_optimizer, trust_ncg
 from .problem import FitProblem
 from .result import FitResult
 
@@ -73,6 +74,8 @@ def fit(
     atol: float = 1e-10,
     device: str | torch.device = "cpu",
     dtype: Any = None,
+    cluster: Any = None,
+    chunk_size: int | None = None,
 ) -> FitResult:
     r"""Estimate free parameters of ``model`` from expression ``data``.
 
@@ -95,7 +98,11 @@ def fit(
     ``noise`` (``"gaussian"``, ``"estimate"``, ``"log"``), ``scale``/``offset`` (per-gene
     observation parameters), ``l2``/``l1`` penalties, ``starts`` (explicit (S, n)
     unconstrained starts), ``start_spread`` (multistart range: a factor around the start
-    values for positive parameters), solver tolerances, device/dtype (float64 on CPU by default).
+    values for positive parameters), solver tolerances, device/dtype (float64 on CPU by default),
+    ``cluster``/``chunk_size`` (the starts in chunks of ``chunk_size`` on Dask workers: ``"local"``,
+    a scheduler address or a ``distributed.Client``, see :mod:`genenet.distributed`; ``"lm"`` and
+    ``"trust-ncg"`` treat every start on its own, so a start ends where it would in one call;
+    ``"lbfgs"`` and ``"adam"`` step a chunk's starts together).
 
     **Returns** :class:`FitResult` (``.params`` with 95% intervals, ``.loss``, ``.history``,
     ``.converged`` and ``.reason``, ``.starts``, ``.model``, ``.predict``, plots, JSON).
@@ -117,12 +124,13 @@ def fit(
             raise ValueError(f"starts must have shape (S, {problem.n}), got {tuple(theta.shape)}")
     else:
         theta = latin_hypercube_starts(problem, int(multistart), seed=seed, spread=start_spread)
-    if method == "lm":
-        res = levenberg_marquardt(problem, theta, max_iter=max_iter, progress=progress)
-    elif method == "trust-ncg":
-        res = trust_ncg(problem, theta, max_iter=max_iter, progress=progress)
+    if cluster is None:
+        res = _optimize(problem, theta, method=method, max_iter=max_iter, progress=progress)
     else:
-        res = torch_optimizer(problem, theta, method=method, max_iter=max_iter, progress=progress)
+        parts = map_chunks(_optimize, lambda threads: [theta[c] for c in row_chunks(len(theta), chunk_size, threads)],
+                           dict(problem=problem, method=method, max_iter=max_iter, progress=False), key="theta",
+                           cluster=cluster, progress=progress, desc="fit")
+        res = OptimResult.concat(parts)
     if res.initial_loss is not None:
         initial = res.initial_loss.cpu().numpy()
     else:
@@ -141,6 +149,15 @@ def fit(
                      starts=table, start_theta=res.theta.detach(), method=method,
                      covariance=_covariance(problem, theta_best, *((res.residuals[best], res.jacobian[best])
                                                                   if res.jacobian is not None else ())))
+
+
+def _optimize(problem: FitProblem, theta: Tensor, *, method: str, max_iter: int, progress: bool) -> OptimResult:
+    """Run the optimizer ``method`` from the starts ``theta`` (S, n)."""
+    if method == "lm":
+        return levenberg_marquardt(problem, theta, max_iter=max_iter, progress=progress)
+    if method == "trust-ncg":
+        return trust_ncg(problem, theta, max_iter=max_iter, progress=progress)
+    return torch_optimizer(problem, theta, method=method, max_iter=max_iter, progress=progress)
 
 
 def _covariance(problem: FitProblem, theta: Tensor, r: Tensor | None = None, J: Tensor | None = None

@@ -12,6 +12,7 @@ converged flag and reason, and the best-loss history.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import native
+from ..rows import concat_rows
 from .problem import FitProblem
 
 __all__ = ["OptimResult", "levenberg_marquardt", "trust_ncg", "torch_optimizer"]
@@ -36,6 +38,17 @@ class OptimResult:
     initial_loss: Tensor | None = None  # (S,), when the optimizer evaluated it anyway
     residuals: Tensor | None = None  # (S, M) data residuals at theta, when known
     jacobian: Tensor | None = None  # (S, M, n) their Jacobian at theta, when known
+
+    @classmethod
+    def concat(cls, parts: list[OptimResult]) -> OptimResult:
+        """The starts of several runs as one run: per-start fields concatenated in order; the
+        history per iteration, a run that stopped earlier repeating its last losses."""
+        length = max(len(p.history) for p in parts)
+        history = []
+        for i in range(length):
+            history.append(np.concatenate([p.history[min(i, len(p.history) - 1)] if p.history
+                                           else p.loss.detach().cpu().numpy() for p in parts]))
+        return dataclasses.replace(concat_rows(parts, shared=("history",)), history=history)
 
 
 def _bar(progress: bool, total: int, desc: str) -> Any:
