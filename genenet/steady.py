@@ -352,9 +352,9 @@ def steady_state(
     progress : a tqdm bar of converged rows over the stages (newton, integrate, ptc); of
         finished chunks with ``cluster``.
     rows, cluster, chunk_size : only some rows of the batch; rows in chunks on Dask workers
-        (as for :func:`genenet.simulate`). A row's sub-condition states come from the same
-        call, or are solved for it where its chunk lacks them, so chunks give the rows the
-        states one call gives them.
+        (as for :func:`genenet.simulate`). The sub-condition rows a row needs are solved for it
+        where its chunk lacks them (as far as one call has them when that fallback starts),
+        so chunks give every row the state one call gives it.
 
     **Returns** :class:`SteadyState` with ``.x`` (B, G), ``.converged``, ``.residual``,
     ``.jacobian_eigenvalues``, ``.stable``, row labels and ``.to_frame()``.
@@ -371,6 +371,15 @@ def steady_state(
         ss = concat_rows(parts, shared=("genes",))
         batch, args, _, _ = _prepare(model, perturbations, x0, params, ss.x.device, ss.x.dtype, rows=rows)
         return dataclasses.replace(ss, _batch=batch, _args=args)  # for steady_state_sensitivity
+    return _steady_state(model, perturbations, x0, params, tol, method=method, max_iter=max_iter, t_max=t_max,
+                         device=device, dtype=dtype, progress=progress, rows=rows)
+
+
+def _steady_state(model: Model, perturbations: Any, x0: Any, params: Mapping[str, Any] | None, tol: float, *,
+                  method: str, max_iter: int, t_max: float, device: Any, dtype: Any, progress: bool, rows: Any,
+                  sub_conditions: bool = True) -> SteadyState:
+    """:func:`steady_state` in this process; ``sub_conditions=False``: without the last fallback (the
+    states a call's other rows have when that fallback starts)."""
     batch, args, dev, dtp = _prepare(model, perturbations, x0, params, device, dtype, rows=rows)
     if batch.term.pulsed:
         raise ValueError("steady_state does not take Pulse perturbations: a pulsed system has no fixed regime")
@@ -386,13 +395,15 @@ def steady_state(
             x1, conv, iters = newton(term, x, args, tol=tol, max_iter=max_iter, give_up=10)
             how[conv.cpu().numpy()] = "newton"
             fallbacks = [("integrate", _via_integration), ("ptc", _via_ptc)]
-            if batch.n_conditions > 1:  # the rows solved so far (x1, conv: updated in place) as starts
-                solve_rows = functools.partial(steady_state, model, perturbations, x0, params, tol, method=method,
-                                               max_iter=max_iter, t_max=t_max, device=dev, dtype=dtp)
+            if sub_conditions and batch.n_conditions > 1:  # the rows solved so far (x1, conv) as starts
+                # rows outside this call are solved as far as this call's own rows are at that point
+                others = functools.partial(_steady_state, model, perturbations, x0, params, tol, method=method,
+                                           max_iter=max_iter, t_max=t_max, device=dev, dtype=dtp, progress=False,
+                                           sub_conditions=False)
                 fallbacks.append(("sub-condition", functools.partial(
                     _via_sub_conditions, conditions=as_conditions(perturbations), n_sets=batch.n_sets,
                     fixed=batch.x0_fixed, solved=(x1, conv), batch_rows=batch.index,
-                    solve_rows=lambda r: solve_rows(rows=r))))
+                    solve_rows=lambda r: others(rows=r))))
         else:
             x1, conv = x.clone(), torch.zeros(B, dtype=torch.bool, device=dev)
             iters = torch.zeros(B, dtype=torch.long, device=dev)
