@@ -15,6 +15,10 @@ Time: GRiNS's second call (its call re-jits, so first and second are alike); gen
 call after a warm-up.
 
     python benchmarks/racipe_job.py --sizes 100x100 128x128 [--grins-python /path/to/python3.12]
+    python benchmarks/racipe_job.py --network tcim --sizes 100x100 [--grins-python ...]
+
+``--network`` is ``toggle`` (default, A -| B -| A) or a bundled network name (``tcim``: 32 genes,
+159 edges, the issue's second RACIPE network); GRiNS gets the same topology as a .topo file.
 """
 
 from __future__ import annotations
@@ -58,13 +62,17 @@ def toggle() -> gn.Network:
     return gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-")])
 
 
+def network(name: str) -> gn.Network:
+    return toggle() if name == "toggle" else gn.load_network(name)
+
+
 # GRiNS's integration tolerances; its stop rms(f) < 1e-6 + 1e-5 rms(x) ~ genenet's max|f| <= 1e-5 (1 + max|x|)
 MATCHED = {"rtol": 1e-5, "atol": 1e-6, "steady_tol": 1e-5}
 
 
-def run_genenet(P: int, I: int, tolerances: dict | None = None) -> dict:
+def run_genenet(net: gn.Network, P: int, I: int, tolerances: dict | None = None) -> dict:
     kw = tolerances or {}
-    model = gn.Hill.random(toggle(), n=P, seed=0)
+    model = gn.Hill.random(net, n=P, seed=0)
     gn.find_steady_states(model, n_initial=I, seed=0, **kw)  # warm-up (and the native kernel's first build)
     t0 = time.perf_counter()
     res = gn.find_steady_states(model, n_initial=I, seed=0, **kw)
@@ -73,9 +81,9 @@ def run_genenet(P: int, I: int, tolerances: dict | None = None) -> dict:
     return {"seconds": sec, "stable_counts": {int(k): int(v) for k, v in counts.items()}}
 
 
-def run_grins(python: str, P: int, I: int) -> dict:
+def run_grins(python: str, net: gn.Network, P: int, I: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "TS.topo").write_text("Source Target Type\nA B 2\nB A 2\n")
+        gn.write_topo(net, Path(tmp, "TS.topo"))
         Path(tmp, "runner.py").write_text(GRINS_RUNNER)
         proc = subprocess.run([python, "runner.py", str(P), str(I)], cwd=tmp, capture_output=True, text=True,
                               env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True)
@@ -86,23 +94,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["100x100", "128x128"])
     parser.add_argument("--grins-python", default=None)
+    parser.add_argument("--network", default="toggle", help="toggle (default) or a bundled network name, e.g. tcim")
     args = parser.parse_args()
+    net = network(args.network)
     rows = []
     for size in args.sizes:
         P, I = (int(v) for v in size.split("x"))
-        entry = {"P": P, "I": I, "genenet": run_genenet(P, I, MATCHED), "genenet default": run_genenet(P, I)}
+        entry = {"P": P, "I": I, "genenet": run_genenet(net, P, I, MATCHED),
+                 "genenet default": run_genenet(net, P, I)}
         print(f"P={P} I={I} genenet {entry['genenet']['seconds']:.2f} s (default tolerances "
               f"{entry['genenet default']['seconds']:.2f} s)", flush=True)
         if args.grins_python:
             try:
-                entry["grins"] = run_grins(args.grins_python, P, I)
+                entry["grins"] = run_grins(args.grins_python, net, P, I)
                 print(f"P={P} I={I} GRiNS {entry['grins']['seconds']:.2f} s", flush=True)
             except Exception as err:  # noqa: BLE001 - report, keep going
                 entry["grins"] = {"error": f"{type(err).__name__}: {err}"}
         rows.append(entry)
     today = dt.date.today().isoformat()
-    out = HERE / "results" / f"racipe_cpu_{today}.md"
-    lines = [f"# RACIPE job (toggle switch), {today}", "",
+    label = "toggle switch" if args.network == "toggle" else f"{args.network}: {net.n_genes} genes, {net.n_edges} edges"
+    suffix = "" if args.network == "toggle" else f"_{args.network}"
+    out = HERE / "results" / f"racipe{suffix}_cpu_{today}.md"
+    lines = [f"# RACIPE job ({label}), {today}", "",
              f"- machine: {machine(torch.device('cpu'))}", f"- versions: {json.dumps(versions())}",
              "- genenet: the whole find_steady_states job (integrate to steady + Newton polish to max|f| <= 1e-9 "
              "(1 + max|x|) + Newton from every start + stability + clustering), float64, dopri5 at GRiNS's "
@@ -111,7 +124,8 @@ def main() -> None:
              "- 'same states': the stable-state counts per parameter set agree between the two genenet runs",
              "- GRiNS: topo_simulate (Tsit5 rtol 1e-5 atol 1e-6, steady_state_event rms(f) < 1e-6 + 1e-5 rms(x), "
              "t <= 200, float32), integration only",
-             "- command: `python benchmarks/racipe_job.py --sizes " + " ".join(args.sizes)
+             "- command: `python benchmarks/racipe_job.py "
+             + ("" if args.network == "toggle" else f"--network {args.network} ") + "--sizes " + " ".join(args.sizes)
              + (" --grins-python PY" if args.grins_python else "") + "`", "",
              "| P x I | simulations | genenet s | genenet s (default tolerances) | same states | GRiNS s "
              "| GRiNS / genenet |", "|---|---|---|---|---|---|---|"]

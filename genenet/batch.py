@@ -89,13 +89,19 @@ def count_rows(model: Model, perturbations: Any, x0: Any = None, params: Mapping
 
 
 def check_rows(rows: Any, n_rows: int) -> np.ndarray:
-    """``rows``: indices into the batch's ``n_rows`` rows (1-D integers in ``[-n_rows, n_rows)``, or a
-    slice) -> int64 array of non-negative indices in the given order."""
+    """``rows``: indices into the batch's ``n_rows`` rows (1-D integers in ``[-n_rows, n_rows)``), a
+    boolean mask of length ``n_rows`` (e.g. ``~ss.converged``) or a slice -> int64 array of
+    non-negative indices in the given order."""
     if isinstance(rows, slice):
         return np.arange(n_rows)[rows]
     idx = np.asarray(rows.detach().cpu() if isinstance(rows, Tensor) else rows)
+    if idx.dtype == bool and idx.ndim == 1:
+        if len(idx) != n_rows:
+            raise ValueError(f"rows as a boolean mask must have one entry per row ({n_rows}), got {len(idx)}")
+        return np.flatnonzero(idx)
     if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
-        raise ValueError(f"rows must be a slice or 1-D integer indices, got shape {idx.shape} of {idx.dtype}")
+        raise ValueError(f"rows must be a slice, a boolean mask or 1-D integer indices, got shape {idx.shape} "
+                         f"of {idx.dtype}")
     bad = (idx < -n_rows) | (idx >= n_rows)
     if bad.any():
         raise ValueError(f"rows holds {int(idx[bad][0])}; allowed: -{n_rows} .. {n_rows - 1} (the batch has "

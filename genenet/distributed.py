@@ -109,7 +109,8 @@ def map_chunks(fn: Callable[..., Any], chunks: Callable[[int], Sequence[Any]], k
     with connect(cluster) as client:
         threads = sum(client.nthreads().values()) or 1
         parts = list(chunks(threads))
-        shared = client.scatter(_Shared(kwargs), broadcast=True)
+        # a key of its own (hash=False): an equal payload of the previous call may still be being released
+        shared = client.scatter(_Shared(kwargs), broadcast=True, hash=False)
         futures = [client.submit(_run, fn, shared, key, c, pure=False) for c in parts]
         index = {f.key: i for i, f in enumerate(futures)}
         out: list[Any] = [None] * len(futures)

@@ -89,8 +89,8 @@ def simulate(
     device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``...
     dtype : default float64 on CPU, float32 on CUDA.
     progress : show a tqdm bar over simulated time (over finished chunks with ``cluster``).
-    rows : only these rows of the batch (indices or a slice), labelled as in the whole
-        batch, e.g. ``rows=traj.failed`` to run a screen's failed rows again with another method.
+    rows : only these rows of the batch (indices, a boolean mask or a slice), labelled as in the
+        whole batch, e.g. ``rows=traj.failed`` to run a screen's failed rows again with another method.
     cluster : solve the rows in chunks on Dask workers: ``"local"`` (a cluster of this
         machine's cores for the call), a scheduler address or a ``distributed.Client`` (see
         :mod:`genenet.distributed`; needs ``pip install 'genenet[dask]'``). The result equals

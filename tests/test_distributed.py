@@ -47,6 +47,9 @@ def test_rows_are_those_of_the_whole_batch():
     assert torch.equal(part.y, full.y[idx])
     assert torch.equal(gn.simulate(model, t, perturbations=conds, rows=slice(2, 5)).y,
                        gn.simulate(model, t, perturbations=conds).y[2:5])
+    mask = np.zeros(9, bool)
+    mask[[1, 6]] = True
+    assert torch.equal(gn.simulate(model, t, x0=x0, perturbations=conds, rows=mask).y, full.y[[1, 6]])
     # replicates: N initial states of one condition and one parameter set
     one = gn.Hill(net)
     starts = torch.rand(5, 2) * 4
@@ -57,7 +60,7 @@ def test_rows_are_those_of_the_whole_batch():
 
 
 @pytest.mark.parametrize("rows, match", [([9], r"rows holds 9; allowed: -9 \.\. 8"), ([[0, 1]], "1-D integer"),
-                                         ([0.5], "1-D integer")])
+                                         ([0.5], "1-D integer"), ([True, False], "one entry per row")])
 def test_rows_out_of_range_or_not_indices_are_refused(rows, match):
     model = gn.Hill.random(gn.load_network("toggle_switch"), n=3, seed=0)
     with pytest.raises(ValueError, match=match):
