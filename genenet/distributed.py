@@ -3,8 +3,9 @@
 ``cluster=`` of :func:`genenet.simulate`, :func:`genenet.steady_state`,
 :func:`genenet.find_steady_states` and :func:`genenet.fit` takes
 
-- ``"local"``: an embedded ``distributed.LocalCluster``, one single-threaded worker process
-  per CPU core, started for the call and closed after it;
+- ``"local"`` (or ``True``): an embedded ``distributed.LocalCluster``, one single-threaded
+  worker process per CPU core, started for the call and closed after it (for CPU work: on a
+  machine with one GPU, one in-process call already uses all of it);
 - a scheduler address (``"tcp://10.0.0.5:8786"``): a running cluster, e.g. one from
   dask-jobqueue on an HPC system;
 - a ``distributed.Client`` (or a cluster object with a ``scheduler_address``), used as is.
@@ -29,7 +30,12 @@ import numpy as np
 
 from .rows import to_host
 
-__all__ = ["connect", "map_chunks", "on_cluster", "row_chunks"]
+__all__ = ["connect", "map_chunks", "on_cluster", "row_chunks", "uses_cluster"]
+
+
+def uses_cluster(cluster: Any) -> bool:
+    """Whether a ``cluster=`` argument asks for Dask (``None`` and ``False``: compute in-process)."""
+    return cluster is not None and cluster is not False
 
 
 def _distributed() -> Any:
@@ -43,8 +49,8 @@ def _distributed() -> Any:
 @contextmanager
 def connect(cluster: Any) -> Iterator[Any]:
     """A ``distributed.Client`` for ``cluster`` (see the module doc); one this opened is closed after.
-    ``None`` gives ``None`` (no cluster: the caller computes in-process)."""
-    if cluster is None:
+    ``None`` (or ``False``) gives ``None`` (no cluster: the caller computes in-process)."""
+    if not uses_cluster(cluster):
         yield None
         return
     distributed = _distributed()
@@ -52,17 +58,17 @@ def connect(cluster: Any) -> Iterator[Any]:
         yield cluster
         return
     own = None
-    if isinstance(cluster, str) and cluster == "local":
+    if cluster is True or (isinstance(cluster, str) and cluster == "local"):
         own = distributed.LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
                                        dashboard_address=":0")
         target: Any = own
-    elif isinstance(cluster, str):
+    elif isinstance(cluster, str) and cluster.strip():
         target = cluster
     elif hasattr(cluster, "scheduler_address"):
         target = cluster
     else:
-        raise TypeError(f"cluster must be 'local', a scheduler address such as 'tcp://host:8786', a "
-                        f"distributed.Client or a Dask cluster object; got {type(cluster).__name__}")
+        raise TypeError(f"cluster must be 'local' (or True), a scheduler address such as 'tcp://host:8786', a "
+                        f"distributed.Client or a Dask cluster object; got {cluster!r}")
     client = distributed.Client(target)
     try:
         yield client

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .batch import build_batch
-from .distributed import on_cluster
+from .distributed import on_cluster, uses_cluster
 from .models.base import Model
 from .rows import concat_rows
 from .solvers import get_method, integrate
@@ -177,7 +177,7 @@ def find_steady_states(
     if not hasattr(model, "max_levels"):
         raise TypeError(f"{type(model).__name__} has no max_levels(p, mult, add); find_steady_states samples "
                         "initial states in [1e-3 M, M] per gene and needs the model's maximal levels M")
-    if cluster is not None:
+    if uses_cluster(cluster):
         kwargs = dict(model=model, perturbations=perturbations, n_initial=n_initial, seed=seed, params=params, tol=tol,
                       cluster_rtol=cluster_rtol, t_max=t_max, max_steps=max_steps, rtol=rtol, atol=atol,
                       steady_tol=steady_tol, device=device, dtype=dtype)

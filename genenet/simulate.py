@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .batch import build_batch
-from .distributed import on_cluster
+from .distributed import on_cluster, uses_cluster
 from .models.base import Model
 from .rows import concat_rows
 from .solvers import AutoSwitch, SolverError, get_method, integrate_auto
@@ -110,7 +110,7 @@ def simulate(
     SolverError
         ``throw=True`` and a row failed; the message lists rows, reasons and fixes.
     """
-    if cluster is not None:
+    if uses_cluster(cluster):
         kwargs = dict(model=model, t=t, x0=x0, perturbations=perturbations, params=params, method=method, rtol=rtol,
                       atol=atol, dt=dt, first_step=first_step, max_steps=max_steps, steady_tol=steady_tol,
                       throw=False, device=device, dtype=dtype)

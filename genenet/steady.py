@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import native
 from .batch import Batch, build_batch
-from .distributed import on_cluster
+from .distributed import on_cluster, uses_cluster
 from .models.base import Model
 from .perturb import as_conditions
 from .rows import LOCAL, concat_rows
@@ -363,7 +363,7 @@ def steady_state(
         raise ValueError(f"unknown method {method!r}; allowed: 'newton', 'integrate'")
     check_positive(tol, "tol")
     check_positive(max_iter, "max_iter", integer=True)
-    if cluster is not None:
+    if uses_cluster(cluster):
         kwargs = dict(model=model, perturbations=perturbations, x0=x0, params=params, tol=tol, method=method,
                       max_iter=max_iter, t_max=t_max, device=device, dtype=dtype)
         parts = on_cluster(steady_state, kwargs, model, perturbations, x0, params, rows=rows, cluster=cluster,

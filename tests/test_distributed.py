@@ -159,8 +159,10 @@ def test_fit_starts_on_a_cluster_end_where_one_call_ends(client):
 
 def test_cluster_arguments_are_checked_before_any_work():
     model = gn.Hill(gn.load_network("toggle_switch"))
-    with pytest.raises(TypeError, match="cluster must be 'local', a scheduler address"):
-        gn.simulate(model, [0, 1], cluster=3)
+    assert torch.equal(gn.simulate(model, [0, 1], cluster=False).y, gn.simulate(model, [0, 1]).y)  # in-process
+    for bad in (3, "", 2.5):
+        with pytest.raises(TypeError, match=r"cluster must be 'local' \(or True\), a scheduler address"):
+            gn.simulate(model, [0, 1], cluster=bad)
     with pytest.raises(ValueError, match="chunk_size must be a positive integer"):
         gn.simulate(model, [0, 1], cluster="local", chunk_size=-1)
 
@@ -176,4 +178,4 @@ def test_local_cluster_of_this_machine():
     pytest.importorskip("distributed")
     model = gn.Hill.random(gn.load_network("toggle_switch"), n=6, seed=0)
     t = np.linspace(0, 5, 3)
-    assert torch.equal(gn.simulate(model, t, cluster="local").y, gn.simulate(model, t).y)
+    assert torch.equal(gn.simulate(model, t, cluster=True).y, gn.simulate(model, t).y)

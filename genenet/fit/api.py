@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..data import ExpressionData
-from ..distributed import map_chunks, row_chunks
+from ..distributed import map_chunks, row_chunks, uses_cluster
 from ..models.base import Model
 from .optimizers import OptimResult, levenberg_marquardt, torch_optimizer, trust_ncg
 from .problem import FitProblem
@@ -124,7 +124,7 @@ def fit(
             raise ValueError(f"starts must have shape (S, {problem.n}), got {tuple(theta.shape)}")
     else:
         theta = latin_hypercube_starts(problem, int(multistart), seed=seed, spread=start_spread)
-    if cluster is None:
+    if not uses_cluster(cluster):
         res = _optimize(problem, theta, method=method, max_iter=max_iter, progress=progress)
     else:
         parts = map_chunks(_optimize, lambda threads: [theta[c] for c in row_chunks(len(theta), chunk_size, threads)],
