@@ -4,6 +4,7 @@ rows, labels and values as one in-process call."""
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -155,6 +156,9 @@ def test_fit_starts_on_a_cluster_end_where_one_call_ends(client):
     np.testing.assert_array_equal(got.starts.iterations, ref.starts.iterations)
     np.testing.assert_array_equal(got.history, ref.history)
     assert got.loss == ref.loss
+    # profile likelihood: one task per entry, each the in-process LM run
+    prof = ref.profile(n_points=5, max_iter=20)
+    pd.testing.assert_frame_equal(got.profile(n_points=5, max_iter=20, cluster=client), prof)
 
 
 def test_cluster_arguments_are_checked_before_any_work():

@@ -184,17 +184,19 @@ class FitResult:
 
     # ----------------------------------------------------------- profiles
     def profile(self, names: list[Any] | None = None, n_points: int = 11, width: float = 3.0,
-                max_iter: int = 50) -> pd.DataFrame:
+                max_iter: int = 50, *, cluster: Any = None) -> pd.DataFrame:
         """Profile likelihood of free entries: for each, hold it at ``n_points`` values across
         ``θ* ± width·se`` (unconstrained scale) and re-optimise all others (LM; all grid points of
         one entry as one batch of starts).
 
         ``names``: entries as ``(name, entry)`` pairs or plain names (all their entries);
-        default every free entry. Returns ``name, entry, value, loss, delta_loss`` where
-        ``delta_loss = loss - best``; the 95% profile interval is where ``delta_loss <= 1.92``
-        (χ²₁/2). Stored in ``self.profiles`` for :meth:`plot_profiles`.
+        default every free entry. ``cluster``: the entries' profiles as tasks on Dask workers
+        (as for :func:`genenet.fit`; each is the same LM run as in-process). Returns ``name,
+        entry, value, loss, delta_loss`` where ``delta_loss = loss - best``; the 95% profile
+        interval is where ``delta_loss <= 1.92`` (χ²₁/2). Stored in ``self.profiles`` for
+        :meth:`plot_profiles`.
         """
-        from .optimizers import levenberg_marquardt
+        from ..distributed import map_chunks, uses_cluster
 
         prob = self.problem
         labels = prob.entry_labels
@@ -209,16 +211,17 @@ class FitResult:
                 which += hits
         se = (np.sqrt(np.clip(np.diag(self.covariance), 1e-12, None)) if self.covariance is not None
               else np.full(prob.n, 0.5))
+        entries = [(k, self.theta[k].item() + np.linspace(-width, width, n_points) * se[k]) for k in which]
+        kwargs = dict(problem=prob, theta=self.theta, max_iter=max_iter)
+        if uses_cluster(cluster):
+            runs = [r for part in map_chunks(_profile_entries, lambda threads: [[e] for e in entries], kwargs,
+                                             key="entries", cluster=cluster, desc="profile") for r in part]
+        else:
+            runs = _profile_entries(**kwargs, entries=entries)
         frames = []
-        for k in which:
-            grid = self.theta[k].item() + np.linspace(-width, width, n_points) * se[k]
-            starts = self.theta[None].repeat(n_points, 1)
-            starts[:, k] = torch.as_tensor(grid, dtype=starts.dtype)
-            fixed = torch.zeros_like(starts, dtype=torch.bool)
-            fixed[:, k] = True
-            res = levenberg_marquardt(prob, starts, max_iter=max_iter, fixed=fixed)
-            values = [self._constrained(res.theta[i])[k] for i in range(n_points)]
-            loss = res.loss.cpu().numpy()
+        for (k, _), (theta, loss) in zip(entries, runs):
+            values = [self._constrained(theta[i])[k] for i in range(n_points)]
+            loss = loss.cpu().numpy()
             frames.append(pd.DataFrame({"name": labels[k][0], "entry": labels[k][1], "value": values,
                                         "loss": loss, "delta_loss": loss - self.loss}))
         table = pd.concat(frames, ignore_index=True)
@@ -268,3 +271,20 @@ class FitResult:
         payload["params"] = pd.DataFrame(payload["params"])
         payload["starts"] = pd.DataFrame(payload["starts"])
         return payload
+
+
+def _profile_entries(problem: Any, theta: Tensor, max_iter: int, entries: list[tuple[int, np.ndarray]]
+                     ) -> list[tuple[Tensor, Tensor]]:
+    """Per entry ``(k, grid)``: LM from ``theta`` with entry k held at each grid value (one batch
+    of starts); the optima (n_points, n) and their losses."""
+    from .optimizers import levenberg_marquardt
+
+    out = []
+    for k, grid in entries:
+        starts = theta[None].repeat(len(grid), 1)
+        starts[:, k] = torch.as_tensor(grid, dtype=starts.dtype, device=starts.device)
+        fixed = torch.zeros_like(starts, dtype=torch.bool)
+        fixed[:, k] = True
+        res = levenberg_marquardt(problem, starts, max_iter=max_iter, fixed=fixed)
+        out.append((res.theta.detach(), res.loss.detach()))
+    return out
