@@ -183,3 +183,28 @@ def test_local_cluster_of_this_machine():
     model = gn.Hill.random(gn.load_network("toggle_switch"), n=6, seed=0)
     t = np.linspace(0, 5, 3)
     assert torch.equal(gn.simulate(model, t, cluster=True).y, gn.simulate(model, t).y)
+
+
+def test_cli_commands_on_a_running_cluster_write_what_they_write_in_process(client, tmp_path):
+    from genenet.cli import main
+
+    address = client.scheduler.address
+    runs = {
+        "simulate": ["simulate", "toggle_switch", "--ensemble", "12", "--t-end", "5", "--points", "6", "-q"],
+        "steady-state": ["steady-state", "toggle_switch", "--ensemble", "6", "--initial", "30", "-q"],
+    }
+    for name, args in runs.items():
+        here, there = tmp_path / f"{name}_here.csv", tmp_path / f"{name}_there.csv"
+        assert main([*args, "--out", str(here)]) == 0
+        assert main([*args, "--out", str(there), "--cluster", address]) == 0
+        pd.testing.assert_frame_equal(pd.read_csv(there), pd.read_csv(here))
+    net = gn.load_network("toggle_switch")
+    data = gn.simulate(gn.Hill(net, production=[6.0, 4.0]), [0, 1, 2, 4], x0=[1.0, 3.0]).to_frame()
+    data[["condition", "time", "gene", "value"]].to_csv(tmp_path / "d.csv", index=False)
+    fits = []
+    for extra in ([], ["--cluster", address]):
+        out = tmp_path / f"fit{len(extra)}.json"
+        assert main(["fit", "toggle_switch", str(tmp_path / "d.csv"), "--multistart", "4", "--out", str(out), "-q",
+                     *extra]) == 0
+        fits.append(gn.FitResult.load(out))
+    pd.testing.assert_frame_equal(fits[1]["params"], fits[0]["params"])
