@@ -1,4 +1,4 @@
-"""Command line: ``genenet simulate | screen | steady-state | fit | demo | networks``."""
+"""Command line: ``genenet simulate | screen | steady-state | fit | plot | demo | networks``."""
 
 from __future__ import annotations
 
@@ -175,6 +175,46 @@ def _fit(args: argparse.Namespace) -> int:
     return 0 if res.converged else 2
 
 
+def _plot(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .multistability import SteadyStates
+    from .plot import plot_basins, plot_screen_heatmap, plot_trajectory
+    from .trajectory import Trajectory
+
+    try:
+        table = pd.read_csv(args.input, sep="\t" if str(args.input).endswith((".tsv", ".tab")) else ",")
+    except pd.errors.ParserError as err:
+        raise ValueError(f"{args.input}: not a CSV table ({err})") from None
+    cols = set(table.columns)
+    genes = [g.strip() for g in args.genes.split(",")] if args.genes else None
+    if {"row", "time", "gene", "value"} <= cols:  # genenet simulate --out
+        traj = Trajectory.from_frame(table)
+
+        def draw():
+            ax = plot_trajectory(traj, genes=genes, rows=list(range(min(args.rows, traj.n_rows))))
+            return ax.figure
+    elif {"gene", "log2fc"} <= cols:  # genenet screen --out
+        def draw():
+            sub = table[table.gene.isin(genes)] if genes else table
+            ax = plot_screen_heatmap(sub, cluster=True, parameter_set=args.parameter_set)
+            n_cond = sub.condition.nunique()
+            ax.figure.set_size_inches(max(6, 0.12 * n_cond + 3), max(4, 0.25 * sub.gene.nunique() + 2))
+            return ax.figure
+    elif {"state", "stable", "basin_fraction"} <= cols:  # genenet steady-state --out
+        states = SteadyStates.from_frame(table)
+
+        def draw():
+            return plot_basins(states).figure
+    else:
+        raise ValueError(f"{args.input}: not a table genenet writes; expected the columns of simulate --out "
+                         "(row, condition, parameter_set, time, gene, value), screen --out (..., gene, log2fc) "
+                         f"or steady-state --out (..., state, stable, basin_fraction); got {sorted(cols)}")
+    args.plot = args.out
+    _save_plot(args, draw)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -191,7 +231,11 @@ def _networks(args: argparse.Namespace) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("network", help="path to .topo/.tsv/.graphml, or a bundled network name")
+    p.add_argument("network", nargs="?", help="path to .topo/.tsv/.graphml, or a bundled network name (or "
+                                              "network = ... in --config)")
+    p.add_argument("--config", metavar="TOML", help="options from a TOML file: keys are the long option names "
+                                                    "(t-end = 50, method = \"tsit5\", network = \"tcim\"); "
+                                                    "flags on the command line override it")
     p.add_argument("--params", metavar="FILE", help="parameter file (JSON or CSV name,entry,value)")
     p.add_argument("--ensemble", type=int, default=0, metavar="P", help="P random RACIPE parameter sets")
     p.add_argument("--seed", type=int, default=0, help="seed of --ensemble and of random initial states")
@@ -260,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "first time point. Condition labels like KO(A), KO(A)+KO(B), KD(A,0.5) and "
                                     "'wild type' are understood. Exit code 2 if the best start did not converge.")
     _model_options(ft)
-    ft.add_argument("data", help="long CSV/TSV: condition, time, gene, value [, sd]")
+    ft.add_argument("data", nargs="?", help="long CSV/TSV: condition, time, gene, value [, sd] (or data = ... in "
+                                            "--config)")
     ft.add_argument("--free", default="production", help="comma-separated parameters to fit (default production); "
                                                           "add x0 to estimate initial states")
     ft.add_argument("--method", default="lm", choices=["lm", "trust-ncg", "lbfgs", "adam"])
@@ -272,6 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--plot", metavar="PNG", help="data points and fitted curves")
     ft.set_defaults(func=_fit)
 
+    pl = sub.add_parser("plot", help="plot a table written by simulate, screen or steady-state",
+                        description="Draw the figure of a CSV that `genenet simulate --out` (time courses), "
+                                    "`genenet screen --out` (clustered log2 fold-change heatmap) or `genenet "
+                                    "steady-state --out` (basin fractions / multistability) wrote; the kind is "
+                                    "recognised by the columns.")
+    pl.add_argument("input", help="CSV (or TSV) written by genenet simulate/screen/steady-state --out")
+    pl.add_argument("--out", required=True, metavar="PNG", help="where to write the figure")
+    pl.add_argument("--genes", default=None, help="comma-separated genes to show (default all)")
+    pl.add_argument("--rows", type=int, default=10, help="time courses: the first ROWS rows (default 10)")
+    pl.add_argument("--parameter-set", type=int, default=0, help="screen: which parameter set (default 0)")
+    pl.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    pl.set_defaults(func=_plot)
+
     demo = sub.add_parser("demo", help="run the README demo on the bundled default network")
     demo.add_argument("--out-dir", default=".", help="where to write genenet_demo.png (default .)")
     demo.add_argument("-n", type=int, default=500, help="parameter sets in the ensemble (default 500)")
@@ -281,14 +339,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     nets = sub.add_parser("networks", help="list the bundled networks")
     nets.set_defaults(func=_networks)
+    parser._genenet_commands = sub.choices  # type: ignore[attr-defined]  # for --config
     return parser
 
 
+def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                 args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the options of ``--config FILE.toml`` as defaults under the command line's own."""
+    path = getattr(args, "config", None)
+    command = parser._genenet_commands.get(args.command)  # type: ignore[attr-defined]
+    if path:
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            try:
+                import tomli as tomllib
+            except ImportError:
+                raise ValueError("--config needs Python >= 3.11 (tomllib) or the tomli package") from None
+        with open(path, "rb") as fh:
+            config = tomllib.load(fh)
+        actions = {a.dest: a for a in command._actions if a.dest not in ("help", "config")}
+        values = {}
+        for key, value in config.items():
+            dest = key.replace("-", "_")
+            if dest not in actions:
+                raise ValueError(f"{path}: unknown option {key!r} for 'genenet {args.command}'; allowed: "
+                                 f"{sorted(k.replace('_', '-') for k in actions)}")
+            action = actions[dest]
+            if action.type is not None and not isinstance(value, bool):
+                try:
+                    value = action.type(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"{path}: {key} = {value!r} is not a {action.type.__name__}") from None
+            if action.choices is not None and value not in action.choices:
+                raise ValueError(f"{path}: {key} = {value!r}; allowed: {list(action.choices)}")
+            values[dest] = value
+        command.set_defaults(**values)
+        args = parser.parse_args(argv)
+    for name in ("network", "data"):
+        if name in vars(args) and getattr(args, name) is None:
+            raise ValueError(f"{name.upper()} is required: give it on the command line or as {name} = ... in --config")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        args = _with_config(parser, argv, args)
         return args.func(args)
-    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+    except (ValueError, KeyError, TypeError, OSError) as err:
         print(f"genenet {args.command}: error: {err}", file=sys.stderr)
         return 1
 

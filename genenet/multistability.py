@@ -60,6 +60,24 @@ class SteadyStates:
     groups: pd.DataFrame
     genes: list[str]
 
+    @classmethod
+    def from_frame(cls, states: pd.DataFrame) -> SteadyStates:
+        """From the ``states`` table alone (e.g. the CSV ``genenet steady-state --out`` writes): the
+        genes are the columns after ``condition, parameter_set, state, stable, basin_fraction,
+        n_starts``; ``groups`` is rebuilt from the states, so rows that had no state at all are
+        missing and ``unconverged_fraction`` is unknown (NaN)."""
+        fixed = ["condition", "parameter_set", "state", "stable", "basin_fraction", "n_starts"]
+        missing = [c for c in fixed if c not in states.columns]
+        if missing:
+            raise ValueError(f"a steady-states table needs columns {fixed} and one per gene; missing {missing}")
+        genes = [c for c in states.columns if c not in fixed]
+        states = states.assign(stable=states["stable"].astype(bool))
+        by = states.groupby(["condition", "parameter_set"], sort=False)
+        groups = pd.DataFrame({"n_states": by.size(), "n_stable": by["stable"].sum()}).reset_index()
+        groups["n_unstable"] = groups["n_states"] - groups["n_stable"]
+        groups["unconverged_fraction"] = np.nan
+        return cls(states=states.reset_index(drop=True), groups=groups, genes=genes)
+
     def multistability(self) -> pd.Series:
         """How many rows have 0, 1, 2, ... stable states (RACIPE's mono/bi/tri-stable counts)."""
         return self.groups["n_stable"].value_counts().sort_index().rename("rows")

@@ -168,6 +168,38 @@ class Trajectory:
             "value": y.reshape(-1),
         })
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> Trajectory:
+        """A Trajectory from :meth:`to_frame`'s long table (e.g. the CSV ``genenet simulate --out``
+        writes): rows, times and genes in their order of first appearance, ``y`` (B, T, G) in
+        float64. A row with a missing or non-finite value gets status ``NONFINITE`` (the table does
+        not say why a row failed); no solver stats, no autograd graph.
+        """
+        need = ["row", "condition", "parameter_set", "time", "gene", "value"]
+        missing = [c for c in need if c not in frame.columns]
+        if missing:
+            raise ValueError(f"a trajectory table needs columns {need} (and species for multi-species models); "
+                             f"missing {missing}")
+        species = None
+        state = frame["gene"].astype(str)
+        if "species" in frame.columns:
+            state = state + ":" + frame["species"].astype(str)
+        frame = frame.assign(_state=state)
+        labels = list(pd.unique(frame["row"]))
+        times = np.sort(pd.unique(frame["time"]).astype(float))
+        genes = [str(g) for g in pd.unique(frame["_state"])]
+        if "species" in frame.columns:
+            species = [g.rsplit(":", 1)[1] for g in genes]
+        full = pd.MultiIndex.from_product([labels, times], names=["row", "time"])
+        table = frame.pivot_table(index=["row", "time"], columns="_state", values="value", aggfunc="first")
+        y = table.reindex(index=full, columns=genes).to_numpy(dtype=float).reshape(len(labels), len(times), len(genes))
+        first = frame.drop_duplicates("row").set_index("row").loc[labels]
+        ok = np.isfinite(y).all(axis=(1, 2))
+        return cls(t=torch.tensor(times), y=torch.tensor(y), genes=genes, labels=[str(r) for r in labels],
+                   conditions=[str(c) for c in first["condition"]],
+                   parameter_sets=first["parameter_set"].to_numpy(dtype=int),
+                   status=np.where(ok, int(Status.SUCCESS), int(Status.NONFINITE)), species=species)
+
     def snapshot(self, time: float, *, condition: str | None = None, capture: float | None = None,
                  library_sd: float = 0.0, dropout_midpoint: float | None = None, dropout_shape: float = 1.0,
                  seed: int = 0, anndata: bool = False) -> Any:

@@ -4,6 +4,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import genenet as gn
 from genenet.cli import main
@@ -152,3 +153,61 @@ def test_fit_command(tmp_path, capsys):
     assert rc == 0 and png.stat().st_size > 1000
     params = gn.FitResult.load(out)["params"]
     np.testing.assert_allclose(params.value, [6.0, 4.0], rtol=1e-5)
+
+
+def test_config_file_gives_options_and_the_command_line_overrides_them(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('network = "toggle_switch"\nt-end = 10\npoints = 11\nmethod = "tsit5"\nx0 = "A=3,B=1"\n'
+                   "quiet = true\n")
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    assert main(["simulate", "--config", str(cfg), "--out", str(a)]) == 0
+    assert main(["simulate", "--config", str(cfg), "--points", "6", "--out", str(b)]) == 0
+    ta, tb = pd.read_csv(a), pd.read_csv(b)
+    assert sorted(ta.time.unique()) == list(np.linspace(0, 10, 11)) and ta.time.nunique() == 11
+    assert tb.time.nunique() == 6 and ta[ta.time == 0].value.tolist() == [3.0, 1.0]
+    ref = gn.simulate(gn.Hill(gn.load_network("toggle_switch")), np.linspace(0, 10, 11), x0={"A": 3, "B": 1},
+                      method="tsit5")
+    np.testing.assert_allclose(ta.value.to_numpy(), ref.numpy().reshape(-1))
+    capsys.readouterr()
+    for text, message in (('network = "toggle_switch"\nmehtod = "tsit5"\n', "unknown option 'mehtod'"),
+                          ('network = "toggle_switch"\nmethod = "rk45"\n', "method = 'rk45'; allowed"),
+                          ('network = "toggle_switch"\npoints = "many"\n', "points = 'many' is not a int"),
+                          ("t-end = 5\n", "NETWORK is required")):
+        cfg.write_text(text)
+        assert main(["simulate", "--config", str(cfg)]) == 1
+        assert message in capsys.readouterr().err
+
+
+def test_plot_command_draws_each_table_the_commands_write(tmp_path, capsys):
+    traj, screen, states = tmp_path / "t.csv", tmp_path / "s.csv", tmp_path / "st.csv"
+    assert main(["simulate", "toggle_switch", "--ensemble", "3", "--t-end", "5", "-q", "--out", str(traj)]) == 0
+    assert main(["screen", "myeloid", "--order", "1", "-q", "--out", str(screen)]) == 0
+    assert main(["steady-state", "toggle_switch", "--ensemble", "20", "--initial", "20", "-q",
+                 "--out", str(states)]) == 0
+    for table in (traj, screen, states):
+        png = tmp_path / (table.stem + ".png")
+        assert main(["plot", str(table), "--out", str(png), "-q"]) == 0
+        assert png.stat().st_size > 5000
+    other = tmp_path / "other.csv"
+    pd.DataFrame({"a": [1, 2]}).to_csv(other, index=False)
+    assert main(["plot", str(other), "--out", str(tmp_path / "x.png")]) == 1
+    assert "not a table genenet writes" in capsys.readouterr().err
+
+
+def test_tables_read_back_into_results():
+    net = gn.load_network("toggle_switch")
+    model = gn.Hill.random(net, n=3, seed=0)
+    traj = gn.simulate(model, np.linspace(0, 5, 6), perturbations=[gn.Condition(), gn.Knockout("A")])
+    back = gn.Trajectory.from_frame(traj.to_frame())
+    assert torch.equal(back.y, traj.y) and back.labels == traj.labels and back.conditions == traj.conditions
+    np.testing.assert_array_equal(back.parameter_sets, traj.parameter_sets)
+    two = gn.simulate(gn.TwoStage(net), np.linspace(0, 5, 6))
+    back2 = gn.Trajectory.from_frame(two.to_frame())
+    assert back2.genes == two.genes and back2.species == two.species and torch.equal(back2.y, two.y)
+    frame = traj.to_frame()
+    frame.loc[frame.row == traj.labels[4], "value"] = np.nan  # a failed row
+    assert gn.Trajectory.from_frame(frame).status.tolist() == [0, 0, 0, 0, int(gn.Status.NONFINITE), 0]
+    found = gn.find_steady_states(gn.Hill.random(net, n=6, seed=0), n_initial=30)
+    again = gn.SteadyStates.from_frame(found.states)
+    pd.testing.assert_series_equal(again.multistability(), found.multistability())
+    assert again.genes == ["A", "B"]
