@@ -184,7 +184,8 @@ def find_steady_states(
     rows, cluster, chunk_size : only some rows of the batch; rows in chunks on Dask workers (as
         for :func:`genenet.simulate`). A row's initial states are the same whichever rows are
         asked for, so chunks give the result of one call.
-    progress : a tqdm bar of finished chunks (with ``cluster``).
+    progress : a tqdm bar over the stages (integrate, newton, cluster, stability), or over finished
+        chunks with ``cluster``.
 
     **Returns** :class:`SteadyStates` (``.states``, ``.groups``, ``.multistability()``).
     """
@@ -210,7 +211,12 @@ def find_steady_states(
         raise ValueError("find_steady_states does not take Pulse perturbations")
     term = batch.term
     R, G, n = batch.n_rows, model.n_genes, int(n_initial)
-    with torch.no_grad():
+    from tqdm.auto import tqdm
+
+    stages = ["integrate", "newton", "cluster", "stability"]
+    with torch.no_grad(), tqdm(total=len(stages), desc="find_steady_states", unit="stage", disable=not progress,
+                               leave=False) as bar:
+        bar.set_postfix_str(stages[0])
         args = term.segment(torch.zeros(R, dtype=dtp, device=dev), term.initial_args)
         M = model.max_levels(args["p"], args.get("mult"), args.get("add")).expand(R, G)
         u = torch.as_tensor(_uniform_rows(seed, batch.index, (n, G), -3.0, 0.0), dtype=dtp, device=dev)
@@ -233,6 +239,8 @@ def find_steady_states(
         near = ((x_int - end).abs() <= 1e-3 * (end.abs() + M.index_select(0, rows_n))).all(dim=-1)
         dyn_ok = reached & conv_int & near
 
+        bar.update(1)
+        bar.set_postfix_str(stages[1])
         # 2. Newton from every start (random and diagonal): unstable states too; a start that
         # has not halved its residual in 10 iterations is dropped (the others cover its state)
         rows_N = torch.arange(R, device=dev).repeat_interleave(N)
@@ -242,14 +250,19 @@ def find_steady_states(
 
         cands = torch.cat([x_int.view(R, n, G), x_newton.view(R, N, G)], dim=1)
         valid = torch.cat([dyn_ok.view(R, n), conv_newton.view(R, N)], dim=1)
+        bar.update(1)
+        bar.set_postfix_str(stages[2])
         reps, used, ids = _cluster(cands, valid, M, cluster_rtol)
         K = reps.shape[1]
         dyn = ids[:, :n]  # cluster of each integrated start, -1 if it reached none
         basin = torch.zeros(R, K + 1, dtype=torch.long, device=dev).scatter_add_(
             1, torch.where(dyn >= 0, dyn, K), torch.ones_like(dyn))[:, :K]  # (R, K)
         rows_K = torch.arange(R, device=dev).repeat_interleave(K)
+        bar.update(1)
+        bar.set_postfix_str(stages[3])
         ev, stable = stability(term, reps.reshape(R * K, G), tree_index(args, rows_K))
         stable = stable.view(R, K) & used
+        bar.update(1)
 
     used_np, stable_np = used.cpu().numpy(), stable.cpu().numpy()
     reps_np, basin_np = reps.cpu().numpy(), basin.cpu().numpy()

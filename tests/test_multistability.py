@@ -46,3 +46,12 @@ def test_ensemble_and_conditions(toggle):
     assert set(long.gene) == {"A", "B"} and len(long) == 2 * len(res.states)
     with pytest.raises(ValueError, match="n_initial must be a positive integer"):
         gn.find_steady_states(toggle, n_initial=0)
+
+
+def test_find_steady_states_progress_bar_over_its_stages(capsys):
+    model = gn.Hill.random(gn.load_network("toggle_switch"), n=4, seed=0)
+    quiet = gn.find_steady_states(model, n_initial=20)
+    assert "find_steady_states" not in capsys.readouterr().err
+    shown = gn.find_steady_states(model, n_initial=20, progress=True)
+    assert "find_steady_states" in capsys.readouterr().err
+    assert shown.states.equals(quiet.states)
