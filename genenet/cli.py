@@ -183,7 +183,7 @@ def _plot(args: argparse.Namespace) -> int:
     from .trajectory import Trajectory
 
     try:
-        table = pd.read_csv(args.input, sep="\t" if str(args.input).endswith((".tsv", ".tab")) else ",")
+        table = pd.read_csv(args.input)
     except pd.errors.ParserError as err:
         raise ValueError(f"{args.input}: not a CSV table ({err})") from None
     cols = set(table.columns)
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "`genenet screen --out` (clustered log2 fold-change heatmap) or `genenet "
                                     "steady-state --out` (basin fractions / multistability) wrote; the kind is "
                                     "recognised by the columns.")
-    pl.add_argument("input", help="CSV (or TSV) written by genenet simulate/screen/steady-state --out")
+    pl.add_argument("input", help="CSV written by genenet simulate/screen/steady-state --out")
     pl.add_argument("--out", required=True, metavar="PNG", help="where to write the figure")
     pl.add_argument("--genes", default=None, help="comma-separated genes to show (default all)")
     pl.add_argument("--rows", type=int, default=10, help="time courses: the first ROWS rows (default 10)")
