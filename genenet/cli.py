@@ -210,7 +210,6 @@ def _plot(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.input}: not a table genenet writes; expected the columns of simulate --out "
                          "(row, condition, parameter_set, time, gene, value), screen --out (..., gene, log2fc) "
                          f"or steady-state --out (..., state, stable, basin_fraction); got {sorted(cols)}")
-    args.plot = args.out
     _save_plot(args, draw)
     return 0
 
@@ -323,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "steady-state --out` (basin fractions / multistability) wrote; the kind is "
                                     "recognised by the columns.")
     pl.add_argument("input", help="CSV written by genenet simulate/screen/steady-state --out")
-    pl.add_argument("--out", required=True, metavar="PNG", help="where to write the figure")
+    pl.add_argument("--out", dest="plot", required=True, metavar="PNG", help="where to write the figure")
     pl.add_argument("--genes", default=None, help="comma-separated genes to show (default all)")
     pl.add_argument("--rows", type=int, default=10, help="time courses: the first ROWS rows (default 10)")
     pl.add_argument("--parameter-set", type=int, default=0, help="screen: which parameter set (default 0)")

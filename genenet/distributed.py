@@ -137,14 +137,15 @@ def map_chunks(fn: Callable[..., Any], chunks: Callable[[int], Sequence[Any]], k
     return out
 
 
-def on_cluster(fn: Callable[..., Any], kwargs: dict[str, Any], model: Any, perturbations: Any, x0: Any, params: Any,
-               *, rows: Any, cluster: Any, chunk_size: int | None, progress: bool, desc: str) -> list[Any]:
+def on_cluster(fn: Callable[..., Any], kwargs: dict[str, Any], *, rows: Any, cluster: Any, chunk_size: int | None,
+               progress: bool, desc: str) -> list[Any]:
     """``fn(**kwargs, rows=chunk)`` for chunks of the batch's rows (all, or ``rows``) on ``cluster``:
-    the parts of the result, in row order. Arguments are checked before a cluster is reached."""
+    the parts of the result, in row order. ``kwargs`` name the batch (``model``, ``perturbations``
+    and, where given, ``x0``, ``params``); arguments are checked before a cluster is reached."""
     from .batch import check_rows, count_rows
 
     _check_chunk_size(chunk_size)
-    n = count_rows(model, perturbations, x0, params)
+    n = count_rows(kwargs["model"], kwargs["perturbations"], kwargs.get("x0"), kwargs.get("params"))
     selected = np.arange(n) if rows is None else check_rows(rows, n)
     if len(selected) == 0:
         return [fn(**kwargs, rows=selected)]

@@ -200,7 +200,7 @@ def find_steady_states(
         kwargs = dict(model=model, perturbations=perturbations, n_initial=n_initial, seed=seed, params=params, tol=tol,
                       cluster_rtol=cluster_rtol, t_max=t_max, max_steps=max_steps, rtol=rtol, atol=atol,
                       steady_tol=steady_tol, device=device, dtype=dtype)
-        parts = on_cluster(find_steady_states, kwargs, model, perturbations, None, params, rows=rows,
+        parts = on_cluster(find_steady_states, kwargs, rows=rows,
                            cluster=cluster, chunk_size=chunk_size, progress=progress, desc="find_steady_states")
         return concat_rows(parts, shared=("genes",))
     dev = resolve_device(device)

@@ -114,7 +114,7 @@ def simulate(
         kwargs = dict(model=model, t=t, x0=x0, perturbations=perturbations, params=params, method=method, rtol=rtol,
                       atol=atol, dt=dt, first_step=first_step, max_steps=max_steps, steady_tol=steady_tol,
                       throw=False, device=device, dtype=dtype)
-        traj = concat_rows(on_cluster(simulate, kwargs, model, perturbations, x0, params, rows=rows, cluster=cluster,
+        traj = concat_rows(on_cluster(simulate, kwargs, rows=rows, cluster=cluster,
                                       chunk_size=chunk_size, progress=progress, desc="simulate"),
                            shared=("t", "genes", "method", "species"))
         if throw:

@@ -366,7 +366,7 @@ def steady_state(
     if uses_cluster(cluster):
         kwargs = dict(model=model, perturbations=perturbations, x0=x0, params=params, tol=tol, method=method,
                       max_iter=max_iter, t_max=t_max, device=device, dtype=dtype)
-        parts = on_cluster(steady_state, kwargs, model, perturbations, x0, params, rows=rows, cluster=cluster,
+        parts = on_cluster(steady_state, kwargs, rows=rows, cluster=cluster,
                            chunk_size=chunk_size, progress=progress, desc="steady_state")
         ss = concat_rows(parts, shared=("genes",))
         batch, args, _, _ = _prepare(model, perturbations, x0, params, ss.x.device, ss.x.dtype, rows=rows)
@@ -431,21 +431,20 @@ def _steady_state(model: Model, perturbations: Any, x0: Any, params: Mapping[str
     )
 
 
-def _sub_condition_rows(conditions: list, n_sets: int, targets: np.ndarray,
-                        converged: Callable[[np.ndarray], np.ndarray], n_starts: int = 3) -> np.ndarray:
-    """For each target row (condition c, parameter set s: row ``c * n_sets + s``), up to ``n_starts``
-    converged rows of the same set whose condition's perturbations are a subset of its own: those
-    with one perturbation fewer first, then two fewer, then none (the wild type).
+def _sub_condition_candidates(conditions: list, n_sets: int, targets: np.ndarray
+                              ) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """For each target row (condition c, parameter set s: row ``c * n_sets + s``), the rows of the
+    same set whose condition's perturbations are a subset of its own, in the order they are tried:
+    one perturbation fewer first, then two fewer, then none (the wild type).
 
-    ``converged(rows)`` says which of the candidate rows converged; it is called once, with all
-    candidates of all targets (unique, sorted). Returns (n_starts, len(targets)) row indices, -1
-    where a target has no such candidate."""
+    Returns ``known``, all candidate rows (unique, sorted), and per target condition ``(positions
+    among the targets, candidates (n_candidates, n_positions) as indices into known)``."""
     P = n_sets
     by_set: dict[frozenset, int] = {}
     for c, cond in enumerate(conditions):
         by_set.setdefault(frozenset(cond.perturbations), c)
     cond_t, set_t = np.divmod(np.asarray(targets, dtype=np.int64), P)
-    groups = []  # per target condition: (positions among the targets, candidate rows (candidates, positions))
+    groups = []
     for c in np.unique(cond_t):
         perts = list(dict.fromkeys(conditions[c].perturbations))
         k = len(perts)
@@ -454,13 +453,18 @@ def _sub_condition_rows(conditions: list, n_sets: int, targets: np.ndarray,
         if subs.size:
             pos = np.flatnonzero(cond_t == c)
             groups.append((pos, subs[:, None] * P + set_t[pos][None, :]))
-    out = np.full((n_starts, len(cond_t)), -1)
-    if not groups:
-        return out
-    known = np.unique(np.concatenate([cand.ravel() for _, cand in groups]))
-    conv_known = np.asarray(converged(known), dtype=bool)
+    known = np.unique(np.concatenate([cand.ravel() for _, cand in groups])) if groups else np.zeros(0, np.int64)
+    return known, [(pos, np.searchsorted(known, cand)) for pos, cand in groups]
+
+
+def _sub_condition_rows(groups: list[tuple[np.ndarray, np.ndarray]], converged: np.ndarray, n_targets: int,
+                        n_starts: int = 3) -> np.ndarray:
+    """Up to ``n_starts`` converged candidates per target (``groups`` of
+    :func:`_sub_condition_candidates`, ``converged`` per known row), in order: (n_starts, n_targets)
+    indices into the known rows, -1 where a target has no such candidate."""
+    out = np.full((n_starts, n_targets), -1)
     for pos, cand in groups:
-        ok = conv_known[np.searchsorted(known, cand)]  # (candidates, positions)
+        ok = converged[cand]  # (candidates, positions)
         rank = np.cumsum(ok, axis=0) - 1  # each converged candidate's place in its target's list
         cols = np.arange(cand.shape[1])
         for j in range(n_starts):
@@ -480,35 +484,27 @@ def _via_sub_conditions(term: Any, args: dict, x: Tensor, rows: Tensor, tol: flo
     rows ``batch_rows`` of the whole (conditions x sets) batch, and sub-condition rows outside it
     are solved by ``solve_rows(rows)`` (a steady_state call for those rows)."""
     x_solved, conv = solved
+    known, groups = _sub_condition_candidates(conditions, n_sets, batch_rows[rows.cpu().numpy()])
+    # the candidates' states and convergence: from this batch, or solved for the rows outside it
     local = np.full(len(conditions) * n_sets, -1)
     local[batch_rows] = np.arange(len(batch_rows))
-    states = {}  # candidate rows -> their states, from the batch or solved here
-
-    def converged(cand: np.ndarray) -> np.ndarray:
-        pos = local[cand]
-        inside = pos >= 0
-        got = np.zeros(len(cand), dtype=bool)
-        got[inside] = conv.cpu().numpy()[pos[inside]]
-        xs = x_solved.new_full((len(cand), x_solved.shape[1]), float("nan"))
-        xs[torch.as_tensor(inside, device=xs.device)] = x_solved[torch.as_tensor(pos[inside], device=xs.device)]
-        if not inside.all():
-            out = solve_rows(cand[~inside])
-            got[~inside] = out.converged
-            xs[torch.as_tensor(~inside, device=xs.device)] = out.x.to(xs.device, xs.dtype)
-        states["rows"], states["x"] = cand, xs
-        return got
-
-    targets = batch_rows[rows.cpu().numpy()]
-    donors = _sub_condition_rows(conditions, n_sets, targets, converged)
+    pos = local[known]
+    inside = pos >= 0
+    conv_known = np.zeros(len(known), dtype=bool)
+    conv_known[inside] = conv.cpu().numpy()[pos[inside]]
+    x_known = x_solved.new_full((len(known), x_solved.shape[1]), float("nan"))
+    x_known[torch.as_tensor(inside, device=x.device)] = x_solved[torch.as_tensor(pos[inside], device=x.device)]
+    if not inside.all():
+        out = solve_rows(known[~inside])
+        conv_known[~inside] = out.converged
+        x_known[torch.as_tensor(~inside, device=x.device)] = out.x.to(x.device, x.dtype)
     t = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     starts = []
-    for cand in donors:
-        has = torch.as_tensor(cand >= 0, device=x.device)
+    for pick in _sub_condition_rows(groups, conv_known, x.shape[0]):
+        has = torch.as_tensor(pick >= 0, device=x.device)
         if not bool(has.any()):
             continue
-        at = torch.as_tensor(np.searchsorted(states["rows"], np.maximum(cand, 0)).clip(max=len(states["rows"]) - 1),
-                             device=x.device)
-        start = torch.where(fixed[rows], x, states["x"][at])
+        start = torch.where(fixed[rows], x, x_known[torch.as_tensor(np.maximum(pick, 0), device=x.device)])
         starts.append(torch.where(has[:, None], term.reset(t, start, args), torch.nan))
     if not starts:
         return x, torch.zeros(x.shape[0], dtype=torch.bool, device=x.device), torch.zeros_like(rows)

@@ -231,16 +231,17 @@ def test_steady_state_progress_bar(toggle, capsys):
 
 
 def test_sub_condition_candidates_same_set_fewest_perturbations_removed_first():
-    from genenet.steady import _sub_condition_rows
+    from genenet.steady import _sub_condition_candidates, _sub_condition_rows
 
     a, b, c = gn.Knockout("A"), gn.Knockout("B"), gn.Knockout("C")
     conds = [gn.Condition(), gn.Condition(a), gn.Condition(b), gn.Condition([a, b]), gn.Condition([a, b, c])]
     P = 2  # rows c * 2 + s
     conv = np.ones(10, bool)
     conv[[2, 3]] = False  # set 0 of KO(A) and set 1 of KO(A) fail; KO(B) converged in both sets
-    asked = []
-    first, second, third = _sub_condition_rows(conds, P, np.arange(10), lambda rows: asked.append(rows) or conv[rows])
-    assert len(asked) == 1 and set(asked[0]) == set(range(8))  # every candidate once: no row has the triple's
+    known, groups = _sub_condition_candidates(conds, P, np.arange(10))
+    assert set(known) == set(range(8))  # every candidate once: no row has the triple's
+    picks = _sub_condition_rows(groups, conv[known], 10)
+    first, second, third = np.where(picks >= 0, known[np.maximum(picks, 0)], -1)
     # KO(A)+KO(B), set 0: KO(A) failed, so KO(B) (row 4), then the wild type (row 0)
     assert (first[6], second[6], third[6]) == (4, 0, -1)
     assert (first[7], second[7]) == (5, 1)  # set 1: KO(A) row 3 failed too
