@@ -73,12 +73,12 @@ def test_steady_state_rows_solve_their_sub_conditions_outside_the_chunk():
     # (test_steady): the singles from the wild type, the doubles from a single or the wild type. Asked
     # for in chunks without their sub-conditions, which are then solved for them: as far as one call
     # has them when that fallback starts (there the singles are not solved yet, so the doubles start
-    # from KO(G20), KO(G21) or the wild type), so every row's state is the one call's, bit for bit
+    # from KO(G21), KO(G20) or the wild type), so every row's state is the one call's, bit for bit
     net = random_network(100, 3, seed=0)
     model = gn.Hill.random(net, n=1, seed=0)
     ko = gn.Knockout
-    conds = [gn.Condition(), ko("G6"), ko("G7"), ko("G20"), ko("G21"), gn.Condition([ko("G6"), ko("G20")]),
-             gn.Condition([ko("G7"), ko("G21")])]
+    conds = [gn.Condition(), ko("G7"), ko("G65"), ko("G20"), ko("G21"), gn.Condition([ko("G7"), ko("G21")]),
+             gn.Condition([ko("G20"), ko("G65")])]
     full = gn.steady_state(model, conds)
     assert full.converged.all() and list(full.method[[1, 2, 5, 6]]) == ["sub-condition"] * 4
     for rows in ([2, 1], [5], [6, 3]):
