@@ -12,6 +12,11 @@ Times: median of --repeats calls after one warm-up call, forward only (no_grad).
 
     python benchmarks/solve_screen.py                    # CPU, N = 1, 200, 1000, float32
     python benchmarks/solve_screen.py --device cuda --sizes 1 1000 5050
+    python benchmarks/solve_screen.py --collect          # only rebuild results/<date>-<device>.md
+
+Each run writes results/solve_<device>_<dtype>_<date>.md and then rebuilds the day's summary for
+the device, results/<date>-<device>.md (the file issue 6 names): every solve table of that date and
+device, float32 first, as written by their runs.
 """
 
 from __future__ import annotations
@@ -208,9 +213,14 @@ def main() -> None:
                         help="a Python with jax and diffrax: adds diffrax Tsit5 jit(vmap) to the table")
     parser.add_argument("--out", default=None,
                         help="results file (default benchmarks/results/solve_<device>_<dtype>_<date>.md)")
+    parser.add_argument("--collect", action="store_true",
+                        help="only rebuild results/<date>-<device>.md from the day's solve tables")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = torch.float32 if args.dtype == "float32" else torch.float64
+    if args.collect:
+        collect(device.type, dt.date.today().isoformat())
+        return
 
     rows = []
     diffrax_info: dict = {}
@@ -284,6 +294,21 @@ def main() -> None:
                   for tool in tools if tool != "genenet"]
         lines.append(f"| {entry['N']} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     write_results(out, lines)
+    collect(device.type, today)
+
+
+def collect(device: str, day: str) -> Path | None:
+    """results/<day>-<device>.md: the day's solve tables for the device (float32, then float64), each
+    as its run wrote it, one heading level down."""
+    tables = sorted((HERE / "results").glob(f"solve_{device}_*_{day}.md"), key=lambda f: "float64" in f.name)
+    if not tables:
+        return None
+    lines = [f"# Standard problem, batched solves on {device}, {day}", "",
+             "Collected by `python benchmarks/solve_screen.py --collect` from: "
+             + ", ".join(f"`{f.name}`" for f in tables) + "."]
+    for f in tables:
+        lines += ["", *("#" + line if line.startswith("#") else line for line in f.read_text().splitlines())]
+    return write_results(HERE / "results" / f"{day}-{device}.md", lines)
 
 
 if __name__ == "__main__":
