@@ -346,8 +346,8 @@ def _with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
                  args: argparse.Namespace) -> argparse.Namespace:
     """``args`` with the options of ``--config FILE.toml`` as defaults under the command line's own."""
     path = getattr(args, "config", None)
-    command = parser._genenet_commands.get(args.command)  # type: ignore[attr-defined]
     if path:
+        command = parser._genenet_commands[args.command]  # type: ignore[attr-defined]
         try:
             import tomllib
         except ImportError:  # Python 3.10

@@ -570,15 +570,15 @@ def _integrate_to_steady(term: Any, args: dict, x: Tensor, t_max: float, max_ste
     # x 11 genes take 12-15 s instead of 7.5 s. The torch loop (GPU, other models) takes the
     # batch at once: its cost is per step of the batch.
     blocked = x.device.type == "cpu" and native.available(lo) and term.native_spec(cast) is not None
-    step = block or (max(64, (1 << 21) // max(1, n_save * G)) if blocked else max(B, 1))
+    chunk = max(1, (1 << 21) // max(1, n_save * G))  # rows of ~8 MB of float32 saves
+    step = block or (max(64, chunk) if blocked else max(B, 1))
     parts = []
     for i in range(0, B, step):
         rows = torch.arange(i, min(B, i + step), device=x.device)
         sol = integrate(term.vf, x[rows].to(lo), t, method=get_method("dopri5"), args=tree_index(cast, rows),
                         rtol=1e-4, atol=1e-5, max_steps=max_steps, steady_tol=1e-6, native=term.native_spec)
         # the starts from the saves in chunks of rows: their float64 copy is the size of the saves again
-        sub = max(1, (1 << 21) // max(1, n_save * G))
-        parts += [_trajectory_starts(sol.y[j:j + sub].to(x.dtype)) for j in range(0, len(rows), sub)]
+        parts += [_trajectory_starts(sol.y[j:j + chunk].to(x.dtype)) for j in range(0, len(rows), chunk)]
     starts = [torch.cat(p) for p in zip(*parts)] if parts else [x] * 4
     return tuple(torch.where(torch.isfinite(s).all(dim=-1, keepdim=True), s, x) for s in starts)
 
