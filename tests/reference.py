@@ -65,3 +65,21 @@ def period_from_peaks(t: np.ndarray, x: np.ndarray, skip: float) -> float:
     peaks = np.asarray(peaks)
     assert len(peaks) >= 3, "not oscillating"
     return float(np.mean(np.diff(peaks)))
+
+
+def sub_condition_case():
+    """Knockouts of the 100-gene network that only Newton from a sub-condition's steady state can solve,
+    by construction rather than by the rounding of a borderline row: the wild type starts at its steady
+    state (Newton converges at once), the knockouts at x = 1, where Newton does not converge in 100
+    iterations, and with ``max_iter=10`` and ``t_max=1e-3`` neither Newton from x0 (10 iterations),
+    integration (to t = 0.001) nor pseudo-transient continuation (30 iterations; these rows need
+    hundreds) can get there, while Newton from the wild type's state with the knockouts set converges
+    in 2-3 iterations. Returns (model, conditions, x0, keyword arguments)."""
+    net = random_network(100, 3, seed=0)
+    model = gn.Hill.random(net, n=1, seed=0)
+    ko = gn.Knockout
+    conds = [gn.Condition(), ko("G2"), ko("G20"), ko("G21"), ko("G42"), gn.Condition([ko("G2"), ko("G21")]),
+             gn.Condition([ko("G20"), ko("G42")])]
+    x0 = np.ones((len(conds), net.n_genes))
+    x0[0] = gn.steady_state(model).x[0].numpy()
+    return model, conds, x0, {"max_iter": 10, "t_max": 1e-3}

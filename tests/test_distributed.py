@@ -10,7 +10,7 @@ import torch
 
 import genenet as gn
 from genenet.distributed import row_chunks
-from reference import random_network
+from reference import random_network, sub_condition_case
 
 
 @pytest.fixture(scope="module")
@@ -69,20 +69,14 @@ def test_rows_out_of_range_or_not_indices_are_refused(rows, match):
 
 
 def test_steady_state_rows_solve_their_sub_conditions_outside_the_chunk():
-    # knockouts of the 100-gene network that only Newton from a sub-condition's steady state solves
-    # (test_steady): the singles from the wild type, the doubles from a single or the wild type. Asked
-    # for in chunks without their sub-conditions, which are then solved for them: as far as one call
-    # has them when that fallback starts (there the singles are not solved yet, so the doubles start
-    # from KO(G21), KO(G20) or the wild type), so every row's state is the one call's, bit for bit
-    net = random_network(100, 3, seed=0)
-    model = gn.Hill.random(net, n=1, seed=0)
-    ko = gn.Knockout
-    conds = [gn.Condition(), ko("G7"), ko("G65"), ko("G20"), ko("G21"), gn.Condition([ko("G7"), ko("G21")]),
-             gn.Condition([ko("G20"), ko("G65")])]
-    full = gn.steady_state(model, conds)
-    assert full.converged.all() and list(full.method[[1, 2, 5, 6]]) == ["sub-condition"] * 4
+    # asked for in chunks without their sub-conditions, which are then solved for them: as far as one
+    # call has them when that fallback starts (there the singles are not solved yet, so the doubles
+    # start from the wild type), so every row's state is the one call's, bit for bit
+    model, conds, x0, kw = sub_condition_case()
+    full = gn.steady_state(model, conds, x0=x0, **kw)
+    assert full.converged.all() and list(full.method) == ["newton"] + ["sub-condition"] * 6
     for rows in ([2, 1], [5], [6, 3]):
-        part = gn.steady_state(model, conds, rows=rows)
+        part = gn.steady_state(model, conds, x0=x0, rows=rows, **kw)
         assert list(part.method) == list(full.method[rows]) and part.converged.all()
         assert torch.equal(part.x, full.x[rows])
 

@@ -7,6 +7,10 @@ float32 within the tolerance the solve asks for (rounding may flip a step decisi
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,13 @@ import torch
 
 import genenet as gn
 from genenet import native
+from genenet.native import build
 from genenet.solvers import Status
+
+# the kernel is part of genenet wherever a C compiler is found (or it was built at install time);
+# without one these tests have nothing to test, and test_kernel_builds_here checks that it says why
+pytestmark = pytest.mark.skipif(build.compiler() is None and build.installed_library("double") is None,
+                                reason="no C compiler here: the native kernel cannot be built")
 
 
 def _solve(monkeypatch, use_native: bool, *args, **kw):
@@ -43,9 +53,94 @@ def _assert_same(ref, fast, rtol=1e-10):
     np.testing.assert_allclose(b, a, rtol=rtol, atol=rtol * scale)
 
 
-def test_kernel_builds_here():
+def test_kernel_builds_here(monkeypatch):
+    monkeypatch.setenv("GENENET_NATIVE", "1")
     assert native.available(torch.float64), native.reason(torch.float64)
     assert native.available(torch.float32), native.reason(torch.float32)
+    lib = native._LIBS[torch.float64]
+    assert lib.genenet_source_hash().decode() == build.source_hash()
+    assert lib.genenet_isa().decode() in build.cpu_isa_levels()  # portable flags, never -march=native
+
+
+def test_portable_flags_never_contract_or_target_this_cpu(monkeypatch):
+    monkeypatch.delenv("GENENET_NATIVE_ARCH", raising=False)
+    monkeypatch.delenv("GENENET_EXTRA_CFLAGS", raising=False)
+    flags = build.flags("double")
+    assert "-ffp-contract=off" in flags and "-march=native" not in flags and not any("fast-math" in f for f in flags)
+    monkeypatch.setenv("GENENET_NATIVE_ARCH", "native")
+    assert "-march=native" in build.flags("double")
+    with pytest.raises(ValueError, match="unknown precision 'half'"):
+        build.flags("half")
+
+
+_BUILD_AND_LOAD = """
+import ctypes, sys
+from genenet.native import build
+path = build.cached_library("double")
+lib = ctypes.CDLL(str(path))
+lib.genenet_source_hash.restype = ctypes.c_char_p
+assert lib.genenet_source_hash().decode() == build.source_hash()
+print(path)
+"""
+
+
+def test_processes_building_at_once_share_one_cache(tmp_path):
+    # the workers of a Dask LocalCluster, or parallel test runs, start with an empty cache together
+    env = {**os.environ, "GENENET_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _BUILD_AND_LOAD], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    paths = {out.strip() for out, _ in outs}
+    assert len(paths) == 1  # one library, built once under the lock
+    name = Path(paths.pop()).name
+    assert sorted(q.name for q in (tmp_path / "native").iterdir()) == [name, name + ".lock"]  # no half builds left
+
+
+def test_a_damaged_cached_library_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENENET_CACHE", str(tmp_path))
+    monkeypatch.setattr(build, "installed_library", lambda real: None)
+    path = build.cache_path("double", build.compiler())
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"half a library")  # a full disk, a killed copy
+    lib = native._build(torch.float64)
+    assert lib.genenet_source_hash().decode() == build.source_hash() and path.stat().st_size > 1000
+
+
+def test_an_installed_library_is_used_only_when_it_fits(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENENET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GENENET_NATIVE_ARCH", raising=False)
+    fits = tmp_path / "fits" / "_kernels_double.so"
+    build.compile_library("double", fits)
+    monkeypatch.setattr(build, "installed_library", lambda real: fits)
+    assert native._build(torch.float64)._name == str(fits)
+    # from other sources (an editable install whose kernels.c changed since): the cache's instead
+    stale = tmp_path / "stale" / "_kernels_double.so"
+    monkeypatch.setenv("GENENET_EXTRA_CFLAGS", "-UGENENET_SOURCE_HASH -DGENENET_SOURCE_HASH=\"0123\"")
+    build.compile_library("double", stale)
+    monkeypatch.delenv("GENENET_EXTRA_CFLAGS")
+    monkeypatch.setattr(build, "installed_library", lambda real: stale)
+    lib = native._build(torch.float64)
+    assert lib._name != str(stale) and lib.genenet_source_hash().decode() == build.source_hash()
+    assert native._built_for_here(native._open(stale)).startswith("built from other sources (0123")
+
+
+def test_without_a_compiler_the_torch_loop_runs_and_says_so_once(monkeypatch):
+    monkeypatch.setenv("GENENET_NATIVE", "1")
+    monkeypatch.setattr(build, "compiler", lambda: None)
+    monkeypatch.setattr(build, "installed_library", lambda real: None)
+    monkeypatch.setattr(native, "_LIBS", {})
+    monkeypatch.setattr(native, "_FAILED", {})
+    net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-")])
+    with pytest.warns(native.NativeKernelWarning, match="no C compiler found"):
+        traj = gn.simulate(gn.Hill(net), [0.0, 1.0, 2.0])
+    assert not native.available() and "no C compiler found" in native.reason()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once: the second solve is silent
+        again = gn.simulate(gn.Hill(net), [0.0, 1.0, 2.0])
+    assert torch.equal(traj.y, again.y) and traj.success
 
 
 def test_is_used_and_matches_the_torch_loop_on_a_knockout_screen(monkeypatch):

@@ -11,11 +11,13 @@ counters), which the tests check. Two step methods share the loop: the FSAL expl
 (dopri5, tsit5; with ``method="auto"``'s stiffness detection, so both of its phases run here)
 and the Rosenbrock methods (rodas5, rodas4; analytic Jacobian, LU with partial pivoting per step).
 
-They are compiled at first use with the system C compiler (``$CC``, else ``cc``/``gcc``;
-OpenMP when available) into ``$GENENET_CACHE/native`` (default ``~/.cache/genenet``),
-once per source version, precision and compiler, and loaded with :mod:`ctypes`. Without a
-compiler, or with ``GENENET_NATIVE=0``, everything runs on the pure-torch path, which is
-the reference. :func:`available` says which, :func:`reason` why not.
+They are built with portable flags (no ``-march=native``, no fused multiply-adds), at install
+time into the package or at first use into ``$GENENET_CACHE/native`` (default
+``~/.cache/genenet``) under a file lock, once per source version, precision, compiler and flags,
+and loaded with :mod:`ctypes`; :mod:`genenet.native.build` says how and why. Without a compiler,
+or with ``GENENET_NATIVE=0``, everything runs on the pure-torch path, which is the reference (the
+first solve that wanted the kernel warns once, :class:`NativeKernelWarning`). :func:`available`
+says which, :func:`reason` why not.
 
 Gradients: a differentiable explicit solve (an input requires grad) runs the explicit
 kernel with a *tape* — each accepted step's t, h and stage inputs — and its backward pass
@@ -37,13 +39,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,72 +52,74 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..solvers.memory import available_memory
+from . import build
 
-__all__ = ["available", "reason", "torch_path", "release_memory", "tape_memory", "hill_vjp", "integrate_hill_erk",
+__all__ = ["available", "reason", "NativeKernelWarning", "torch_path", "release_memory", "tape_memory", "hill_vjp", "integrate_hill_erk",
            "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill", "adjoint_sweep"]
 
-_DIR = Path(__file__).parent
-_SOURCE = _DIR / "kernels.c"
 _LIBS: dict[torch.dtype, Any] = {}
 _FAILED: dict[torch.dtype, str] = {}
 _REAL = {torch.float32: "float", torch.float64: "double"}
 
 
-def _compiler() -> str | None:
-    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cand and shutil.which(cand.split()[0]):
-            return cand
-    return None
+class NativeKernelWarning(UserWarning):
+    """The native kernel was wanted but cannot be used here; the torch loop runs instead."""
 
 
-def _cpu_id() -> str:
-    import platform
-
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        lines = info.splitlines()
-        return " ".join(next((ln for ln in lines if ln.startswith(key)), "") for key in ("model name", "flags"))
-    except OSError:
-        return platform.processor() or platform.machine()
+_BUILD_LOCK = threading.Lock()
+_ENTRY_POINTS = ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_roots_hill",
+                 "genenet_hill_adjoint_sweep")
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("GENENET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "genenet")
-    return Path(root) / "native"
-
-
-def _build(dtype: torch.dtype) -> ctypes.CDLL:
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set $CC, or install gcc)")
-    src = b"".join(f.read_bytes() for f in sorted([*_DIR.glob("*.c"), *_DIR.glob("*.h")]))
-    flags = ["-O3", "-march=native", "-fPIC", "-shared", "-pthread", "-fno-math-errno", f"-DREAL={_REAL[dtype]}",
-             # hot loops at fixed alignment: without it a change anywhere in the file moved the
-             # forward's time by 10-20% (identical code, measured in one process)
-             "-falign-functions=64", "-falign-loops=64"]
-    # -march=native: the library is built for this CPU, so the CPU is part of its name
-    key = hashlib.sha256(src + " ".join([cc, *flags, sys.platform, _cpu_id()]).encode()).hexdigest()[:16]
-    lib_path = _cache_dir() / f"genenet_kernels_{_REAL[dtype]}_{key}.so"
-    if not lib_path.exists():
-        lib_path.parent.mkdir(parents=True, exist_ok=True)
-        errors = []
-        for extra in (["-fopenmp"], []):  # OpenMP threads when the compiler has them
-            with tempfile.TemporaryDirectory(dir=lib_path.parent) as tmp:
-                tmp_lib = Path(tmp) / lib_path.name
-                cmd = [*cc.split(), *flags, *extra, str(_SOURCE), "-o", str(tmp_lib), "-lm"]
-                proc = subprocess.run(cmd, capture_output=True, text=True)
-                if proc.returncode == 0:
-                    os.replace(tmp_lib, lib_path)  # atomic: concurrent builders never see half a file
-                    break
-                errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-500:]}")
-        else:
-            raise RuntimeError("compiling the native kernel failed:\n" + "\n".join(errors))
-    lib = ctypes.CDLL(str(lib_path))
-    for name in ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_roots_hill",
-                 "genenet_hill_adjoint_sweep"):
+def _open(path: Path) -> Any:
+    """Load a built library and declare the return types the wrappers rely on."""
+    lib = ctypes.CDLL(str(path))
+    for name in _ENTRY_POINTS:
         getattr(lib, name).restype = ctypes.c_int
     lib.genenet_tapes_new.restype = ctypes.c_void_p
     lib.genenet_tapes_oom.restype = ctypes.c_int64
+    lib.genenet_source_hash.restype = ctypes.c_char_p
+    lib.genenet_isa.restype = ctypes.c_char_p
+    return lib
+
+
+def _built_for_here(lib: Any) -> str | None:
+    """Why a library does not fit this source and CPU (None when it does)."""
+    built = lib.genenet_source_hash().decode()
+    if built != build.source_hash():
+        return f"built from other sources ({built or 'unknown'}, these are {build.source_hash()})"
+    isa = lib.genenet_isa().decode()
+    if isa == "native":
+        if build.arch_choice() != "native":
+            return "built with -march=native (GENENET_NATIVE_ARCH=native), which is not asked for now"
+    elif isa not in build.cpu_isa_levels():
+        return f"built for {isa}, which this CPU does not run (it runs {build.cpu_isa_levels()})"
+    return None
+
+
+def _build(dtype: torch.dtype) -> Any:
+    """The library for ``dtype``: the one built at install time if it fits, else the cache's (built now
+    if missing; rebuilt once if the cached file does not load). See :mod:`genenet.native.build`."""
+    real = _REAL[dtype]
+    notes = []
+    installed = build.installed_library(real)
+    if installed is not None:
+        try:
+            lib = _open(installed)
+            why = _built_for_here(lib)
+        except (OSError, AttributeError) as err:
+            why = f"does not load ({err})"
+        if why is None:
+            return lib
+        notes.append(f"the installed {installed.name} {why}")
+    path = build.cached_library(real)
+    try:
+        lib = _open(path)
+    except (OSError, AttributeError):  # a damaged file in the cache (a full disk, a killed copy): build anew
+        lib = _open(build.cached_library(real, rebuild=True))
+    why = _built_for_here(lib)
+    if why is not None:
+        raise RuntimeError(f"the cached kernel {path} {why}" + "".join(f"; {n}" for n in notes))
     return lib
 
 
@@ -128,12 +128,18 @@ def _lib(dtype: torch.dtype) -> Any | None:
         return _LIBS[dtype]
     if dtype in _FAILED or dtype not in _REAL:
         return None
-    try:
-        _LIBS[dtype] = _build(dtype)
-    except Exception as err:  # noqa: BLE001 - any failure means: use the torch path, and say why
-        _FAILED[dtype] = f"{type(err).__name__}: {err}"
-        return None
-    return _LIBS[dtype]
+    with _BUILD_LOCK:  # threads of one process build once
+        if dtype not in _LIBS and dtype not in _FAILED:
+            try:
+                _LIBS[dtype] = _build(dtype)
+            except Exception as err:  # noqa: BLE001 - any failure means: use the torch path, and say why
+                _FAILED[dtype] = f"{type(err).__name__}: {err}"
+                warnings.warn(
+                    f"genenet's native kernel for {dtype} is unavailable here, so solves of the Hill model run on the "
+                    f"torch loop (about 10-100x slower on the CPU; results agree to rounding). Why: {_FAILED[dtype]}. "
+                    "genenet.native.reason() repeats this; install a C compiler (gcc or clang) for the kernel, or set "
+                    "GENENET_NATIVE=0 to use the torch loop without this warning.", NativeKernelWarning, stacklevel=2)
+    return _LIBS.get(dtype)
 
 
 def _require_lib(dtype: torch.dtype) -> Any:

@@ -14,11 +14,23 @@
    Also the steady-state iterations of genenet.steady (roots.h: Newton, pseudo-transient
    continuation), one row per task.
 
-   Model: hill.h. Compiled at first use by genenet/native/__init__.py with REAL = float or double. */
+   Model: hill.h. Compiled by genenet/native/build.py (at install time or first use) with REAL = float
+   or double, GENENET_SOURCE_HASH the sources' hash and GENENET_ISA the instruction-set level. */
 
 #include "driver.h"
 #include "linalg.h"
 #include "roots.h"
+
+#ifndef GENENET_SOURCE_HASH
+#define GENENET_SOURCE_HASH ""
+#endif
+#ifndef GENENET_ISA
+#define GENENET_ISA ""
+#endif
+
+/* what the library was built from and for: the loader checks both before it uses a prebuilt library */
+const char *genenet_source_hash(void) { return GENENET_SOURCE_HASH; }
+const char *genenet_isa(void) { return GENENET_ISA; }
 
 /* ------------------------------------------------------------------ explicit Runge-Kutta */
 
