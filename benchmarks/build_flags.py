@@ -68,7 +68,7 @@ def child(args: argparse.Namespace) -> None:
 
     def steady():
         ss = gn.steady_state(model, screen[: args.steady_rows], tol=1e-10, dtype=torch.float64)
-        return np.concatenate([ss.x.numpy().ravel(), ss.converged.numpy().astype(float)])
+        return np.concatenate([ss.x.numpy().ravel(), np.asarray(ss.converged, dtype=float)])
 
     jobs = {"solve float32": lambda: solve(torch.float32, 1e-5, 1e-6),
             "solve float64": lambda: solve(torch.float64, 1e-8, 1e-10), "gradient float32": gradient,

@@ -62,6 +62,7 @@ def test_screen_writes_table_and_heatmap(tmp_path, capsys):
     assert "KD(A,0.5)" in set(pd.read_csv(kd).condition)
 
 
+@pytest.mark.heavy
 def test_screen_on_a_local_dask_cluster_matches_in_process(tmp_path):
     pytest.importorskip("distributed")
     args = ["screen", "myeloid", "--order", "2", "--chunk-size", "20", "-q"]
@@ -117,6 +118,7 @@ def test_steady_state_command(tmp_path, capsys):
     assert states.stable.sum() == 2 and len(states) == 3
 
 
+@pytest.mark.heavy
 def test_screen_resume_after_sigkill(tmp_path):
     import signal
     import time

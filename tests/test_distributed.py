@@ -89,6 +89,7 @@ def test_row_chunks_cover_the_rows_in_order():
         row_chunks(10, 0, n_workers=1)
 
 
+@pytest.mark.heavy
 def test_simulate_on_a_cluster_equals_one_call(client, tcim):
     net, model, screen = tcim
     t = np.linspace(0, 20, 11)
@@ -113,6 +114,7 @@ def test_failed_rows_on_a_cluster_raise_or_come_back_with_their_status(client, t
     assert (got.status == gn.Status.MAX_STEPS).all()
 
 
+@pytest.mark.heavy
 def test_steady_states_on_a_cluster_equal_one_call(client, tcim):
     net, model, screen = tcim
     ref = gn.steady_state(model, screen)
@@ -138,6 +140,7 @@ def test_find_steady_states_on_a_cluster_equals_one_call(client):
     assert part.groups.reset_index(drop=True).equals(ref.groups.iloc[[12, 3]].reset_index(drop=True))
 
 
+@pytest.mark.heavy
 def test_fit_starts_on_a_cluster_end_where_one_call_ends(client):
     net = gn.load_network("toggle_switch")
     t = np.linspace(0, 10, 6)
@@ -179,6 +182,7 @@ def test_local_cluster_of_this_machine():
     assert torch.equal(gn.simulate(model, t, cluster=True).y, gn.simulate(model, t).y)
 
 
+@pytest.mark.heavy
 def test_cli_commands_on_a_running_cluster_write_what_they_write_in_process(client, tmp_path):
     from genenet.cli import main
 

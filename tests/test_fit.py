@@ -84,6 +84,7 @@ def test_known_optimum(method):
     assert res.loss < 1e-9
 
 
+@pytest.mark.heavy
 def test_multistart_finds_the_global_optimum():
     # x' = w cos(w t), x(0) = 0  ->  x = sin(w t): the loss in w has many local minima
     osc = gn.Model.from_functions(["x"], lambda t, x, p: p["w"] * torch.cos(p["w"] * t[:, None]),

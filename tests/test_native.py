@@ -23,8 +23,9 @@ from genenet.solvers import Status
 
 # the kernel is part of genenet wherever a C compiler is found (or it was built at install time);
 # without one these tests have nothing to test, and test_kernel_builds_here checks that it says why
-pytestmark = pytest.mark.skipif(build.compiler() is None and build.installed_library("double") is None,
-                                reason="no C compiler here: the native kernel cannot be built")
+pytestmark = [pytest.mark.native,
+              pytest.mark.skipif(build.compiler() is None and build.installed_library("double") is None,
+                                 reason="no C compiler here: the native kernel cannot be built")]
 
 
 def _solve(monkeypatch, use_native: bool, *args, **kw):

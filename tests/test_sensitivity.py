@@ -23,6 +23,7 @@ def setup():
 WRT = ["production", "degradation", "threshold", "hill", "fold", "x0"]
 
 
+@pytest.mark.heavy
 def test_sensitivities_match_central_differences(setup):
     model, conds, x0 = setup
     S = gn.sensitivities(model, T, x0=x0, perturbations=conds, wrt=WRT, rtol=1e-10, atol=1e-12, device="cpu")

@@ -18,6 +18,7 @@ def toggle():
                    fold=100.0)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("sample", [12, pytest.param(None, marks=pytest.mark.slow)])
 def test_double_knockout_screen_matches_scipy(sample):
     net = random_network(10, 3, seed=22)
@@ -67,6 +68,7 @@ def test_repressilator_has_one_unstable_steady_state():
     assert np.allclose(x, x[0])  # by symmetry all three equal
 
 
+@pytest.mark.heavy
 def test_screen_with_oscillating_rows_finds_their_unstable_steady_states():
     # in this 20-gene network about half of the knockout rows oscillate: Newton from the
     # default start fails, integration never settles, and the steady state inside each

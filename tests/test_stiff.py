@@ -41,7 +41,8 @@ def _hires():
 
 
 @pytest.mark.parametrize("problem,t_end,method", [(_robertson, 40.0, "rodas5"), (_robertson, 40.0, "rodas4"),
-                                                  (_hires, 321.8122, "rodas5"), (_robertson, 40.0, "auto")])
+                                                  pytest.param(_hires, 321.8122, "rodas5", marks=pytest.mark.heavy),
+                                                  (_robertson, 40.0, "auto")])
 def test_stiff_test_set_against_radau(problem, t_end, method):
     model, f, x0 = problem()
     ref = solve_ivp(f, (0, t_end), x0, method="Radau", rtol=1e-12, atol=1e-16).y[:, -1]
@@ -75,6 +76,7 @@ def _radau_reference(model, t, x0):
     return solve_ivp(f, (t[0], t[-1]), x0, method="Radau", t_eval=t, rtol=1e-11, atol=1e-12, jac=jac).y.T
 
 
+@pytest.mark.heavy
 def test_stiff_hill_network_rodas_and_auto_vs_radau_and_dopri5():
     model, x0 = _stiff_hill()
     t = np.linspace(0, 50, 11)
@@ -156,6 +158,7 @@ def test_singular_matrix_is_reported_per_row():
 
 # degradation 200 over t in [0, 4]: the adjoint needs ~400 checkpoint intervals (about 2 minutes on
 # 2 cores), so that case is slow; degradation 20 over [0, 2] is stiff enough for rodas5 and quick
+@pytest.mark.heavy
 @pytest.mark.parametrize("k_fast, t_end", [(20.0, 2.0), pytest.param(200.0, 4.0, marks=pytest.mark.slow)])
 def test_adjoint_and_backprop_gradients_with_the_stiff_solver(k_fast, t_end):
     from genenet.fit import FitProblem

@@ -88,12 +88,12 @@ def _built_for_here(lib: Any) -> str | None:
     built = lib.genenet_source_hash().decode()
     if built != build.source_hash():
         return f"built from other sources ({built or 'unknown'}, these are {build.source_hash()})"
-    isa = lib.genenet_isa().decode()
-    if isa == "native":
-        if build.arch_choice() != "native":
-            return "built with -march=native (GENENET_NATIVE_ARCH=native), which is not asked for now"
-    elif isa not in build.cpu_isa_levels():
-        return f"built for {isa}, which this CPU does not run (it runs {build.cpu_isa_levels()})"
+    isa, choice = lib.genenet_isa().decode(), build.arch_choice()
+    if choice == "portable":
+        if isa not in build.cpu_isa_levels():
+            return f"built for {isa or 'another target'}, which this CPU does not run (it runs {build.cpu_isa_levels()})"
+    elif isa != choice:
+        return f"built for {isa or 'the default target'}, not the GENENET_NATIVE_ARCH={choice} asked for"
     return None
 
 
@@ -102,7 +102,7 @@ def _build(dtype: torch.dtype) -> Any:
     if missing; rebuilt once if the cached file does not load). See :mod:`genenet.native.build`."""
     real = _REAL[dtype]
     notes = []
-    installed = build.installed_library(real)
+    installed = None if os.environ.get("GENENET_EXTRA_CFLAGS") else build.installed_library(real)
     if installed is not None:
         try:
             lib = _open(installed)

@@ -11,9 +11,9 @@ uses it to find or build them at first use.
 - ``-ffp-contract=off``: no fused multiply-adds. GCC fuses ``a * b + c`` into one FMA wherever
   the target has it (x86-64 with ``-march=native`` on any CPU since 2013, every aarch64), and a
   fused result differs from the separate product and sum in the last bit. Which expressions
-  are fused depends on the CPU and the compiler's vector widths, so with contraction the same
-  solve on an AMD and an Intel machine takes different step sizes after a few hundred steps, and
-  a root finder on the edge of a basin ends in a different state (issue 19).
+  are fused depends on the target, so with contraction results depend on the CPU, and a row on
+  the edge of a basin can end in another steady state on another machine (issue 19: a test
+  passed on AMD EPYC and failed on an Intel Xeon).
 - no ``-ffast-math`` or ``-fassociative-math``: sums are added in the order the source writes
   them, also when the loops vectorize, so vector width changes speed, not results.
 - the level: ``x86-64-v3`` (AVX2, 2013 and later) where the CPU has it, else ``x86-64-v2``
@@ -22,8 +22,13 @@ uses it to find or build them at first use.
   benchmark problems: ``benchmarks/build_flags.py``); v3 is faster where the loops vectorize.
 
 Measured on the standard solve, gradient and steady-state problems (``benchmarks/build_flags.py``,
-``benchmarks/results/build_flags_cpu_<date>.md``): ``-march=native`` with contraction is within
-the run-to-run noise of the portable build, so the portable build is the default.
+``benchmarks/results/build_flags_cpu_2026-12-06.md``, 2-core AMD EPYC, GCC 12): ``x86-64-v3``
+without contraction is the fastest build that gives the same bits everywhere; ``x86-64-v2`` takes
+1.12-1.25x its time, the baseline 1.26-1.38x, ``-march=native -ffp-contract=off`` 0.93-0.98x (run
+to run noise), and ``-march=native`` with contraction, what genenet built before, 1.04-1.19x — and
+its steady states of the same 1000 knockout rows differ by up to 0.17 of the largest value (rows
+that end in another steady state), its float64 trajectories by 2e-15 relative. All the builds without contraction are bitwise
+equal to each other on all four jobs. So the portable build is the default.
 ``GENENET_NATIVE_ARCH`` chooses otherwise: ``native`` (``-march=native``, contraction on: this CPU
 only, results not bitwise equal to other machines') or a ``-march`` value such as ``x86-64-v2``
 (a shared cache for a cluster whose nodes differ); ``GENENET_EXTRA_CFLAGS`` appends flags (experiments).
