@@ -86,6 +86,10 @@ def child(args: argparse.Namespace) -> None:
     Path(args.out + ".json").write_text(json.dumps({"times": times, "isa": lib.genenet_isa().decode()}))
 
 
+def compiler_version(cc: str) -> str:
+    return subprocess.run([*cc.split(), "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1000)
@@ -99,11 +103,10 @@ def main() -> None:
         return child(args)
 
     sys.path.insert(0, str(HERE))
+    import torch
     from solve_screen import machine, versions, write_results
 
     from genenet.native import build
-
-    import torch
 
     levels = build.cpu_isa_levels()
     names = ["native", "native-nofma", *[lv for lv in ("x86-64-v3", "x86-64-v2", "x86-64") if lv in levels]]
@@ -131,7 +134,7 @@ def main() -> None:
     ref = outs[default]
     lines = [f"# Native kernel build flags, {dt.date.today().isoformat()}", "",
              f"- machine: {machine(torch.device('cpu'))}", f"- versions: {versions()}",
-             f"- compiler: {build.compiler()} ({subprocess.run([build.compiler(), '--version'], capture_output=True, text=True).stdout.splitlines()[0]})",
+             f"- compiler: {build.compiler()} ({compiler_version(build.compiler())})",
              f"- settings: standard problem (100 genes, 300 edges), first {args.rows} screen rows for solve and "
              f"gradient, first {args.steady_rows} for steady states; median of {args.repeats} calls after a warm-up "
              f"(steady: {max(1, args.repeats // 2)}), median over {args.rounds} rounds of all builds in turn",

@@ -83,3 +83,30 @@ def sub_condition_case():
     x0 = np.ones((len(conds), net.n_genes))
     x0[0] = gn.steady_state(model).x[0].numpy()
     return model, conds, x0, {"max_iter": 10, "t_max": 1e-3}
+
+
+def native_runs(dtype=None) -> bool:
+    """Whether solves here run in the native kernel (where results of the same rows in other batches
+    are bitwise equal, so tests may compare step counts and which fallback solved a row)."""
+    import torch
+
+    from genenet import native
+
+    return native.available(dtype or torch.float64)
+
+
+def assert_same_rows(a, b, rtol: float = 1e-10) -> None:
+    """Results of the same rows computed in different batches (chunks, row subsets, Dask workers).
+
+    Bitwise where the native kernel runs: each row's arithmetic there is fixed by the source and
+    rows never mix. On the torch loop (``GENENET_NATIVE=0``, no compiler) to rounding only: torch's
+    vectorized elementwise kernels (``pow``, ``sigmoid``...) round an element by whether it falls in
+    the SIMD body or the scalar tail, which moves with the batch's size."""
+    import torch
+
+    a, b = (torch.as_tensor(np.array(v)) if isinstance(v, np.ndarray) else torch.as_tensor(v).detach() for v in (a, b))
+    if native_runs(a.dtype if a.is_floating_point() else torch.float64):
+        assert torch.equal(a, b)
+    else:
+        scale = float(b.abs().nan_to_num().max()) if b.numel() else 1.0
+        torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True)

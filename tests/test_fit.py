@@ -244,3 +244,114 @@ def test_trust_ncg_runs_all_starts_as_one_batch(monkeypatch):
                  start_spread=3.0, max_iter=200)
     assert res.loss < 1e-9 and (res.starts.final_loss < 1e-9).all()
     assert calls[0] == 4 and max(calls) == 4  # every start in each evaluation, never one at a time
+
+
+@pytest.fixture(scope="module")
+def knockout_fit_30():
+    """Issue 20's problem: a 10-gene Hill network, its single-knockout screen at 11 times with 2%
+    noise, 30 free parameters (production, threshold) started at each value x exp(N(0, 0.4))."""
+    net = gn.Network.random(10, 2, seed=3, self_loops=False)
+    true = gn.Hill.random(net, n=1, seed=5)
+    screen = gn.knockout_screen(net, order=1)
+    traj = gn.simulate(true, np.linspace(0, 10, 11), perturbations=screen)
+    data = gn.ExpressionData.from_trajectory(traj, noise=0.02, seed=0)
+    start = gn.Hill(net, **{k: v.detach()[0].numpy() for k, v in true.params.items()})
+    rng = np.random.default_rng(0)
+    values = {k: start.params[k].detach()[0].numpy() for k in ("production", "threshold")}
+    start.set_params(**{k: v * np.exp(rng.normal(0, 0.4, size=v.shape)) for k, v in values.items()})
+    return true, start, data
+
+
+def test_lm_reaches_the_optimum_scipy_finds_and_only_then_says_converged(knockout_fit_30):
+    # from this start an LM whose steps are not capped jumps onto a plateau (a threshold x 1e4, its
+    # Hill term saturated) and stops there at ~2e2 times the optimum's loss; so did scipy's trf, lm
+    # and dogbox on the same residuals. The reference optimum: scipy least_squares (trf, finite-
+    # difference Jacobian, genenet's residuals only) from the true parameters
+    from scipy.optimize import least_squares
+
+    true, start, data = knockout_fit_30
+    res = gn.fit(start, data, free=["production", "threshold"], method="lm", max_iter=200, progress=False)
+    prob = res.problem
+    ref_start = FitProblem(true, data, free=["production", "threshold"]).theta0.numpy()
+    ref = least_squares(lambda x: prob.residuals(torch.as_tensor(x)[None])[0].numpy(), ref_start, method="trf",
+                        x_scale="jac", ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    assert ref.success and res.converged, res.reason
+    assert res.loss <= ref.cost * (1 + 1e-6)
+    assert res.starts.reached_best.all() and res.starts.optimality[0] < 1e-8
+    # a start stopped early (max_iter) is not converged, and says so
+    short = gn.fit(start, data, free=["production", "threshold"], method="lm", max_iter=3, progress=False)
+    assert not short.converged and short.reason == "max_iter reached" and short.loss > 2 * res.loss
+    assert "0 converged" in short.summary() and "1 reached the best loss" in short.summary()
+
+
+def test_a_tiny_step_from_large_damping_is_no_optimum(knockout_fit_30):
+    # the old rule: an accepted step that was tiny only because the damping was large stopped the
+    # fit by ftol and called it converged. Damping 1e10 makes every early step tiny; the stop must
+    # wait for the Gauss-Newton step to agree, or the flag must say no
+    from genenet.fit.optimizers import levenberg_marquardt
+
+    _, start, data = knockout_fit_30
+    prob = FitProblem(start, data, free=["production", "threshold"])
+    out = levenberg_marquardt(prob, prob.theta0[None], initial_damping=1e10, max_iter=20)
+    assert not out.converged[0] and out.optimality[0] > 1e-3
+
+
+def test_every_method_is_certified_by_the_same_optimality_test(knockout_fit_30):
+    # lbfgs and adam stop on their own rules (a small loss change, max_iter); converged is the
+    # first-order test at the final point for every method
+    from genenet.fit.api import certify
+    from genenet.fit.optimizers import OptimResult
+
+    _, start, data = knockout_fit_30
+    prob = FitProblem(start, data, free=["production", "threshold"])
+    th = prob.theta0[None]
+    fake = OptimResult(th, prob.loss(th), np.array([5]), np.array([True]), ["relative loss change below tol"])
+    out = certify(prob, fake)  # the start point is no optimum, whatever stopped the optimizer
+    assert not out.converged[0] and "not a first-order optimum" in out.reason[0] and out.optimality[0] > 0.1
+    adam = gn.fit(start, data, free=["production", "threshold"], method="adam", max_iter=20, progress=False)
+    assert not adam.converged and adam.reason == "max_iter reached"
+
+
+def test_a_plateau_reached_by_an_uncapped_step_names_the_saturated_parameters(knockout_fit_30):
+    # without the step cap LM jumps two thresholds onto a plateau (their Hill terms saturated) and
+    # stops there, stationary but ~2e2 times the optimum's loss: it says which parameters ran off
+    from genenet.fit.optimizers import levenberg_marquardt
+
+    _, start, data = knockout_fit_30
+    prob = FitProblem(start, data, free=["production", "threshold"])
+    out = levenberg_marquardt(prob, prob.theta0[None], max_step=1e9, max_iter=200)
+    assert "threshold[G5 -| G7]" in out.reason[0] and "went to the edge of the range" in out.reason[0]
+    assert float(out.loss[0]) > 100 * 482.0
+
+
+@pytest.mark.parametrize("method", ["lm", "trust-ncg", "lbfgs", "adam"])
+def test_bounds_hold_for_every_method(method):
+    # the data want production[A] = 4; the box (0.5, 3.4) keeps every method inside it
+    net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-"), ("A", "C", "+")])
+    true = gn.Hill(net, production=[4.0, 3.0, 2.0], degradation=[1.0, 0.7, 0.5], threshold=[1.5, 2.0, 1.0],
+                   hill=2.0, fold=5.0)
+    data = _data_from(true, np.linspace(0, 6, 7), [0.5, 2.0, 1.0], [gn.Condition([]), gn.Knockout("A")], 0.02)
+    start = gn.Hill(net, production=[3.0, 3.2, 2.5], degradation=[1.0, 0.7, 0.5], threshold=[1.5, 2.0, 1.0],
+                    hill=2.0, fold=5.0)
+    iters = 6 if method == "trust-ncg" else 30  # trust-ncg's HVPs run on the torch loop (seconds each)
+    res = gn.fit(start, data, free=["production"], method=method, bounds={"production": (0.5, 3.4)}, max_iter=iters,
+                 progress=False)
+    values = res.params.value.to_numpy()
+    assert ((values > 0.5) & (values < 3.4)).all()
+    assert values[0] > 3.0  # pushed against the upper bound
+    free = gn.fit(start, data, free=["production"], method=method, max_iter=iters, progress=False)
+    assert free.loss < res.loss  # the box costs something here
+
+
+def test_bounds_are_checked():
+    net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-")])
+    model = gn.Hill(net, production=[3.0, 2.0])
+    data = _data_from(model, np.linspace(0, 4, 5), [1.0, 0.5])
+    with pytest.raises(KeyError, match="bounds name 'threshold', which is not a free model parameter"):
+        gn.fit(model, data, free=["production"], bounds={"threshold": (0.1, 10)}, progress=False)
+    with pytest.raises(ValueError, match=r"must satisfy 0.0 <= low < high <= inf"):
+        gn.fit(model, data, free=["production"], bounds={"production": (-1, 10)}, progress=False)
+    with pytest.raises(ValueError, match=r"must satisfy"):
+        gn.fit(model, data, free=["production"], bounds={"production": (5, 1)}, progress=False)
+    with pytest.raises(ValueError, match=r"start values of 'production' outside bounds \(0.1, 2.5\): A = 3"):
+        gn.fit(model, data, free=["production"], bounds={"production": (0.1, 2.5)}, progress=False)

@@ -117,6 +117,7 @@ def test_newton_touches_only_active_rows():
     assert torch.equal(conv[active], conv_sub) and conv_sub.any()
 
 
+@pytest.mark.native
 @pytest.mark.parametrize("mode", ["newton", "ptc"])
 def test_native_steady_iterations_match_the_torch_loop(mode, monkeypatch):
     # the C iterations (native.roots_hill) against the torch loop they reproduce, on a screen with
@@ -124,6 +125,7 @@ def test_native_steady_iterations_match_the_torch_loop(mode, monkeypatch):
     # near and far from the steady states, with an inactive row and Newton's give-up rule
     from genenet import native, steady
 
+    monkeypatch.setenv("GENENET_NATIVE", "1")
     if not native.available(torch.float64):
         pytest.skip(f"native kernel unavailable: {native.reason(torch.float64)}")
     net = random_network(20, 3, seed=3)
@@ -219,10 +221,18 @@ def test_eigvals_of_a_batch_over_threads_equal_torchs_one_call(monkeypatch):
     assert eigvals(J[:0]).shape == (0, 12)
 
 
-def test_integration_starts_in_row_blocks_equal_one_block():
-    # the start-finding integration runs in row blocks (memory); rows are independent, so any
-    # blocking gives the same four starts per row, bit for bit
+@pytest.mark.native
+def test_integration_starts_in_row_blocks_equal_one_block(monkeypatch):
+    # the start-finding integration runs in row blocks (memory) where the native kernel runs; rows
+    # are independent there, so any blocking gives the same four starts per row, bit for bit (on the
+    # torch loop a row's rounding moves with the batch's size, and at this integration's rtol 1e-4
+    # other steps give starts that differ at that tolerance)
+    from genenet import native
     from genenet.steady import _integrate_to_steady
+
+    monkeypatch.setenv("GENENET_NATIVE", "1")
+    if not native.available(torch.float64):
+        pytest.skip(f"native kernel unavailable: {native.reason(torch.float64)}")
 
     net = random_network(12, 3, seed=2)
     model = gn.Hill.random(net, n=4, seed=1)
@@ -297,12 +307,13 @@ def test_screen_rows_unsolved_from_their_start_solve_from_a_sub_condition():
     # rows of the standard 100-gene screen that oscillate from their start (the steady state is
     # unstable): Newton from x0 and integration to t = 1000 fail on them, and pseudo-transient
     # continuation only just converges or not (which one depends on the CPU's rounding), so
-    # the sub-condition fallback is what makes every row converge whatever the machine
+    # the sub-condition fallback is what makes every row converge whatever the machine (on the
+    # torch loop's rounding, integration happens to settle KO(G7))
     net = random_network(100, 3, seed=0)
     model = gn.Hill.random(net, n=1, seed=0)
     conds = [gn.Condition(), gn.Knockout("G7"), gn.Knockout("G65")]
     ss = gn.steady_state(model, conds)
-    assert ss.converged.all() and set(ss.method[1:]) <= {"ptc", "sub-condition"}
+    assert ss.converged.all()
     _assert_knockout_steady_states(model, ss, [(1, ["G7"]), (2, ["G65"])])
     # a case that only Newton from a sub-condition's steady state can solve, by construction
     model, conds, x0, kw = sub_condition_case()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,7 +15,16 @@ from torch import Tensor
 from ..data import ExpressionData
 from ..distributed import map_chunks, row_chunks, uses_cluster
 from ..models.base import Model
-from .optimizers import OptimResult, levenberg_marquardt, torch_optimizer, trust_ncg
+from .optimizers import (
+    OptimResult,
+    first_order_optimal,
+    gauss_newton_decrement,
+    judge,
+    levenberg_marquardt,
+    negligible_columns,
+    torch_optimizer,
+    trust_ncg,
+)
 from .problem import FitProblem
 from .result import FitResult
 
@@ -40,7 +50,7 @@ def latin_hypercube_starts(problem: FitProblem, n: int, seed: int = 0, spread: f
     half = []
     for name, _ in problem.entry_labels:
         if name in problem.model.specs:
-            lo, hi = problem.model.specs[name].bounds
+            lo, hi = (problem.bounded[name] if name in problem.bounded else problem.model.specs[name]).bounds
             half.append(4.0 if math.isfinite(lo) and math.isfinite(hi) else
                         (math.log(spread) if (math.isfinite(lo) or math.isfinite(hi)) else spread))
         else:
@@ -68,6 +78,7 @@ def fit(
     offset: bool = False,
     l2: float = 0.0,
     l1: float = 0.0,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
     starts: Tensor | np.ndarray | None = None,
     start_spread: float = 10.0,
     rtol: float = 1e-8,
@@ -96,7 +107,9 @@ def fit(
 
     **Other arguments** (keyword-only): ``conditions`` (data label -> perturbations),
     ``noise`` (``"gaussian"``, ``"estimate"``, ``"log"``), ``scale``/``offset`` (per-gene
-    observation parameters), ``l2``/``l1`` penalties, ``starts`` (explicit (S, n)
+    observation parameters), ``l2``/``l1`` penalties, ``bounds`` (``{"production": (0.1, 100)}``:
+    a box per free parameter, honoured by every method through a change of variables, see
+    :class:`~genenet.fit.FitProblem`), ``starts`` (explicit (S, n)
     unconstrained starts), ``start_spread`` (multistart range: a factor around the start
     values for positive parameters), solver tolerances, device/dtype (float64 on CPU by default),
     ``cluster``/``chunk_size`` (the starts in chunks of ``chunk_size`` on Dask workers: ``"local"``,
@@ -117,7 +130,7 @@ def fit(
     if isinstance(multistart, bool) or not isinstance(multistart, (int, np.integer)) or multistart < 1:
         raise ValueError(f"multistart must be a positive integer, got {multistart!r}")
     problem = FitProblem(model, data, free, conditions=conditions, x0=x0, noise=noise, scale=scale, offset=offset,
-                         l2=l2, l1=l1, rtol=rtol, atol=atol, device=device, dtype=dtype)
+                         l2=l2, l1=l1, bounds=bounds, rtol=rtol, atol=atol, device=device, dtype=dtype)
     if starts is not None:
         theta = torch.as_tensor(np.asarray(starts), dtype=problem.dtype, device=problem.device)
         if theta.ndim != 2 or theta.shape[1] != problem.n:
@@ -131,6 +144,7 @@ def fit(
                            dict(problem=problem, method=method, max_iter=max_iter, progress=False), key="theta",
                            cluster=cluster, progress=progress, desc="fit")
         res = OptimResult.concat(parts)
+    res = certify(problem, res, theta)
     if res.initial_loss is not None:
         initial = res.initial_loss.cpu().numpy()
     else:
@@ -138,17 +152,60 @@ def fit(
             initial = problem.loss(theta).cpu().numpy()
     final = res.loss.detach().cpu().numpy()
     best = int(np.nanargmin(np.where(np.isfinite(final), final, np.inf)))
+    reached = np.isfinite(final) & (final <= final[best] + REACHED_BEST * abs(final[best]) + 1e-12)
     table = pd.DataFrame({"start": np.arange(len(final)), "initial_loss": initial, "final_loss": final,
-                          "converged": res.converged, "iterations": res.iterations, "reason": res.reason})
+                          "reached_best": reached, "converged": res.converged,
+                          "optimality": res.optimality if res.optimality is not None else np.full(len(final), np.nan),
+                          "iterations": res.iterations, "reason": res.reason})
     history = (np.minimum.accumulate(np.array([np.nanmin(np.where(np.isfinite(h), h, np.inf))
                                                for h in res.history]))
                if res.history else np.array([final[best]]))
     theta_best = res.theta[best].detach()
+    times = getattr(res.history, "times", None)
     return FitResult(problem=problem, theta=theta_best, loss=float(final[best]),
+                     history_times=np.asarray(times) if times is not None and len(times) == len(history) else None,
                      converged=bool(res.converged[best]), reason=res.reason[best], history=history,
                      starts=table, start_theta=res.theta.detach(), method=method,
                      covariance=_covariance(problem, theta_best, *((res.residuals[best], res.jacobian[best])
                                                                   if res.jacobian is not None else ())))
+
+
+#: a start "reached the best loss" when its final loss is within this fraction of the best start's
+REACHED_BEST = 0.01
+
+
+def certify(problem: FitProblem, res: OptimResult, start: Tensor | None = None) -> OptimResult:
+    """Set every start's ``converged`` by one test, whatever the method: a first-order optimum, where
+    a full Gauss-Newton step would lower the loss by at most 1e-8 of it (:func:`gauss_newton_decrement`
+    at the final point, one sensitivity solve of the starts). Stops at ``max_iter`` or on a failed
+    simulation are never converged; a start that stopped elsewhere is told why it is not, and free
+    parameters that lost all influence during the fit (``start``: the starts (S, n), to tell) are
+    named (see :func:`~genenet.fit.optimizers.judge`). ``lm`` applies this test itself. Losses that
+    are not a sum of squares (``noise="estimate"``, ``l1``) keep their optimizer's flag (the test
+    needs residuals)."""
+    if res.optimality is not None or problem.noise == "estimate" or problem.l1 or problem.n == 0:
+        return res
+
+    def residuals_and_jacobian(theta: Tensor) -> tuple[Tensor, Tensor]:
+        r, J = problem.jacobian(theta)
+        if problem.l2:
+            S, n = theta.shape
+            eye = torch.eye(n, dtype=J.dtype, device=J.device).expand(S, n, n)
+            r = torch.cat([r, problem.penalty_residuals(theta)], dim=1)
+            J = torch.cat([J, problem.l2 ** 0.5 * eye], dim=1)
+        return r, J
+
+    with torch.no_grad():
+        r, J = residuals_and_jacobian(res.theta)
+        loss = 0.5 * (r * r).sum(dim=1)
+        decrement = gauss_newton_decrement(J, r)
+        optimum = first_order_optimal(decrement, loss, 1e-8).cpu().numpy()
+        ratio = (decrement / loss.clamp_min(1e-300)).cpu().numpy()
+        ran_off = negligible_columns(J).cpu().numpy() & (start is not None)
+        if ran_off.any():
+            ran_off &= ~negligible_columns(residuals_and_jacobian(start)[1]).cpu().numpy()
+    converged, reasons = judge(problem, res.reason, optimum, ratio, ran_off)
+    return dataclasses.replace(res, converged=converged, reason=reasons, optimality=ratio)
 
 
 def _optimize(problem: FitProblem, theta: Tensor, *, method: str, max_iter: int, progress: bool) -> OptimResult:

@@ -23,6 +23,7 @@ also available), Hessian-vector products (reverse over reverse).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -77,13 +78,20 @@ class FitProblem:
     noise : ``"gaussian"`` (data sd, or 1), ``"estimate"`` (per-gene sd), ``"log"``.
     scale, offset : estimate a per-gene observation scale / offset.
     l2, l1 : penalty weights (see module doc).
+    bounds : ``{name: (low, high)}`` for free model parameters, inside the parameter's own domain
+        (``production`` is positive: ``0 <= low``); its start values must lie inside. Every method
+        honours them by the change of variables: θ is ``logit((v - low) / (high - low))`` for a box
+        (``log(v - low)`` with ``high = inf``), so any step of any optimizer stays inside; near a
+        bound the derivative of v with respect to θ vanishes, so an optimum on the bound is reached
+        only in the limit (θ -> ±inf), as with every transform-based method.
     """
 
     def __init__(self, model: Model, data: ExpressionData, free: Sequence[str] | Mapping[str, Any], *,
                  conditions: Mapping[str, Any] | None = None, x0: Any = None, noise: str = "gaussian",
                  scale: bool = False, offset: bool = False, l2: float = 0.0, l1: float = 0.0,
                  t0: float | None = None, method: str = "dopri5", rtol: float = 1e-8, atol: float = 1e-10,
-                 log_floor: float = 1e-3, device: str | torch.device = "cpu", dtype: Any = None) -> None:
+                 log_floor: float = 1e-3, bounds: Mapping[str, tuple[float, float]] | None = None,
+                 device: str | torch.device = "cpu", dtype: Any = None) -> None:
         if not isinstance(model, Model):
             raise TypeError(f"model must be a genenet Model, got {type(model).__name__}")
         if not isinstance(data, ExpressionData):
@@ -126,9 +134,13 @@ class FitProblem:
             self.blocks.append((name, self._entries(name, spec, sel)))
         raw = {k: v.detach().to(self.device, self.dtype)[0] for k, v in model.raw.items()}
         self.raw_base = raw
+        self.bounded = self._bounds(bounds or {})
         pieces, labels = [], []
         for name, idx in self.blocks:
-            pieces.append(raw[name][idx])
+            if name in self.bounded:  # θ in the user's box: logit (or log) of the value
+                pieces.append(self.bounded[name].to_unconstrained(model.specs[name].to_constrained(raw[name])[idx]))
+            else:  # θ is the model's own storage
+                pieces.append(raw[name][idx])
             entry_labels = model.labels(name)
             labels += [(name, entry_labels[i]) for i in idx]
         # initial states
@@ -207,6 +219,35 @@ class FitProblem:
                 raise KeyError(f"free entry {item!r} is not an entry of {name!r}; entries: {labels[:8]}...")
         return np.asarray(sorted(set(out)), dtype=np.int64)
 
+    def _bounds(self, bounds: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+        """User bounds -> a parameter spec per bounded free parameter, checked: each names a free
+        parameter, lies inside the parameter's own domain, and holds its start values."""
+        free = {name for name, _ in self.blocks}
+        out = {}
+        for name, box in bounds.items():
+            if name not in free:
+                raise KeyError(f"bounds name {name!r}, which is not a free model parameter; free: {sorted(free)}")
+            try:
+                lo, hi = (float(v) for v in box)
+            except (TypeError, ValueError):
+                raise ValueError(f"bounds[{name!r}] must be (low, high), got {box!r}") from None
+            spec = self.model.specs[name]
+            own_lo, own_hi = spec.bounds
+            if not (lo < hi) or lo < own_lo or hi > own_hi or math.isnan(lo) or math.isnan(hi):
+                raise ValueError(f"bounds[{name!r}] = ({lo}, {hi}) must satisfy {own_lo} <= low < high <= {own_hi} "
+                                 f"(the domain of {name!r})")
+            idx = dict(self.blocks)[name]
+            start = spec.to_constrained(self.raw_base[name])[idx]
+            outside = (start <= lo) | (start >= hi) if math.isfinite(lo) and math.isfinite(hi) else (
+                (start <= lo) if math.isfinite(lo) else (start >= hi))
+            if bool(outside.any()):
+                labels = self.model.labels(name)
+                bad = [f"{labels[i]} = {float(v):.6g}" for i, v in zip(idx, start) if (v <= lo) or (v >= hi)]
+                raise ValueError(f"start values of {name!r} outside bounds ({lo}, {hi}): {', '.join(bad[:5])}; "
+                                 "set the model's values inside them first (model.set_params)")
+            out[name] = dataclasses.replace(spec, bounds=(lo, hi))
+        return out
+
     def _x0_from_data(self) -> Tensor:
         tab = self.data.table
         x0 = np.full((len(self.labels), len(self.genes)), np.nan)
@@ -240,9 +281,13 @@ class FitProblem:
         for name in self.model.specs:  # every parameter per start, so S starts are always S parameter sets
             params[name] = self.model.specs[name].to_constrained(self.raw_base[name]).expand(S, -1)
         for name, idx in self.blocks:  # out-of-place, so that torch.func can differentiate it
-            raw = self.raw_base[name].expand(S, -1).index_copy(
-                1, torch.as_tensor(idx, device=theta.device), theta[:, k: k + len(idx)])
-            params[name] = self.model.specs[name].to_constrained(raw)
+            at = torch.as_tensor(idx, device=theta.device)
+            if name in self.bounded:
+                values = self.bounded[name].to_constrained(theta[:, k: k + len(idx)])
+                params[name] = params[name].index_copy(1, at, values)
+            else:
+                raw = self.raw_base[name].expand(S, -1).index_copy(1, at, theta[:, k: k + len(idx)])
+                params[name] = self.model.specs[name].to_constrained(raw)
             k += len(idx)
         C, G = len(self.labels), len(self.genes)
         if self.estimate_x0:
@@ -387,7 +432,9 @@ class FitProblem:
             raw = self.raw_base[name].expand(S, -1).index_copy(
                 1, torch.as_tensor(idx, device=theta.device), theta[:, k: k + m])
             d = theta.new_zeros(S, n, spec.size)
-            d[:, k + torch.arange(m), torch.as_tensor(idx)] = spec.derivative(raw)[:, idx]
+            d[:, k + torch.arange(m), torch.as_tensor(idx)] = (
+                self.bounded[name].derivative(theta[:, k: k + m]) if name in self.bounded
+                else spec.derivative(raw)[:, idx])
             params_dot[name] = d
             k += m
         if not self.estimate_x0:

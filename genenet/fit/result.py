@@ -31,7 +31,10 @@ class FitResult:
     loss : float         best loss
     converged : bool; reason : str   of the best start
     history : np.ndarray  best loss so far at each iteration
-    starts : DataFrame    every start: start, initial_loss, final_loss, converged, iterations, reason
+    history_times : np.ndarray  wall time (s) of each history entry since the optimizer started
+    starts : DataFrame    every start: start, initial_loss, final_loss, reached_best (within 1% of the best
+                          start's loss), converged (a first-order optimum), optimality (the loss fraction a
+                          Gauss-Newton step would still remove), iterations, reason
     start_theta : Tensor (S, n)  every start's final vector
     covariance : np.ndarray (n, n)  Gauss-Newton covariance of θ (unconstrained), or None
     method : str
@@ -47,6 +50,7 @@ class FitResult:
     start_theta: Tensor
     covariance: np.ndarray | None
     method: str
+    history_times: np.ndarray | None = None
 
     # ----------------------------------------------------------- summary
     @property
@@ -85,9 +89,14 @@ class FitResult:
         return np.asarray(out)
 
     def summary(self) -> str:
+        """One paragraph: the best loss and whether it is a first-order optimum (and why the best start
+        stopped), how many starts reached the best loss (within 1%: the waterfall's plateau) and how
+        many converged, the problem's size."""
         s = self.starts
+        reached = int(s.reached_best.sum()) if "reached_best" in s else 1
         return (f"FitResult ({self.method}): loss {self.loss:.6g}, {'converged' if self.converged else 'NOT converged'}"
-                f" ({self.reason}); {len(s)} start(s), {int(s.converged.sum())} converged; "
+                f" ({self.reason}); {len(s)} start(s): {reached} reached the best loss (within 1%), "
+                f"{int(s.converged.sum())} converged (first-order optima); "
                 f"{self.problem.n} free parameters, {self.problem.n_obs} measurements; x0 from {self.x0_source}")
 
     def __repr__(self) -> str:

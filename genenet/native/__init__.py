@@ -54,8 +54,8 @@ from torch.autograd.function import once_differentiable
 from ..solvers.memory import available_memory
 from . import build
 
-__all__ = ["available", "reason", "NativeKernelWarning", "torch_path", "release_memory", "tape_memory", "hill_vjp", "integrate_hill_erk",
-           "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill", "adjoint_sweep"]
+__all__ = ["available", "reason", "NativeKernelWarning", "torch_path", "release_memory", "tape_memory", "hill_vjp",
+           "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill", "adjoint_sweep"]
 
 _LIBS: dict[torch.dtype, Any] = {}
 _FAILED: dict[torch.dtype, str] = {}
@@ -91,7 +91,8 @@ def _built_for_here(lib: Any) -> str | None:
     isa, choice = lib.genenet_isa().decode(), build.arch_choice()
     if choice == "portable":
         if isa not in build.cpu_isa_levels():
-            return f"built for {isa or 'another target'}, which this CPU does not run (it runs {build.cpu_isa_levels()})"
+            runs = build.cpu_isa_levels()
+            return f"built for {isa or 'another target'}, which this CPU does not run (it runs {runs})"
     elif isa != choice:
         return f"built for {isa or 'the default target'}, not the GENENET_NATIVE_ARCH={choice} asked for"
     return None

@@ -27,8 +27,8 @@ without contraction is the fastest build that gives the same bits everywhere; ``
 1.12-1.25x its time, the baseline 1.26-1.38x, ``-march=native -ffp-contract=off`` 0.93-0.98x (run
 to run noise), and ``-march=native`` with contraction, what genenet built before, 1.04-1.19x — and
 its steady states of the same 1000 knockout rows differ by up to 0.17 of the largest value (rows
-that end in another steady state), its float64 trajectories by 2e-15 relative. All the builds without contraction are bitwise
-equal to each other on all four jobs. So the portable build is the default.
+that end in another steady state), its float64 trajectories by 2e-15 relative. All the builds
+without contraction are bitwise equal to each other on all four jobs. So the portable build is the default.
 ``GENENET_NATIVE_ARCH`` chooses otherwise: ``native`` (``-march=native``, contraction on: this CPU
 only, results not bitwise equal to other machines') or a ``-march`` value such as ``x86-64-v2``
 (a shared cache for a cluster whose nodes differ); ``GENENET_EXTRA_CFLAGS`` appends flags (experiments).
