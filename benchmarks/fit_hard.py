@@ -141,7 +141,7 @@ def run_torchdiffeq_adam(net, start, data, screen, iters: int):
         loss = 0.5 * (r * r).sum()
         loss.backward()
         opt.step()
-        loss_val = float(loss)
+        loss_val = float(loss.detach())
         trace.add(loss_val)
     wall = time.perf_counter() - t0
     return dict(method="torch Adam on torchdiffeq odeint", wall=wall, loss=min(trace.losses), iterations=iters,
@@ -239,7 +239,7 @@ def main() -> None:
         print("multistart", flush=True)
         lines += ["", f"Multistart, {args.multistart} starts (the start above + a Latin hypercube, seed 0), "
                   f"max_iter {args.max_iter}:", "",
-                  "| method | starts within 1% of the best | batched wall time | 32 single-start runs | speed-up |",
+                  f"| method | starts within 1% of the best | batched wall time | {args.multistart} single-start runs | speed-up |",
                   "|---|---|---|---|---|"]
         for method, batched, t_b, singles, t_s in multistart(start, data, args.multistart, args.max_iter):
             b = min(batched.loss, singles.min(), best)
