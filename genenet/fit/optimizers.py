@@ -58,8 +58,8 @@ class History(list):
     """Per iteration the loss of every start (S,), with the wall time of each entry since the list was
     made in ``times`` (seconds): loss against time, for benchmarks and plots."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, items: Any = ()) -> None:  # items: as list(), so copies (to_host) stay lists
+        super().__init__(items)
         self.start, self.times = time.perf_counter(), []
 
     def append(self, losses: np.ndarray) -> None:
