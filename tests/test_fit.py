@@ -84,7 +84,7 @@ def test_known_optimum(method):
     assert res.loss < 1e-9
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # 37 s with the native kernel (a user model's fit runs on the torch loop)
 def test_multistart_finds_the_global_optimum():
     # x' = w cos(w t), x(0) = 0  ->  x = sin(w t): the loss in w has many local minima
     osc = gn.Model.from_functions(["x"], lambda t, x, p: p["w"] * torch.cos(p["w"] * t[:, None]),
@@ -262,6 +262,7 @@ def knockout_fit_30():
     return true, start, data
 
 
+@pytest.mark.heavy
 def test_lm_reaches_the_optimum_scipy_finds_and_only_then_says_converged(knockout_fit_30):
     # from this start an LM whose steps are not capped jumps onto a plateau (a threshold x 1e4, its
     # Hill term saturated) and stops there at ~2e2 times the optimum's loss; so did scipy's trf, lm
@@ -296,6 +297,7 @@ def test_a_tiny_step_from_large_damping_is_no_optimum(knockout_fit_30):
     assert not out.converged[0] and out.optimality[0] > 1e-3
 
 
+@pytest.mark.heavy
 def test_every_method_is_certified_by_the_same_optimality_test(knockout_fit_30):
     # lbfgs and adam stop on their own rules (a small loss change, max_iter); converged is the
     # first-order test at the final point for every method
@@ -312,6 +314,7 @@ def test_every_method_is_certified_by_the_same_optimality_test(knockout_fit_30):
     assert not adam.converged and adam.reason == "max_iter reached"
 
 
+@pytest.mark.heavy
 def test_a_plateau_reached_by_an_uncapped_step_names_the_saturated_parameters(knockout_fit_30):
     # without the step cap LM jumps two thresholds onto a plateau (their Hill terms saturated) and
     # stops there, stationary but ~2e2 times the optimum's loss: it says which parameters ran off
@@ -324,7 +327,8 @@ def test_a_plateau_reached_by_an_uncapped_step_names_the_saturated_parameters(kn
     assert float(out.loss[0]) > 100 * 482.0
 
 
-@pytest.mark.parametrize("method", ["lm", "trust-ncg", "lbfgs", "adam"])
+@pytest.mark.parametrize("method", ["lm", *(pytest.param(m, marks=pytest.mark.heavy)
+                                           for m in ("trust-ncg", "lbfgs", "adam"))])
 def test_bounds_hold_for_every_method(method):
     # the data want production[A] = 4; the box (0.5, 3.4) keeps every method inside it
     net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-"), ("A", "C", "+")])
