@@ -239,7 +239,8 @@ def main() -> None:
         print("multistart", flush=True)
         lines += ["", f"Multistart, {args.multistart} starts (the start above + a Latin hypercube, seed 0), "
                   f"max_iter {args.max_iter}:", "",
-                  f"| method | starts within 1% of the best | batched wall time | {args.multistart} single-start runs | speed-up |",
+                  "| method | starts within 1% of the best | batched wall time | "
+                  f"{args.multistart} single-start runs | speed-up |",
                   "|---|---|---|---|---|"]
         for method, batched, t_b, singles, t_s in multistart(start, data, args.multistart, args.max_iter):
             b = min(batched.loss, singles.min(), best)

@@ -612,3 +612,19 @@ def test_continuous_adjoint_sweep_in_c(monkeypatch, method):
     assert calls, "the C sweep did not run"
     monkeypatch.setattr(adjoint, "_SWEEP_IN_C", False)
     _compare_adjoints(prob, theta, L_c, g_c, loss_rtol=1e-12, rtol=1e-9, bp_rtol=1e-5, bp_atol=1e-7)
+
+
+def test_a_compiler_that_lacks_the_level_builds_the_baseline(tmp_path, monkeypatch):
+    # GCC < 11 does not know -march=x86-64-v3; the baseline build gives the same bits, a bit slower
+    monkeypatch.delenv("GENENET_NATIVE_ARCH", raising=False)
+    if build.cpu_isa_levels()[0] in ("", "x86-64") or build.compiler() is None:
+        pytest.skip("no x86-64 level above the baseline on this CPU, or no compiler")
+    old = tmp_path / "oldcc"
+    old.write_text(f'#!/bin/sh\ncase "$*" in *x86-64-v*) echo "error: bad value for -march" >&2; exit 1;; esac\n'
+                   f'exec {build.compiler()} "$@"\n')
+    old.chmod(0o755)
+    cmd = build.compile_library("double", tmp_path / "lib.so", cc=str(old))
+    assert "-march=x86-64" in cmd
+    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    lib.genenet_isa.restype = ctypes.c_char_p
+    assert lib.genenet_isa().decode() == "x86-64"

@@ -155,17 +155,21 @@ def compile_library(real: str, out: Path | str, *, cc: str | None = None, arch: 
         raise RuntimeError("no C compiler found (set $CC, or install gcc or clang)")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    base = flags(real, arch)
+    targets = [flags(real, arch)]
+    if (arch or arch_choice()) == "portable" and target_flags()[0] not in ("", "x86-64"):
+        # a compiler older than the level names (GCC < 11, Clang < 12): the baseline gives the same bits
+        targets.append(flags(real, "x86-64"))
     errors = []
-    for extra in (["-fopenmp", *_ALIGN], ["-fopenmp"], _ALIGN, []):  # OpenMP threads when the compiler has them
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-            tmp_lib = Path(tmp) / out.name
-            cmd = [*cc.split(), *base, *extra, str(DIR / "kernels.c"), "-o", str(tmp_lib), "-lm"]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode == 0:
-                os.replace(tmp_lib, out)  # atomic: a reader never sees half a file
-                return cmd
-            errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-500:]}")
+    for base in targets:
+        for extra in (["-fopenmp", *_ALIGN], ["-fopenmp"], _ALIGN, []):  # OpenMP threads when the compiler has them
+            with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
+                tmp_lib = Path(tmp) / out.name
+                cmd = [*cc.split(), *base, *extra, str(DIR / "kernels.c"), "-o", str(tmp_lib), "-lm"]
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                if proc.returncode == 0:
+                    os.replace(tmp_lib, out)  # atomic: a reader never sees half a file
+                    return cmd
+                errors.append(f"{' '.join(cmd)}: {proc.stderr.strip()[-500:]}")
     raise RuntimeError("compiling the native kernel failed:\n" + "\n".join(errors))
 
 
