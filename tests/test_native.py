@@ -604,6 +604,7 @@ def test_continuous_adjoint_sweep_in_c(monkeypatch, method):
     data at some of the checkpoint times only."""
     from genenet.fit import adjoint
 
+    monkeypatch.setenv("GENENET_NATIVE", "1")  # this module tests the kernel, also inside a GENENET_NATIVE=0 run
     prob = _fit_problem(7, gn.Overexpress, np.array([0.0, 0.5, 2.0, 2.5, 6.0]), n_sets=2, rtol=1e-9, atol=1e-11,
                         method=method)
     theta = torch.stack([prob.theta0, prob.theta0 * 1.05])
