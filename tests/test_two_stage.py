@@ -88,7 +88,7 @@ def test_analytic_jacobian_matches_autodiff(toggle):
     torch.testing.assert_close(J[0], auto)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow  # 29 s (TwoStage runs on the torch loop): over CI's budget
 def test_fast_mrna_turnover_is_stiff_and_auto_switches():
     net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-")])
     model = gn.TwoStage(net, transcription=2000.0, mrna_degradation=1000.0, translation=1.0,
