@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-BUILDS = {"native": "native", "native-nofma": "native-nofma", "x86-64-v3": "x86-64-v3", "x86-64-v2": "x86-64-v2",
-          "x86-64": "x86-64"}
 
 
 def child(args: argparse.Namespace) -> None:

@@ -41,6 +41,7 @@ from solve_screen import machine, versions, write_results  # noqa: E402
 
 import genenet as gn  # noqa: E402
 from genenet.fit import FitProblem  # noqa: E402
+from genenet.fit.api import latin_hypercube_starts  # noqa: E402
 
 FREE = ["production", "threshold"]
 
@@ -160,15 +161,11 @@ def multistart(start, data, n, max_iter):
         t0 = time.perf_counter()
         batched = gn.fit(start, data, free=FREE, method=method, multistart=n, seed=0, max_iter=max_iter, progress=False)
         t_batched = time.perf_counter() - t0
-        starts = gn.fit  # the same starts one by one
-        from genenet.fit.api import latin_hypercube_starts
-
         theta = latin_hypercube_starts(batched.problem, n, seed=0)
         t0 = time.perf_counter()
         singles = [gn.fit(start, data, free=FREE, method=method, starts=theta[i:i + 1], max_iter=max_iter,
                           progress=False).loss for i in range(n)]
         t_single = time.perf_counter() - t0
-        del starts
         out.append((method, batched, t_batched, np.asarray(singles), t_single))
     return out
 

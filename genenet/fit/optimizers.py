@@ -255,12 +255,14 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
             mu[idx] = torch.where(ok, (mu[idx] * shrink).clamp_min(1e-16), mu[idx] * nu[idx])
             nu[idx] = torch.where(ok, torch.full_like(nu[idx], 2.0), nu[idx] * 2)
             iters[idx.cpu().numpy()] += 1
+            # a decrease at the noise of the loss stops a start only if its undamped step agrees
+            noise = ok & small_f
+            if bool(noise.any()):
+                quiet = idx[noise]
+                decrement[quiet] = gauss_newton_decrement(J[quiet], r[quiet])
             for k, s in enumerate(idx.tolist()):
-                if bool(ok[k]) and bool(small_f[k]):
-                    # the decrease is at the noise of the loss: stop if the undamped step agrees
-                    d = float(gauss_newton_decrement(torch.nan_to_num(J[s:s + 1]), torch.nan_to_num(r[s:s + 1]))[0])
-                    decrement[s] = d
-                    if d <= ftol * float(loss[s]) + 1e-14:
+                if bool(noise[k]):
+                    if float(decrement[s]) <= ftol * float(loss[s]) + 1e-14:
                         reason[s], active[s] = "relative loss decrease below ftol", False
                 elif bool(small_x[k]) and bool(ok[k]):
                     reason[s], active[s] = "step below xtol", False
@@ -272,7 +274,7 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
         # the flag is the optimality test at the final point, whatever stopped the iterations
         stale = torch.nonzero(~torch.isfinite(decrement) | active).flatten()
         if len(stale):
-            decrement[stale] = gauss_newton_decrement(torch.nan_to_num(J[stale]), torch.nan_to_num(r[stale]))
+            decrement[stale] = gauss_newton_decrement(J[stale], r[stale])
         optimum = first_order_optimal(decrement, loss, optimality_tol).cpu().numpy()
         ran_off = (negligible_columns(J) & ~flat_at_start).cpu().numpy()
     converged, reason = judge(problem, reason, optimum, (decrement / loss.clamp_min(1e-300)).cpu().numpy(), ran_off)
