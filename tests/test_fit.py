@@ -327,6 +327,52 @@ def test_a_plateau_reached_by_an_uncapped_step_names_the_saturated_parameters(kn
     assert float(out.loss[0]) > 100 * 482.0
 
 
+@pytest.mark.heavy
+@pytest.mark.parametrize("hessian", ["exact", "gauss-newton"])
+def test_trust_ncg_reaches_the_optimum_lm_finds_and_says_converged(knockout_fit_30, hessian):
+    # the optimum of this start is LM's (checked against scipy above); trust-ncg's Hessian-vector
+    # products run on the native second-order sweep (exact) or the Jacobian (Gauss-Newton)
+    _, start, data = knockout_fit_30
+    lm = gn.fit(start, data, free=["production", "threshold"], method="lm", max_iter=200, progress=False)
+    res = gn.fit(start, data, free=["production", "threshold"], method="trust-ncg", hessian=hessian, max_iter=200,
+                 progress=False)
+    assert lm.converged and res.converged, res.reason
+    assert res.loss <= lm.loss * (1 + 1e-4)
+    assert res.starts.optimality[0] < 1e-8
+
+
+@pytest.mark.heavy
+def test_batched_trust_ncg_equals_each_start_alone(knockout_fit_30):
+    # every start has its own radius, CG stop and stopping rule: run together they take the same steps
+    # as alone (to the rounding of batched matrix products, which a CG stop at its tolerance can
+    # amplify over many iterations) and end at the same point for the same reason
+    from genenet.fit.optimizers import trust_ncg
+
+    _, start, data = knockout_fit_30
+    prob = FitProblem(start, data, free=["production", "threshold"])
+    rng = np.random.default_rng(4)
+    starts = prob.theta0[None] + torch.as_tensor(rng.normal(0, 0.2, size=(3, prob.n)))
+    for max_iter, tol in ((2, 1e-12), (200, 1e-5)):
+        both = trust_ncg(prob, starts, hessian="gauss-newton", max_iter=max_iter)
+        for s in range(3):
+            alone = trust_ncg(prob, starts[s: s + 1], hessian="gauss-newton", max_iter=max_iter)
+            assert alone.reason[0] == both.reason[s]
+            torch.testing.assert_close(alone.loss[0], both.loss[s], rtol=tol, atol=0.0)
+            if max_iter == 2:
+                torch.testing.assert_close(alone.theta[0], both.theta[s], rtol=tol, atol=tol)
+        assert (both.loss < prob.loss(starts)).all()
+
+
+def test_gauss_newton_needs_a_least_squares_loss(problem3):
+    from genenet.fit.optimizers import trust_ncg
+
+    prob = FitProblem(problem3.model, problem3.data, free=["production"], noise="estimate")
+    with pytest.raises(ValueError, match="least-squares"):
+        trust_ncg(prob, prob.theta0[None], hessian="gauss-newton")
+    with pytest.raises(ValueError, match="unknown hessian 'newton'"):
+        gn.fit(problem3.model, problem3.data, method="trust-ncg", hessian="newton", progress=False)
+
+
 @pytest.mark.parametrize("method", ["lm", *(pytest.param(m, marks=pytest.mark.heavy)
                                            for m in ("trust-ncg", "lbfgs", "adam"))])
 def test_bounds_hold_for_every_method(method):
@@ -337,7 +383,7 @@ def test_bounds_hold_for_every_method(method):
     data = _data_from(true, np.linspace(0, 6, 7), [0.5, 2.0, 1.0], [gn.Condition([]), gn.Knockout("A")], 0.02)
     start = gn.Hill(net, production=[3.0, 3.2, 2.5], degradation=[1.0, 0.7, 0.5], threshold=[1.5, 2.0, 1.0],
                     hill=2.0, fold=5.0)
-    iters = 6 if method == "trust-ncg" else 30  # trust-ncg's HVPs run on the torch loop (seconds each)
+    iters = 30
     res = gn.fit(start, data, free=["production"], method=method, bounds={"production": (0.5, 3.4)}, max_iter=iters,
                  progress=False)
     values = res.params.value.to_numpy()

@@ -16,6 +16,7 @@ from ..data import ExpressionData
 from ..distributed import map_chunks, row_chunks, uses_cluster
 from ..models.base import Model
 from .optimizers import (
+    HESSIANS,
     OptimResult,
     first_order_optimal,
     gauss_newton_decrement,
@@ -79,6 +80,7 @@ def fit(
     l2: float = 0.0,
     l1: float = 0.0,
     bounds: Mapping[str, tuple[float, float]] | None = None,
+    hessian: str = "exact",
     starts: Tensor | np.ndarray | None = None,
     start_spread: float = 10.0,
     rtol: float = 1e-8,
@@ -97,7 +99,7 @@ def fit(
     free : names to estimate (all entries), or ``{name: entries}``; add ``"x0"`` to estimate
         the initial states (by default they are the data at the first time point).
     method : ``"lm"`` (batched Levenberg-Marquardt with the exact residual Jacobian),
-        ``"trust-ncg"`` (trust-region Newton-CG with exact Hessian-vector products),
+        ``"trust-ncg"`` (trust-region Newton-CG with Hessian-vector products, see ``hessian``),
         ``"lbfgs"``, ``"adam"``.
     x0 : initial states (G,) or (C, G) instead of the data's first time point.
     multistart : number of starts; the first is the model's current values, the others
@@ -109,7 +111,9 @@ def fit(
     ``noise`` (``"gaussian"``, ``"estimate"``, ``"log"``), ``scale``/``offset`` (per-gene
     observation parameters), ``l2``/``l1`` penalties, ``bounds`` (``{"production": (0.1, 100)}``:
     a box per free parameter, honoured by every method through a change of variables, see
-    :class:`~genenet.fit.FitProblem`), ``starts`` (explicit (S, n)
+    :class:`~genenet.fit.FitProblem`), ``hessian`` (``"trust-ncg"``'s model: ``"exact"``, the loss's
+    Hessian, or ``"gauss-newton"``, ``JᵀJ``, for least-squares losses; see
+    :func:`~genenet.fit.optimizers.trust_ncg`), ``starts`` (explicit (S, n)
     unconstrained starts), ``start_spread`` (multistart range: a factor around the start
     values for positive parameters), solver tolerances, device/dtype (float64 on CPU by default),
     ``cluster``/``chunk_size`` (the starts in chunks of ``chunk_size`` on Dask workers: ``"local"``,
@@ -125,6 +129,8 @@ def fit(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {list(METHODS)}")
+    if hessian not in HESSIANS:
+        raise ValueError(f"unknown hessian {hessian!r}; allowed: {list(HESSIANS)}")
     if isinstance(data, pd.DataFrame):
         data = ExpressionData.from_frame(data)
     if isinstance(multistart, bool) or not isinstance(multistart, (int, np.integer)) or multistart < 1:
@@ -138,10 +144,11 @@ def fit(
     else:
         theta = latin_hypercube_starts(problem, int(multistart), seed=seed, spread=start_spread)
     if not uses_cluster(cluster):
-        res = _optimize(problem, theta, method=method, max_iter=max_iter, progress=progress)
+        res = _optimize(problem, theta, method=method, max_iter=max_iter, progress=progress, hessian=hessian)
     else:
         parts = map_chunks(_optimize, lambda threads: [theta[c] for c in row_chunks(len(theta), chunk_size, threads)],
-                           dict(problem=problem, method=method, max_iter=max_iter, progress=False), key="theta",
+                           dict(problem=problem, method=method, max_iter=max_iter, progress=False, hessian=hessian),
+                           key="theta",
                            cluster=cluster, progress=progress, desc="fit")
         res = OptimResult.concat(parts)
     res = certify(problem, res, theta)
@@ -208,12 +215,13 @@ def certify(problem: FitProblem, res: OptimResult, start: Tensor | None = None) 
     return dataclasses.replace(res, converged=converged, reason=reasons, optimality=ratio)
 
 
-def _optimize(problem: FitProblem, theta: Tensor, *, method: str, max_iter: int, progress: bool) -> OptimResult:
+def _optimize(problem: FitProblem, theta: Tensor, *, method: str, max_iter: int, progress: bool,
+              hessian: str = "exact") -> OptimResult:
     """Run the optimizer ``method`` from the starts ``theta`` (S, n)."""
     if method == "lm":
         return levenberg_marquardt(problem, theta, max_iter=max_iter, progress=progress)
     if method == "trust-ncg":
-        return trust_ncg(problem, theta, max_iter=max_iter, progress=progress)
+        return trust_ncg(problem, theta, max_iter=max_iter, progress=progress, hessian=hessian)
     return torch_optimizer(problem, theta, method=method, max_iter=max_iter, progress=progress)
 
 

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import native
 from ..rows import concat_rows
 from .problem import FitProblem
 
@@ -283,12 +282,14 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
                        residuals=r[:, :n_data], jacobian=J[:, :n_data], optimality=(decrement / loss).cpu().numpy())
 
 
-def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int) -> tuple[Tensor, Tensor, Tensor]:
+def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int, forcing: Tensor | None = None
+              ) -> tuple[Tensor, Tensor, Tensor]:
     """Steihaug-Toint truncated CG for ``min_p gᵀp + ½ pᵀHp, |p| <= radius`` on every row at once.
 
     ``hvp(d (S, n)) -> H d`` for all rows. CG stops per row at negative curvature or the
     trust-region boundary (then ``p`` goes to the boundary along the current direction) or
-    when the residual is below ``min(0.5, √|g|) |g|`` (Eisenstat-Walker forcing, as scipy).
+    when the residual is below ``forcing |g|`` (default ``min(0.5, √|g|)``, Eisenstat-Walker as
+    scipy; ``forcing`` (S,) per row).
     Returns the step (S, n), its model decrease ``m(p)`` (S,) and whether it hit the boundary.
     """
     S = g.shape[0]
@@ -297,7 +298,9 @@ def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int) -> tuple[Tensor,
     d = -r
     m = torch.zeros(S, dtype=g.dtype, device=g.device)
     gnorm = g.norm(dim=1)
-    tol = torch.minimum(torch.full_like(gnorm, 0.5), gnorm.sqrt()) * gnorm
+    if forcing is None:
+        forcing = torch.minimum(torch.full_like(gnorm, 0.5), gnorm.sqrt())
+    tol = forcing * gnorm
     done = gnorm <= tol
     boundary = torch.zeros_like(done)
 
@@ -332,17 +335,104 @@ def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int) -> tuple[Tensor,
     return z, m, boundary
 
 
-def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: float = 1e-8,
-              ftol: float = 1e-10, xtol: float = 1e-10, initial_radius: float = 1.0, max_radius: float = 1e3,
-              eta: float = 0.15, progress: bool = False) -> OptimResult:
+def _second_order_model(problem: FitProblem, tt: Tensor, hessian: str) -> tuple[Tensor, Tensor, Any]:
+    """Loss (S,), gradient (S, n) and the product ``d -> B d`` with the model Hessian ``B`` at the
+    points ``tt`` (S, n), from one solve whose graph is kept: every product is then one sweep over
+    the kept solve (on the native path: the step tapes, hvp.h), no new simulation.
+
+    ``hessian="exact"``: ``B = ∇²L``, reverse over the gradient's graph (forward over reverse in C).
+    ``hessian="gauss-newton"``: ``B = JᵀJ`` of the residuals (with the L2 rows), ``J d`` by
+    differentiating ``Jᵀu`` in ``u`` (the trajectory's tangent), then ``Jᵀ(J d)``: positive
+    semi-definite, for least-squares losses."""
+    tt = tt.detach().clone().requires_grad_(True)
+    if hessian == "exact":
+        L = problem.loss(tt)
+        finite = torch.isfinite(L)
+        (g,) = torch.autograd.grad(torch.where(finite, L, 0.0).sum(), tt, create_graph=True)
+
+        def product(d: Tensor) -> Tensor:
+            (hd,) = torch.autograd.grad((g * d).sum(), tt, retain_graph=True)
+            return torch.nan_to_num(hd)
+        return L.detach(), torch.nan_to_num(g.detach()), product
+    r = problem.residuals(tt)
+    if problem.l2:
+        r = torch.cat([r, problem.penalty_residuals(tt)], dim=1)
+    finite = torch.isfinite(r).all(dim=1)
+    r = torch.where(finite[:, None], r, torch.zeros_like(r))
+    L = torch.where(finite, 0.5 * (r.detach() ** 2).sum(dim=1), torch.full_like(finite, float("inf"), dtype=r.dtype))
+    u = torch.zeros_like(r, requires_grad=True)
+    (Jtu,) = torch.autograd.grad(r, tt, grad_outputs=u, create_graph=True)  # linear in u
+    (g,) = torch.autograd.grad(r, tt, grad_outputs=r.detach(), retain_graph=True)
+
+    def product(d: Tensor) -> Tensor:
+        (Jd,) = torch.autograd.grad(Jtu, u, grad_outputs=d, retain_graph=True)
+        (JtJd,) = torch.autograd.grad(r, tt, grad_outputs=torch.nan_to_num(Jd), retain_graph=True)
+        return torch.nan_to_num(JtJd)
+    return L, torch.nan_to_num(g), product
+
+
+def _newton_model(problem: FitProblem, t: Tensor, hessian: str, with_jacobian: bool
+                  ) -> tuple[Tensor, Any, Tensor | None]:
+    """Gradient (S, n), the model Hessian's product and, ``with_jacobian``, the squared column norms of
+    the residual Jacobian (S, n) at ``t``: from one sensitivity solve (the Jacobian; with
+    ``"gauss-newton"`` it also gives the gradient ``Jᵀr`` and the products ``Jᵀ(J d)``, no further
+    solve) and, otherwise, :func:`_second_order_model`."""
+    if not with_jacobian:
+        _, g, product = _second_order_model(problem, t, hessian)
+        return g, product, None
+    with torch.no_grad():
+        r, J = problem.jacobian(t)
+        if problem.l2:
+            S, n = t.shape
+            r = torch.cat([r, problem.penalty_residuals(t)], dim=1)
+            J = torch.cat([J, problem.l2 ** 0.5 * torch.eye(n, dtype=J.dtype, device=J.device).expand(S, n, n)], dim=1)
+        r, J = torch.nan_to_num(r), torch.nan_to_num(J)
+    col = (J ** 2).sum(dim=1)
+    if hessian != "gauss-newton":
+        _, g, product = _second_order_model(problem, t, hessian)
+        return g, product, col
+
+    def gauss_newton(v: Tensor) -> Tensor:
+        return (J.transpose(1, 2) @ (J @ v[..., None]))[..., 0]
+    return (J.transpose(1, 2) @ r[..., None])[..., 0], gauss_newton, col
+
+
+def _rescaled(product: Any, d: Tensor) -> Any:
+    """``v -> D⁻¹ B D⁻¹ v``: the model Hessian in the scaled variables ``D p``."""
+    return lambda v: product(v / d) / d
+
+
+HESSIANS = ("exact", "gauss-newton")
+
+
+def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: float = 1e-10,
+              ftol: float = 1e-10, xtol: float = 1e-10, initial_radius: float = 1.0, max_radius: float = 10.0,
+              eta: float = 0.15, hessian: str = "exact", max_cg: int | None = None, max_step: float = 2.0,
+              scale: bool | None = None, progress: bool = False) -> OptimResult:
     """Batched trust-region Newton-CG (Nocedal & Wright, Alg. 7.2 with Steihaug CG) on every start.
 
-    Per iteration: the loss and gradient of all active starts with the graph kept, then CG
-    on the exact Newton model using Hessian-vector products (a second backward through the
-    kept graph per CG step; the Hessian is never formed), then one loss evaluation of the
-    trial points. A trial is accepted when the actual/predicted reduction ``ρ > eta``; the
-    radius shrinks x¼ when ``ρ < ¼`` and doubles when ``ρ > ¾`` on the boundary.
+    Per iteration: one solve of the active starts with its graph kept, giving the loss, the gradient
+    and Hessian-vector products ``B d`` (:func:`_second_order_model`: ``hessian="exact"``, the
+    loss's Hessian, forward over reverse — in C on the native path, about twice a gradient's
+    cost; ``"gauss-newton"``, ``JᵀJ``, positive semi-definite, often better far from the optimum
+    and for least-squares losses only); then Steihaug CG on ``m(p) = gᵀp + ½ pᵀBp, |p| <= Δ`` for
+    all starts at once, each with its own radius Δ and its own CG stop; then one loss evaluation
+    of the trial points. A trial is accepted when the actual/predicted reduction ``ρ > eta``; Δ
+    shrinks to ¼|p| when ``ρ < ¼`` and doubles (to at most ``max_radius``) when ``ρ > ¾`` on the
+    boundary. θ is the unconstrained (log) scale, so Δ = 10 allows a factor e^10 in one entry.
+
+    Stops per start: **first-order optimum** when CG ended inside the trust region and the model
+    promises at most ``gtol`` of the loss (the Newton decrement, as LM's Gauss-Newton one);
+    **ftol** when an accepted step inside the trust region lowered the loss by at most ``ftol`` of
+    it and the model promised no more; **xtol** when
+    ``max|p| <= xtol (1 + max|θ|)``; the radius collapsing (no improving step); ``max_iter``.
+    ``max_cg``: CG iterations per step (default 2n).
     """
+    if hessian not in HESSIANS:
+        raise ValueError(f"unknown hessian {hessian!r}; allowed: {', '.join(map(repr, HESSIANS))}")
+    if hessian == "gauss-newton" and (problem.noise == "estimate" or problem.l1):
+        raise ValueError("hessian='gauss-newton' needs a least-squares loss (noise='gaussian'/'log', l1=0); "
+                         "use hessian='exact'")
     S, n = theta.shape
     th = theta.detach().clone()
     radius = torch.full((S,), float(initial_radius), dtype=th.dtype, device=th.device)
@@ -356,45 +446,61 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
     for s in torch.nonzero(~torch.isfinite(loss)).flatten().tolist():
         reason[s] = "simulation failed at the start point"
     active &= torch.isfinite(loss)
-    bar = _bar(progress, max_iter, "trust-ncg")
+    bar = _bar(progress, max_iter, f"trust-ncg ({hessian})")
+    g_first = torch.full((S,), float("nan"), dtype=th.dtype, device=th.device)
+    least_squares = problem.noise != "estimate" and not problem.l1
+    scaled = least_squares if scale is None else bool(scale)
+    D2 = torch.zeros(S, n, dtype=th.dtype, device=th.device)
     for _ in range(max_iter):
         history.append(loss.cpu().numpy().copy())
         if not bool(active.any()):
             break
         idx = torch.nonzero(active).flatten()
-        tt = th[idx].clone().requires_grad_(True)
-        with native.torch_path():  # Hessian-vector products: reverse over reverse through the torch graph
-            L = problem.loss(tt)
-        (g,) = torch.autograd.grad(torch.where(torch.isfinite(L), L, 0.0).sum(), tt, create_graph=True)
-        g0 = torch.nan_to_num(g.detach())
-        small = g0.abs().amax(dim=1) <= gtol * (1 + loss[idx])
-        for s in idx[small].tolist():
-            reason[s] = "gradient below gtol"
-
-        def hvp(d: Tensor, g: Tensor = g, tt: Tensor = tt) -> Tensor:
-            (hd,) = torch.autograd.grad((g * d).sum(), tt, retain_graph=True)
-            return torch.nan_to_num(hd)
-
-        p, m, boundary = _steihaug(hvp, g0, radius[idx], max_cg=2 * n)
-        del g, tt, L
+        g0, product, col = _newton_model(problem, th[idx], hessian, with_jacobian=scaled)
+        if scaled:  # Moré's scaling: D² = the running max of diag(JᵀJ); the largest column keeps its units
+            D2[idx] = torch.maximum(D2[idx], col)
+            d = D2[idx].sqrt()
+            d = torch.where(d > NEGLIGIBLE_COLUMN * d.amax(dim=1, keepdim=True), d, torch.ones_like(d))
+            d = d / d.amax(dim=1, keepdim=True)
+        else:
+            d = torch.ones_like(g0)
+        gs = g0 / d
+        gnorm = gs.norm(dim=1)
+        g_first[idx] = torch.where(torch.isnan(g_first[idx]), gnorm, g_first[idx])
+        # Eisenstat-Walker forcing relative to the start's first gradient (scale-free): CG solves
+        # loosely far from the optimum and tightly near it, where the decrement decides the stop
+        forcing = torch.minimum(torch.full_like(gnorm, 0.5), (gnorm / g_first[idx].clamp_min(1e-300)).sqrt())
+        ps, m, boundary = _steihaug(_rescaled(product, d), gs, radius[idx], max_cg=max_cg or 2 * n, forcing=forcing)
+        p = ps / d
+        del product
         with torch.no_grad():
+            # no entry moves by more than max_step in θ (the log scale) per iteration, as LM's cap:
+            # the model's decrease along the shortened step from m(p) = gᵀp + ½pᵀBp
+            big = p.abs().amax(dim=1)
+            a_ = torch.clamp(max_step / big.clamp_min(1e-300), max=1.0)
+            gp = (g0 * p).sum(1)
+            m = a_ * gp + a_ ** 2 * (m - gp)
+            p = p * a_[:, None]
+            boundary = boundary | (a_ < 1)
+            optimal = ~boundary & (-m <= gtol * loss[idx] + 1e-14)
             L_new = problem.loss(th[idx] + p)
             rho = (L_new - loss[idx]) / torch.where(m < 0, m, torch.full_like(m, -1e-300))
-            ok = ~small & torch.isfinite(L_new) & (rho > eta) & (L_new <= loss[idx])
-            pn = p.norm(dim=1)
+            ok = ~optimal & torch.isfinite(L_new) & (rho > eta) & (L_new <= loss[idx])
+            pn = (p * d).norm(dim=1)
             r_new = torch.where(~torch.isfinite(rho) | (rho < 0.25), 0.25 * pn,
                                 torch.where((rho > 0.75) & boundary, (2 * radius[idx]).clamp(max=max_radius),
                                             radius[idx]))
-            radius[idx] = torch.where(small, radius[idx], r_new)
+            radius[idx] = torch.where(optimal, radius[idx], r_new)
             rel = (loss[idx] - L_new) / loss[idx].abs().clamp_min(1e-300)
             step = p.abs().amax(dim=1) / (1 + th[idx].abs().amax(dim=1))
             a = idx[ok]
             th[a], loss[a] = th[a] + p[ok], L_new[ok]
             iters[idx.cpu().numpy()] += 1
             for k, s in enumerate(idx.tolist()):
-                if bool(small[k]):
-                    active[s] = False
-                elif bool(ok[k]) and rel[k] <= ftol:
+                if bool(optimal[k]):
+                    reason[s], active[s] = "first-order optimum: a Newton step would lower the loss by < gtol", False
+                elif bool(ok[k]) and rel[k] <= ftol and -m[k] <= ftol * loss[s] and not bool(boundary[k]):
+                    # a tiny decrease stops only when the model, unconstrained, promises as little
                     reason[s], active[s] = "relative loss decrease below ftol", False
                 elif bool(ok[k]) and step[k] <= xtol:
                     reason[s], active[s] = "step below xtol", False

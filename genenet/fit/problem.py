@@ -512,10 +512,11 @@ class FitProblem:
         return adjoint_gradient(self, theta, **kwargs)
 
     def hvp(self, theta: Tensor, v: Tensor) -> Tensor:
-        """Hessian-vector products ``H(θ_s) v_s`` of the loss, (S, n), reverse over reverse."""
+        """Hessian-vector products ``H(θ_s) v_s`` of the loss, (S, n): the gradient's graph
+        differentiated again (on the native path the second-order sweep in C, ``hvp.h``; on the
+        torch loop reverse over reverse)."""
         th = theta.detach().clone().requires_grad_(True)
-        with native.torch_path():  # reverse over reverse needs the torch graph
-            L = self.loss(th)
+        L = self.loss(th)
         (g,) = torch.autograd.grad(L.sum(), th, create_graph=True)
         (hv,) = torch.autograd.grad((g * v.detach()).sum(), th)
         return hv

@@ -67,8 +67,8 @@ class NativeKernelWarning(UserWarning):
 
 
 _BUILD_LOCK = threading.Lock()
-_ENTRY_POINTS = ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_roots_hill",
-                 "genenet_hill_adjoint_sweep")
+_ENTRY_POINTS = ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_erk_hill_hvp",
+                 "genenet_roots_hill", "genenet_hill_adjoint_sweep")
 
 
 def _open(path: Path) -> Any:
@@ -457,8 +457,46 @@ class _Tapes:
             self.handle = None
 
 
+def _adjoint(static: dict, spec: dict, tapes: _Tapes, ybar: Tensor, lbar: Tensor, need: dict[str, bool]
+             ) -> tuple[Tensor, dict[str, Tensor]]:
+    """The discrete adjoint over the tapes (``genenet_erk_hill_adjoint``): x0's cotangent (B, G) and
+    the spec arrays' (those in ``need``; zeros for the others), on the CPU."""
+    t_save = static["t_save"]
+    B, G = static["shape"]
+    T = t_save.numel()
+    dtype = static["dtype"]
+    model = _model_arrays(spec, B, dtype)
+    grads = {k: torch.zeros_like(model[k]) for k in _MODEL_KEYS}
+    x0b = torch.zeros(B, G, dtype=dtype)
+    A, _, P = _erk_arrays(static["tableau"])
+    ts = t_save.detach().to("cpu", dtype).contiguous()
+    # the slot parameters' cotangents (and hill's log) only where they are wanted
+    slot = any(need[k] for k in ("c0", "c1", "inv_threshold", "hill"))
+    wants = int(slot) | (int(need["hill"]) << 1)
+    rc = _lib(dtype).genenet_erk_hill_adjoint(
+        _i64(B), _i64(G), _i64(int(spec["K"])), _i64(T), _ptr(ts), *(_ptr(v) for v in model.values()),
+        _i64(A.shape[0]), _ptr(A), _i64(P.shape[1]), _ptr(P), ctypes.c_void_p(tapes.handle), _ptr(ybar),
+        _ptr(lbar), _ptr(x0b), *(_ptr(grads[k]) for k in _MODEL_KEYS), _i64(wants), _i64(torch.get_num_threads()))
+    if rc != 0:
+        raise RuntimeError("native adjoint rejected the tableau")
+    return x0b, grads
+
+
+def _cotangents(static: dict, y_bar: Tensor | None, last_bar: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The output cotangents as the kernels take them: (B, T, G) and (B, G) on the CPU, NaN -> 0."""
+    B, G = static["shape"]
+    T, dtype = static["t_save"].numel(), static["dtype"]
+    ybar = (torch.zeros(B, T, G, dtype=dtype) if y_bar is None
+            else torch.nan_to_num(y_bar.detach().to("cpu", dtype), nan=0.0).contiguous())
+    lbar = (torch.zeros(B, G, dtype=dtype) if last_bar is None
+            else torch.nan_to_num(last_bar.detach().to("cpu", dtype), nan=0.0).contiguous())
+    return ybar, lbar
+
+
 class _ErkHill(torch.autograd.Function):
-    """The explicit kernel as an autograd function of x0 and the spec arrays (see the module doc)."""
+    """The explicit kernel as an autograd function of x0 and the spec arrays (see the module doc).
+    Twice differentiable: under ``create_graph`` its backward is :class:`_ErkHillAdjoint`, whose own
+    backward is the second-order sweep in C."""
 
     @staticmethod
     def forward(ctx: Any, x0: Tensor, c0: Tensor, c1: Tensor, it: Tensor, hill: Tensor, prod: Tensor,
@@ -482,40 +520,77 @@ class _ErkHill(torch.autograd.Function):
                 "(FitProblem.gradient_adjoint, memory independent of the number of steps), fewer rows per call, "
                 "or a shorter span.")
         ctx.tapes, ctx.static, ctx.spec = tapes, static, spec
+        ctx.save_for_backward(x0, c0, c1, it, hill, prod, deg)
         y, status, counters, t_last, y_last = outs
         ctx.mark_non_differentiable(status, counters, t_last)
         return y, status, counters, t_last, y_last
 
     @staticmethod
-    @once_differentiable  # second derivatives: run the solve inside torch_path()
     def backward(ctx: Any, y_bar: Tensor | None, _s: Any, _c: Any, _t: Any, last_bar: Tensor | None
                  ) -> tuple[Tensor | None, ...]:
         static, spec = ctx.static, ctx.spec
+        need = dict(zip(_MODEL_KEYS, ctx.needs_input_grad[1:1 + len(_MODEL_KEYS)]))
+        dev = static["device"]
+        if torch.is_grad_enabled():  # create_graph: a backward that is itself differentiable
+            B, G = static["shape"]
+            T, dtype = static["t_save"].numel(), static["dtype"]
+            yb = y_bar if y_bar is not None else torch.zeros(B, T, G, dtype=dtype, device=dev)
+            lb = last_bar if last_bar is not None else torch.zeros(B, G, dtype=dtype, device=dev)
+            outs = _ErkHillAdjoint.apply(torch.nan_to_num(yb, nan=0.0), torch.nan_to_num(lb, nan=0.0),
+                                         *ctx.saved_tensors, {"static": static, "spec": spec, "tapes": ctx.tapes})
+            return (outs[0], *(o if need[k] else None for k, o in zip(_MODEL_KEYS, outs[1:])), None)
+        ybar, lbar = _cotangents(static, y_bar, last_bar)
+        x0b, grads = _adjoint(static, spec, ctx.tapes, ybar, lbar, need)
+        return (x0b.to(dev), *(grads[k].to(dev) if need[k] else None for k in _MODEL_KEYS), None)
+
+
+class _ErkHillAdjoint(torch.autograd.Function):
+    """The discrete adjoint as a function of the output cotangents, x0 and the spec arrays, so that
+    a gradient can be differentiated again (Hessian-vector products, Gauss-Newton products): its
+    backward along the incoming direction (the cotangents of x0's and the arrays' gradients) is the
+    second-order sweep of ``hvp.h`` — the trajectory's tangent for the output cotangents' gradient,
+    and the Hessian of ``<ybar, y>`` times the direction for x0's and the arrays'."""
+
+    @staticmethod
+    def forward(ctx: Any, y_bar: Tensor, last_bar: Tensor, x0: Tensor, c0: Tensor, c1: Tensor, it: Tensor,
+                hill: Tensor, prod: Tensor, deg: Tensor, held: dict) -> tuple[Tensor, ...]:
+        static = held["static"]
+        ybar, lbar = _cotangents(static, y_bar, last_bar)
+        x0b, grads = _adjoint(static, held["spec"], held["tapes"], ybar, lbar, dict.fromkeys(_MODEL_KEYS, True))
+        ctx.held, ctx.ybar, ctx.lbar = held, ybar, lbar
+        dev = static["device"]
+        return (x0b.to(dev), *(grads[k].to(dev) for k in _MODEL_KEYS))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, x0_dir: Tensor | None, *dirs: Tensor | None) -> tuple[Tensor | None, ...]:
+        held = ctx.held
+        static, spec = held["static"], held["spec"]
         t_save = static["t_save"]
         B, G = static["shape"]
-        T = t_save.numel()
-        dtype = static["dtype"]
-        ybar = (torch.zeros(B, T, G, dtype=dtype) if y_bar is None
-                else torch.nan_to_num(y_bar.detach().to("cpu", dtype), nan=0.0).contiguous())
-        lbar = (torch.zeros(B, G, dtype=dtype) if last_bar is None
-                else last_bar.detach().to("cpu", dtype).contiguous())
+        T, dtype, K = t_save.numel(), static["dtype"], int(spec["K"])
         model = _model_arrays(spec, B, dtype)
-        grads = {k: torch.zeros_like(model[k]) for k in _MODEL_KEYS}
-        x0b = torch.zeros(B, G, dtype=dtype)
+        x0d = (torch.zeros(B, G, dtype=dtype) if x0_dir is None
+               else x0_dir.detach().to("cpu", dtype).expand(B, G).contiguous())
+        d = {k: None if v is None else v.detach().to("cpu", dtype).expand_as(model[k]).contiguous()
+             for k, v in zip(_MODEL_KEYS, dirs)}
+        ydot, ylast_dot, x0h = torch.empty(B, T, G, dtype=dtype), torch.empty(B, G, dtype=dtype), torch.empty(B, G,
+                                                                                                             dtype=dtype)
+        hs = {k: torch.empty_like(model[k]) for k in _MODEL_KEYS}
         A, _, P = _erk_arrays(static["tableau"])
         ts = t_save.detach().to("cpu", dtype).contiguous()
-        # the slot parameters' cotangents (and hill's log) only where autograd asks for them
-        need = dict(zip(_MODEL_KEYS, ctx.needs_input_grad[1:1 + len(_MODEL_KEYS)]))
-        slot = any(need[k] for k in ("c0", "c1", "inv_threshold", "hill"))
-        wants = int(slot) | (int(need["hill"]) << 1)
-        rc = _lib(dtype).genenet_erk_hill_adjoint(
-            _i64(B), _i64(G), _i64(int(spec["K"])), _i64(T), _ptr(ts), *(_ptr(v) for v in model.values()),
-            _i64(A.shape[0]), _ptr(A), _i64(P.shape[1]), _ptr(P), ctypes.c_void_p(ctx.tapes.handle), _ptr(ybar),
-            _ptr(lbar), _ptr(x0b), *(_ptr(grads[k]) for k in _MODEL_KEYS), _i64(wants), _i64(torch.get_num_threads()))
+        rc = _lib(dtype).genenet_erk_hill_hvp(
+            _i64(B), _i64(G), _i64(K), _i64(T), _ptr(ts), *(_ptr(v) for v in model.values()), _i64(A.shape[0]),
+            _ptr(A), _i64(P.shape[1]), _ptr(P), ctypes.c_void_p(held["tapes"].handle), _ptr(ctx.ybar),
+            _ptr(ctx.lbar), _ptr(x0d), *(_ptr(d[k]) for k in _MODEL_KEYS), _ptr(ydot), _ptr(ylast_dot), _ptr(x0h),
+            *(_ptr(hs[k]) for k in _MODEL_KEYS), _i64(torch.get_num_threads()))
+        if rc == -2:
+            raise MemoryError(f"out of memory for the step tangents of {B} rows ({G} genes) in a Hessian-vector "
+                              "product")
         if rc != 0:
-            raise RuntimeError("native adjoint rejected the tableau")
+            raise RuntimeError("native second-order adjoint rejected the tableau")
         dev = static["device"]
-        return (x0b.to(dev), *(grads[k].to(dev) if need[k] else None for k in _MODEL_KEYS), None)
+        return (ydot.to(dev), ylast_dot.to(dev), x0h.to(dev), *(hs[k].to(dev) for k in _MODEL_KEYS), None)
 
 
 def integrate_hill_erk_grad(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, **kw: Any
