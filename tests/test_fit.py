@@ -405,3 +405,10 @@ def test_bounds_are_checked():
         gn.fit(model, data, free=["production"], bounds={"production": (5, 1)}, progress=False)
     with pytest.raises(ValueError, match=r"start values of 'production' outside bounds \(0.1, 2.5\): A = 3"):
         gn.fit(model, data, free=["production"], bounds={"production": (0.1, 2.5)}, progress=False)
+
+
+@pytest.mark.parametrize("method", ["lm", "trust-ncg", "lbfgs"])
+def test_max_time_stops_every_method_and_is_never_converged(problem3, method):
+    res = gn.fit(problem3.model, problem3.data, free=["production"], method=method, max_time=0.0, progress=False)
+    assert res.reason.startswith("max_time reached") and not res.converged
+    assert "0 converged" in res.summary()

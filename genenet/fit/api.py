@@ -81,6 +81,7 @@ def fit(
     l1: float = 0.0,
     bounds: Mapping[str, tuple[float, float]] | None = None,
     hessian: str = "exact",
+    max_time: float | None = None,
     starts: Tensor | np.ndarray | None = None,
     start_spread: float = 10.0,
     rtol: float = 1e-8,
@@ -113,7 +114,8 @@ def fit(
     a box per free parameter, honoured by every method through a change of variables, see
     :class:`~genenet.fit.FitProblem`), ``hessian`` (``"trust-ncg"``'s model: ``"exact"``, the loss's
     Hessian, or ``"gauss-newton"``, ``JᵀJ``, for least-squares losses; see
-    :func:`~genenet.fit.optimizers.trust_ncg`), ``starts`` (explicit (S, n)
+    :func:`~genenet.fit.optimizers.trust_ncg`), ``max_time`` (seconds; then the starts still
+    iterating stop, reason "max_time reached", never converged), ``starts`` (explicit (S, n)
     unconstrained starts), ``start_spread`` (multistart range: a factor around the start
     values for positive parameters), solver tolerances, device/dtype (float64 on CPU by default),
     ``cluster``/``chunk_size`` (the starts in chunks of ``chunk_size`` on Dask workers: ``"local"``,
@@ -144,10 +146,12 @@ def fit(
     else:
         theta = latin_hypercube_starts(problem, int(multistart), seed=seed, spread=start_spread)
     if not uses_cluster(cluster):
-        res = _optimize(problem, theta, method=method, max_iter=max_iter, progress=progress, hessian=hessian)
+        res = _optimize(problem, theta, method=method, max_iter=max_iter, progress=progress, hessian=hessian,
+                        max_time=max_time)
     else:
         parts = map_chunks(_optimize, lambda threads: [theta[c] for c in row_chunks(len(theta), chunk_size, threads)],
-                           dict(problem=problem, method=method, max_iter=max_iter, progress=False, hessian=hessian),
+                           dict(problem=problem, method=method, max_iter=max_iter, progress=False, hessian=hessian,
+                                max_time=max_time),
                            key="theta",
                            cluster=cluster, progress=progress, desc="fit")
         res = OptimResult.concat(parts)
@@ -216,13 +220,13 @@ def certify(problem: FitProblem, res: OptimResult, start: Tensor | None = None) 
 
 
 def _optimize(problem: FitProblem, theta: Tensor, *, method: str, max_iter: int, progress: bool,
-              hessian: str = "exact") -> OptimResult:
+              hessian: str = "exact", max_time: float | None = None) -> OptimResult:
     """Run the optimizer ``method`` from the starts ``theta`` (S, n)."""
     if method == "lm":
-        return levenberg_marquardt(problem, theta, max_iter=max_iter, progress=progress)
+        return levenberg_marquardt(problem, theta, max_iter=max_iter, progress=progress, max_time=max_time)
     if method == "trust-ncg":
-        return trust_ncg(problem, theta, max_iter=max_iter, progress=progress, hessian=hessian)
-    return torch_optimizer(problem, theta, method=method, max_iter=max_iter, progress=progress)
+        return trust_ncg(problem, theta, max_iter=max_iter, progress=progress, hessian=hessian, max_time=max_time)
+    return torch_optimizer(problem, theta, method=method, max_iter=max_iter, progress=progress, max_time=max_time)
 
 
 def _covariance(problem: FitProblem, theta: Tensor, r: Tensor | None = None, J: Tensor | None = None

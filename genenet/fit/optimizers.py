@@ -65,6 +65,20 @@ class History(list):
         super().append(losses)
         self.times.append(time.perf_counter() - self.start)
 
+    def out_of_time(self, max_time: float | None) -> bool:
+        """More than ``max_time`` seconds since the list was made (never with ``None``)."""
+        return max_time is not None and time.perf_counter() - self.start > max_time
+
+
+#: reasons that end a start before any stopping rule was met: never converged
+UNFINISHED = ("max_iter", "max_time", "simulation")
+
+
+def _time_out(reason: list[str], active: Tensor) -> None:
+    """Mark the starts still iterating as stopped by ``max_time``."""
+    for s in torch.nonzero(active).flatten().tolist():
+        reason[s] = "max_time reached"
+
 
 def _bar(progress: bool, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
@@ -124,7 +138,7 @@ def judge(problem: FitProblem, reason: list[str], optimum: np.ndarray, ratio: np
     these data, and on a plateau far above the best start's loss it is a trap (start elsewhere)."""
     converged, out = np.zeros(len(reason), dtype=bool), list(reason)
     for s, why in enumerate(reason):
-        if why.startswith(("max_iter", "simulation")):
+        if why.startswith(UNFINISHED):
             continue
         if not optimum[s]:
             out[s] = f"{why}; not a first-order optimum (a Gauss-Newton step would lower the loss by {ratio[s]:.2g})"
@@ -140,7 +154,7 @@ def judge(problem: FitProblem, reason: list[str], optimum: np.ndarray, ratio: np
 def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, ftol: float = 1e-10,
                         xtol: float = 1e-10, gtol: float = 1e-10, optimality_tol: float = 1e-8,
                         max_step: float = 2.0, initial_damping: float = 1e-3, progress: bool = False,
-                        fixed: Tensor | None = None) -> OptimResult:
+                        fixed: Tensor | None = None, max_time: float | None = None) -> OptimResult:
     r"""Batched Levenberg-Marquardt with the exact residual Jacobian, all starts together.
 
     Each iteration is ONE solve: the residuals and the Jacobian of every trial point come together
@@ -171,7 +185,8 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
     (on the 30-parameter benchmark problem the uncapped LM, and scipy's trf, lm and dogbox on the same
     residuals and Jacobian, stopped there at 2e2 times the optimum's loss).
     ``initial_damping``: μ of the first iteration. ``fixed`` (S, n) bool: entries held at their start
-    value (zero Jacobian columns -> zero step).
+    value (zero Jacobian columns -> zero step). ``max_time``: seconds, then the starts still
+    iterating stop ("max_time reached", not converged).
     """
     S, n = theta.shape
     keep = None if fixed is None else (~fixed).to(theta.dtype)[:, None, :]
@@ -215,6 +230,9 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
         for _ in range(max_iter):
             history.append(loss.cpu().numpy().copy())
             if not bool(active.any()):
+                break
+            if history.out_of_time(max_time):
+                _time_out(reason, active)
                 break
             idx = torch.nonzero(active).flatten()
             Jf, rf = torch.nan_to_num(J[idx]), torch.nan_to_num(r[idx])
@@ -404,11 +422,15 @@ def _rescaled(product: Any, d: Tensor) -> Any:
 
 HESSIANS = ("exact", "gauss-newton")
 
+#: trust-ncg scales by the residual Jacobian's columns (one sensitivity solve of n tangents per
+#: iteration) up to this many parameters; beyond, a Jacobian costs more than the CG it saves
+SCALE_UP_TO = 100
+
 
 def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: float = 1e-10,
               ftol: float = 1e-10, xtol: float = 1e-10, initial_radius: float = 1.0, max_radius: float = 10.0,
               eta: float = 0.15, hessian: str = "exact", max_cg: int | None = None, max_step: float = 2.0,
-              scale: bool | None = None, progress: bool = False) -> OptimResult:
+              scale: bool | None = None, progress: bool = False, max_time: float | None = None) -> OptimResult:
     """Batched trust-region Newton-CG (Nocedal & Wright, Alg. 7.2 with Steihaug CG) on every start.
 
     Per iteration: one solve of the active starts with its graph kept, giving the loss, the gradient
@@ -421,12 +443,21 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
     shrinks to ¼|p| when ``ρ < ¼`` and doubles (to at most ``max_radius``) when ``ρ > ¾`` on the
     boundary. θ is the unconstrained (log) scale, so Δ = 10 allows a factor e^10 in one entry.
 
+    Scaling (``scale``; default: least-squares losses with at most :data:`SCALE_UP_TO` parameters):
+    the trust region and CG work in ``D p`` with ``D² = `` the running max of ``diag(JᵀJ)``
+    (Moré's scaling, as LM), from a sensitivity solve per iteration; with ``"gauss-newton"`` that
+    Jacobian then also gives the gradient and every product (``Jᵀ(J d)``), so CG costs no solves.
+    No entry of θ moves by more than ``max_step`` per iteration (as LM's cap). CG stops at the
+    Eisenstat-Walker forcing ``min(½, √(|g|/|g₀|)) |g|`` relative to the start's first gradient.
+
     Stops per start: **first-order optimum** when CG ended inside the trust region and the model
     promises at most ``gtol`` of the loss (the Newton decrement, as LM's Gauss-Newton one);
     **ftol** when an accepted step inside the trust region lowered the loss by at most ``ftol`` of
     it and the model promised no more; **xtol** when
     ``max|p| <= xtol (1 + max|θ|)``; the radius collapsing (no improving step); ``max_iter``.
-    ``max_cg``: CG iterations per step (default 2n).
+    ``max_cg``: CG iterations per step (default ``min(2n, 50)``: a truncated Newton step; each CG
+    iteration is a Hessian-vector product). ``max_time``: seconds, then the starts still iterating
+    stop ("max_time reached", not converged).
     """
     if hessian not in HESSIANS:
         raise ValueError(f"unknown hessian {hessian!r}; allowed: {', '.join(map(repr, HESSIANS))}")
@@ -449,11 +480,16 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
     bar = _bar(progress, max_iter, f"trust-ncg ({hessian})")
     g_first = torch.full((S,), float("nan"), dtype=th.dtype, device=th.device)
     least_squares = problem.noise != "estimate" and not problem.l1
-    scaled = least_squares if scale is None else bool(scale)
+    scaled = (least_squares and n <= SCALE_UP_TO) if scale is None else bool(scale)
+    if scaled and not least_squares:
+        raise ValueError("scale=True needs a least-squares loss (the scaling comes from the residual Jacobian)")
     D2 = torch.zeros(S, n, dtype=th.dtype, device=th.device)
     for _ in range(max_iter):
         history.append(loss.cpu().numpy().copy())
         if not bool(active.any()):
+            break
+        if history.out_of_time(max_time):
+            _time_out(reason, active)
             break
         idx = torch.nonzero(active).flatten()
         g0, product, col = _newton_model(problem, th[idx], hessian, with_jacobian=scaled)
@@ -470,7 +506,8 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
         # Eisenstat-Walker forcing relative to the start's first gradient (scale-free): CG solves
         # loosely far from the optimum and tightly near it, where the decrement decides the stop
         forcing = torch.minimum(torch.full_like(gnorm, 0.5), (gnorm / g_first[idx].clamp_min(1e-300)).sqrt())
-        ps, m, boundary = _steihaug(_rescaled(product, d), gs, radius[idx], max_cg=max_cg or 2 * n, forcing=forcing)
+        ps, m, boundary = _steihaug(_rescaled(product, d), gs, radius[idx], max_cg=max_cg or min(2 * n, 50),
+                                    forcing=forcing)
         p = ps / d
         del product
         with torch.no_grad():
@@ -508,12 +545,19 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
                     reason[s], active[s] = "trust radius collapsed (local minimum or noisy loss)", False
         bar.update(1)
     bar.close()
-    converged = np.array([not r_.startswith(("max_iter", "simulation")) for r_ in reason])
+    converged = np.array([not r_.startswith(UNFINISHED) for r_ in reason])
     return OptimResult(th, loss, iters, converged, reason, history, initial_loss=initial)
 
 
 def torch_optimizer(problem: FitProblem, theta: Tensor, *, method: str = "lbfgs", max_iter: int = 200,
-                    lr: float | None = None, tol: float = 1e-9, progress: bool = False) -> OptimResult:
+                    lr: float | None = None, tol: float = 1e-9, progress: bool = False,
+                    max_time: float | None = None) -> OptimResult:
+    """All starts with one of torch's optimizers on the summed loss ``Σ_s L_s(θ_s)`` (S, n): the
+    starts share the optimizer's state and line search (L-BFGS: ``torch.optim.LBFGS`` with a strong
+    Wolfe line search, 20 iterations per step; Adam: ``lr`` default 0.05), gradients by the native
+    adjoint or backpropagation. Stops when the summed loss changes by at most ``tol`` of it between
+    steps, at ``max_iter`` steps or after ``max_time`` seconds. ``converged`` here only says which rule
+    stopped it; :func:`genenet.fit.api.certify` replaces it by the first-order test."""
     th = theta.detach().clone().requires_grad_(True)
     S = th.shape[0]
     if method == "lbfgs":
@@ -536,6 +580,9 @@ def torch_optimizer(problem: FitProblem, theta: Tensor, *, method: str = "lbfgs"
     it = 0
     reason = "max_iter reached"
     while it < max_iter:
+        if history.out_of_time(max_time):
+            reason = "max_time reached"
+            break
         it += 1
         total = opt.step(closure)
         with torch.no_grad():
@@ -548,6 +595,6 @@ def torch_optimizer(problem: FitProblem, theta: Tensor, *, method: str = "lbfgs"
             break
         last = value
     bar.close()
-    conv = np.full(S, reason != "max_iter reached")
+    conv = np.full(S, not reason.startswith(UNFINISHED))
     return OptimResult(th.detach(), problem.loss(th.detach()).detach(), np.full(S, it), conv, [reason] * S,
                        history)

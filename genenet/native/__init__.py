@@ -27,7 +27,12 @@ solution, step sizes constant), for the Hill parameters and the initial state, w
 tape's memory (S G numbers per accepted step and row) in place of autograd's graph. Freed
 tapes go to a pool that keeps the last set's memory for the next solve (repeated gradients
 skip the page faults of fresh memory); :func:`release_memory` hands it back.
-Rosenbrock solves with gradients take the torch path. The explicit kernel also carries
+Second derivatives: a gradient taken with ``create_graph=True`` is itself differentiable
+(:class:`_ErkHillAdjoint`), and its backward is the second-order discrete adjoint in C (``hvp.h``:
+the tangent of every step along the tape, then the adjoint sweep carried with its tangent), so
+Hessian-vector products (``FitProblem.hvp``, ``trust-ncg``) and Jacobian-vector products (the
+trajectory's tangent) cost a small multiple of a gradient instead of a double backward through the
+torch loop. Rosenbrock solves with gradients take the torch path. The explicit kernel also carries
 forward sensitivities (:func:`genenet.sensitivities`, the residual Jacobian of
 ``gn.fit(method="lm")``): q tangent directions ride along with the state through the same
 steps, as the torch loop does with ``n_primal``. The steady-state iterations of
@@ -156,9 +161,9 @@ _STATE = threading.local()
 
 @contextlib.contextmanager
 def torch_path() -> Iterator[None]:
-    """Solves inside this block run on the pure-torch loop: for second derivatives (``create_graph``,
-    Hessian-vector products) and batched backward passes (``is_grads_batched``), which need a
-    graph of torch operations rather than the kernel's one-shot adjoint."""
+    """Solves inside this block run on the pure-torch loop: for batched backward passes
+    (``is_grads_batched``) and third derivatives, which need a graph of torch operations rather than
+    the kernel's adjoint (whose second derivative is native, see the module doc)."""
     before = getattr(_STATE, "off", False)
     _STATE.off = True
     try:
@@ -579,18 +584,24 @@ class _ErkHillAdjoint(torch.autograd.Function):
         hs = {k: torch.empty_like(model[k]) for k in _MODEL_KEYS}
         A, _, P = _erk_arrays(static["tableau"])
         ts = t_save.detach().to("cpu", dtype).contiguous()
+        # the second-order sweep only where x0's or an array's gradient is wanted (not for J v alone)
+        needs = ctx.needs_input_grad
+        wants = int(any(needs[2:9])) | (int(needs[6]) << 1)
         rc = _lib(dtype).genenet_erk_hill_hvp(
             _i64(B), _i64(G), _i64(K), _i64(T), _ptr(ts), *(_ptr(v) for v in model.values()), _i64(A.shape[0]),
             _ptr(A), _i64(P.shape[1]), _ptr(P), ctypes.c_void_p(held["tapes"].handle), _ptr(ctx.ybar),
             _ptr(ctx.lbar), _ptr(x0d), *(_ptr(d[k]) for k in _MODEL_KEYS), _ptr(ydot), _ptr(ylast_dot), _ptr(x0h),
-            *(_ptr(hs[k]) for k in _MODEL_KEYS), _i64(torch.get_num_threads()))
+            *(_ptr(hs[k]) for k in _MODEL_KEYS), _i64(wants), _i64(torch.get_num_threads()))
         if rc == -2:
             raise MemoryError(f"out of memory for the step tangents of {B} rows ({G} genes) in a Hessian-vector "
                               "product")
         if rc != 0:
             raise RuntimeError("native second-order adjoint rejected the tableau")
         dev = static["device"]
-        return (ydot.to(dev), ylast_dot.to(dev), x0h.to(dev), *(hs[k].to(dev) for k in _MODEL_KEYS), None)
+        if not wants & 1:
+            return ydot.to(dev), ylast_dot.to(dev), *([None] * 8)
+        return (ydot.to(dev), ylast_dot.to(dev), x0h.to(dev) if needs[2] else None,
+                *(hs[k].to(dev) if need else None for k, need in zip(_MODEL_KEYS, needs[3:9])), None)
 
 
 def integrate_hill_erk_grad(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, **kw: Any

@@ -714,14 +714,16 @@ int genenet_hill_vjp(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, c
    itd, nd (B, K G), gd, kd (B, G), each NULL for zero): the trajectory's tangent ydot (B, T, G) and
    ylast_dot (B, G), and the derivative of genenet_erk_hill_adjoint's outputs along the direction
    with ybar, ylast_bar held fixed: x0h (B, G), c0h, c1h, ith, nh (B, K G), gh, kh (B, G). The tapes
-   are those of the forward solve. Returns 0, -1 for a tableau too large, -2 when out of memory. */
+   are those of the forward solve. wants: bit 0 the sweep (else only ydot, ylast_dot: a Jacobian-
+   vector product), bit 1 hill's output. Returns 0, -1 for a tableau too large, -2 when out of memory. */
 int genenet_erk_hill_hvp(int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save, const int32_t *slot_src,
                          const real *c0, const real *c1, const real *inv_thr, const real *hill, const real *prod,
                          const real *deg, const real *mult, const real *add, const uint8_t *clamp, int64_t S,
                          const double *A, int64_t D, const double *P, const Tape *tapes, const real *ybar,
                          const real *ylast_bar, const real *x0d, const real *c0d, const real *c1d, const real *itd,
                          const real *nd, const real *gd, const real *kd, real *ydot, real *ylast_dot, real *x0h,
-                         real *c0h, real *c1h, real *ith, real *nh, real *gh, real *kh, int64_t nthreads) {
+                         real *c0h, real *c1h, real *ith, real *nh, real *gh, real *kh, int64_t wants,
+                         int64_t nthreads) {
     if (S > 16 || D > 8) return -1;
     ErkMethod e = {S, D, {0}, {0}, {0}};
     for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
@@ -738,7 +740,8 @@ int genenet_erk_hill_hvp(int64_t B, int64_t G, int64_t K, int64_t T, const real 
         for (int64_t b = 0; b < B; ++b) {
             Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
             const Direction v = {r.c0d, r.c1d, r.itd, r.hilld, r.prodd, r.degd};
-            failed |= erk_hvp_row(&r, &v, tapes + b, &e, t_save, T, ybar + b * T * G, ylast_bar + b * G, x0d + b * G,
+            failed |= erk_hvp_row(&r, &v, tapes + b, &e, t_save, T, (wants & 1) != 0, (wants & 2) != 0 || nd,
+                                  ybar + b * T * G, ylast_bar + b * G, x0d + b * G,
                                   ydot + b * T * G, ylast_dot + b * G, x0h + b * G, c0h + b * KG, c1h + b * KG,
                                   ith + b * KG, nh + b * KG, gh + b * G, kh + b * G, hw) != 0;
         }
