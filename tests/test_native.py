@@ -344,19 +344,28 @@ def _loss_grads(monkeypatch, use_native, model, t, x0, conds, **kw):
     return float(loss.detach()), grads, x0.grad.clone(), traj
 
 
-@pytest.mark.parametrize("kw", [{}, {"method": "tsit5"}])
-def test_native_adjoint_matches_backpropagation_through_the_torch_loop(monkeypatch, kw):
-    """A differentiable solve runs the kernel with a tape and reverses it in C: the gradient of a loss
-    with respect to every Hill parameter and x0 equals backprop through the torch loop to rounding,
-    under condition effects (multiplier, added input, clamp, knockout) and a steady-state stop."""
+def _condition_effects_case():
+    """8 genes with non-integer hill coefficients under every condition effect: multiplier, added
+    input (fold and rate), clamp, knockout; the model, conditions, x0 and the number of raw
+    parameters + x0 entries."""
     net = gn.Network.random(8, regulators=2, seed=6)
     model = gn.Hill.random(net, n=1, seed=6)
     model.set_params(hill=np.linspace(1.0, 3.5, net.n_edges))
     genes = list(net.genes)
     conds = [[], gn.Knockdown(genes[0], 0.6), gn.Overexpress(genes[1], fold=2.0),
              gn.Overexpress(genes[2], rate=1.5), gn.Clamp(genes[3], 0.8), gn.Knockout(genes[4])]
-    t = np.linspace(0, 6, 13)
     x0 = np.linspace(0.1, 2.0, 8)
+    n = sum(v.numel() for v in model.raw.values()) + 8
+    return model, conds, x0, n
+
+
+@pytest.mark.parametrize("kw", [{}, {"method": "tsit5"}])
+def test_native_adjoint_matches_backpropagation_through_the_torch_loop(monkeypatch, kw):
+    """A differentiable solve runs the kernel with a tape and reverses it in C: the gradient of a loss
+    with respect to every Hill parameter and x0 equals backprop through the torch loop to rounding,
+    under condition effects (multiplier, added input, clamp, knockout) and a steady-state stop."""
+    model, conds, x0, _ = _condition_effects_case()
+    t = np.linspace(0, 6, 13)
     ref = _loss_grads(monkeypatch, False, model, t, x0, conds, **kw)
     calls = _count_calls(monkeypatch, "integrate_hill_erk_grad")
     fast = _loss_grads(monkeypatch, True, model, t, x0, conds, **kw)
@@ -645,18 +654,6 @@ def _hvp(monkeypatch, native_on: bool, model, t, x0, conds, direction, **kw):
     return flat.detach(), torch.cat([h.reshape(-1) for h in hv]), traj
 
 
-def _hvp_case():
-    net = gn.Network.random(8, regulators=2, seed=6)
-    model = gn.Hill.random(net, n=1, seed=6)
-    model.set_params(hill=np.linspace(1.0, 3.5, net.n_edges))
-    genes = list(net.genes)
-    conds = [[], gn.Knockdown(genes[0], 0.6), gn.Overexpress(genes[1], fold=2.0),
-             gn.Overexpress(genes[2], rate=1.5), gn.Clamp(genes[3], 0.8), gn.Knockout(genes[4])]
-    x0 = np.linspace(0.1, 2.0, 8)
-    n = sum(v.numel() for v in model.raw.values()) + 8
-    return model, conds, x0, n
-
-
 @pytest.mark.parametrize("kw", [{}, {"method": "tsit5"}, {"steady_tol": 1e-7}])
 def test_native_hessian_vector_products_match_the_torch_loop(monkeypatch, kw):
     """A gradient taken with create_graph is differentiable again on the native path: the second-order
@@ -665,7 +662,7 @@ def test_native_hessian_vector_products_match_the_torch_loop(monkeypatch, kw):
     non-integer hill coefficients and a steady-state stop, equal to reverse-over-reverse through the
     torch loop to rounding. (No knockout here: torch's second derivative of z^n at z = 0 is NaN for
     non-integer n; the knockout case is checked against finite differences below.)"""
-    model, conds, x0, n = _hvp_case()
+    model, conds, x0, n = _condition_effects_case()
     conds = conds[:-1]
     t = np.linspace(0, 6, 13)
     if "steady_tol" in kw:  # a toggle switch that settles well before t = 200
@@ -690,7 +687,7 @@ def test_native_hessian_vector_products_match_the_torch_loop(monkeypatch, kw):
 
 def test_native_hessian_vector_products_agree_with_finite_differences_of_the_gradient(monkeypatch):
     """H v against (g(θ + εv) - g(θ - εv)) / 2ε of the native gradient, per raw parameter block and x0."""
-    model, conds, x0, n = _hvp_case()
+    model, conds, x0, n = _condition_effects_case()
     t = np.linspace(0, 6, 7)
     direction = torch.as_tensor(np.random.default_rng(1).normal(size=n))
     _, hv, _ = _hvp(monkeypatch, True, model, t, x0, conds, direction)

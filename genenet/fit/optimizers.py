@@ -328,7 +328,7 @@ def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int, forcing: Tensor 
         return (-b + (b * b - 4 * a * c).clamp_min(0).sqrt()) / (2 * a).clamp_min(1e-300)
 
     for _ in range(max_cg):
-        Hd = hvp(d)
+        Hd = hvp(torch.where(done[:, None], torch.zeros_like(d), d))  # rows done: a zero direction costs nothing
         dHd = (d * Hd).sum(1)
         rr = (r * r).sum(1)
         alpha = rr / torch.where(dHd > 0, dHd, torch.ones_like(dHd))

@@ -276,23 +276,7 @@ static int erk_hvp_row(const Row *r, const Direction *v, const Tape *tp, const E
         memset(yb, 0, sizeof(real) * (size_t)G);
         memset(ybd, 0, sizeof(real) * (size_t)G);
         memset(kbar, 0, sizeof(real) * (size_t)(2 * S * G)); /* kbar and kbard */
-        for (; si_hi >= 1 && t_save[si_hi] > t; --si_hi) {
-            if (t_save[si_hi] > t1) continue; /* after a failure: never written */
-            const real *ob = ybar + si_hi * G;
-            if (t_save[si_hi] == t1) {
-                for (int64_t i = 0; i < G; ++i) yb1[i] += ob[i];
-                continue;
-            }
-            real hd = h > 0 ? h : (real)1, th = (t_save[si_hi] - t) / hd;
-            th = th < 0 ? 0 : (th > 1 ? 1 : th);
-            dense_weights(e->P, S, D, th, wd);
-            for (int64_t i = 0; i < G; ++i) yb[i] += ob[i];
-            for (int64_t j = 0; j < S; ++j) {
-                if (wd[j] == 0) continue;
-                const real c = h * wd[j];
-                for (int64_t i = 0; i < G; ++i) kbar[j * G + i] += c * ob[i];
-            }
-        }
+        step_save_cotangents(e, t_save, ybar, G, S, t, t1, h, &si_hi, yb, yb1, kbar, wd);
         for (int64_t s = S - 1; s >= 0; --s) {
             const real *Ys = s < S - 1 ? stp + TAPE_HEAD + s * G : (q + 1 < n ? recs[q + 1] + TAPE_HEAD : tp->y_end);
             if (s == S - 1) {

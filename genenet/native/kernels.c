@@ -510,6 +510,40 @@ static void threshold_cotangent(int64_t KG, const real *it, const real *n, real 
     for (int64_t s = 0; s < KG; ++s) mb[s] = (mb[s] != 0 && it[s] != 0) ? mb[s] * n[s] / it[s] : (real)0;
 }
 
+/* every entry of a (n) is 0 (NULL: a zero array) */
+static int all_zero(const real *a, int64_t n) {
+    if (!a) return 1;
+    for (int64_t i = 0; i < n; ++i)
+        if (a[i] != 0) return 0;
+    return 1;
+}
+
+/* The cotangents ybar of the saves one step wrote, (t, t1], added as the sweeps need them: a save at
+   t1 to yb1 (the state after the step), one inside through the dense output y + h sum_j w_j k_j to yb
+   and to the first `stages` stage cotangents kbar (S, G). *si_hi walks down the save indices; saves
+   after t1 (after a failure) were never written. wd: work (S). */
+static void step_save_cotangents(const ErkMethod *e, const real *t_save, const real *ybar, int64_t G, int64_t stages,
+                                 real t, real t1, real h, int64_t *si_hi, real *yb, real *yb1, real *kbar, real *wd) {
+    for (; *si_hi >= 1 && t_save[*si_hi] > t; --*si_hi) {
+        const int64_t si = *si_hi;
+        if (t_save[si] > t1) continue;
+        const real *ob = ybar + si * G;
+        if (t_save[si] == t1) {
+            for (int64_t i = 0; i < G; ++i) yb1[i] += ob[i];
+            continue;
+        }
+        real hd = h > 0 ? h : (real)1, th = (t_save[si] - t) / hd;
+        th = th < 0 ? 0 : (th > 1 ? 1 : th);
+        dense_weights(e->P, e->S, e->D, th, wd);
+        for (int64_t i = 0; i < G; ++i) yb[i] += ob[i];
+        for (int64_t j = 0; j < stages; ++j) {
+            if (wd[j] == 0) continue;
+            const real q = h * wd[j];
+            for (int64_t i = 0; i < G; ++i) kbar[j * G + i] += q * ob[i];
+        }
+    }
+}
+
 /* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
    the initial state; ylast_bar (G): of the final state. Work: ADJOINT_WORK(S, G, K G) reals. */
 #define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + 2 * (KG) + 10 * (S) * (KG) + 3 * (S) * (G) + 64)
@@ -548,23 +582,7 @@ static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, co
         memcpy(yb1, yb, sizeof(real) * (size_t)G); /* cotangent of y1, the state after the step */
         memset(yb, 0, sizeof(real) * (size_t)G);
         memset(kbar, 0, sizeof(real) * (size_t)(S * G));
-        for (; si_hi >= 1 && t_save[si_hi] > t; --si_hi) { /* the saves this step wrote: (t, t1] */
-            if (t_save[si_hi] > t1) continue; /* after a failure: never written */
-            const real *ob = ybar + si_hi * G;
-            if (t_save[si_hi] == t1) {
-                for (int64_t i = 0; i < G; ++i) yb1[i] += ob[i];
-                continue;
-            }
-            real hd = h > 0 ? h : (real)1, th = (t_save[si_hi] - t) / hd;
-            th = th < 0 ? 0 : (th > 1 ? 1 : th);
-            dense_weights(e->P, S, D, th, wd);
-            for (int64_t i = 0; i < G; ++i) yb[i] += ob[i]; /* y + h sum_j w_j k_j */
-            for (int64_t j = 0; j < S - carried; ++j) {
-                if (wd[j] == 0) continue;
-                real q = h * wd[j];
-                for (int64_t i = 0; i < G; ++i) kbar[j * G + i] += q * ob[i];
-            }
-        }
+        step_save_cotangents(e, t_save, ybar, G, S - carried, t, t1, h, &si_hi, yb, yb1, kbar, wd);
         /* FSAL: the step before ends at this one's start, its last stage is f(y) = this step's first,
            at the same state, so the cotangent its dense output gives that stage joins this step's
            first stage's (one VJP instead of two) */
@@ -642,6 +660,8 @@ int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const r
         int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
 #pragma omp for schedule(dynamic, 4)
         for (int64_t b = 0; b < B; ++b) {
+            /* no cotangent on this row (a start that is not iterating): its gradient is 0 as given */
+            if (all_zero(ybar + b * T * G, T * G) && all_zero(ylast_bar + b * G, G)) continue;
             Row r = row_of(&p, b, NULL, integer_hill(hill + b * KG, KG, nint_w), NULL);
             const int slot = (wants & 1) != 0, hl = (wants & 2) != 0;
             erk_adjoint_row(&r, tapes + b, &e, t_save, T, ybar + b * T * G, ylast_bar + b * G, x0b + b * G,
@@ -740,6 +760,18 @@ int genenet_erk_hill_hvp(int64_t B, int64_t G, int64_t K, int64_t T, const real 
         for (int64_t b = 0; b < B; ++b) {
             Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
             const Direction v = {r.c0d, r.c1d, r.itd, r.hilld, r.prodd, r.degd};
+            if (all_zero(x0d + b * G, G) && all_zero(v.c0, KG) && all_zero(v.c1, KG) && all_zero(v.it, KG) &&
+                all_zero(v.n, KG) && all_zero(v.g, G) && all_zero(v.k, G)) {
+                /* a zero direction (a start whose CG is done): everything is 0, linear in it */
+                memset(ydot + b * T * G, 0, sizeof(real) * (size_t)(T * G));
+                memset(ylast_dot + b * G, 0, sizeof(real) * (size_t)G);
+                memset(x0h + b * G, 0, sizeof(real) * (size_t)G);
+                memset(gh + b * G, 0, sizeof(real) * (size_t)G);
+                memset(kh + b * G, 0, sizeof(real) * (size_t)G);
+                real *slots[4] = {c0h + b * KG, c1h + b * KG, ith + b * KG, nh + b * KG};
+                for (int k = 0; k < 4; ++k) memset(slots[k], 0, sizeof(real) * (size_t)KG);
+                continue;
+            }
             failed |= erk_hvp_row(&r, &v, tapes + b, &e, t_save, T, (wants & 1) != 0, (wants & 2) != 0 || nd,
                                   ybar + b * T * G, ylast_bar + b * G, x0d + b * G,
                                   ydot + b * T * G, ylast_dot + b * G, x0h + b * G, c0h + b * KG, c1h + b * KG,
