@@ -183,6 +183,43 @@ def run_torchdiffeq_adam(net, start, data, screen, iters: int, free=FREE, budget
                 losses=np.asarray(trace.losses))
 
 
+def derivative_costs(prob: FitProblem, torch_hvp: bool) -> list[str]:
+    """Wall time of one loss, gradient, Hessian-vector product (exact; Gauss-Newton) and residual Jacobian
+    at the start, as the optimizers use them (the products once the solve's graph is kept)."""
+    from genenet import native
+
+    fit_opt = sys.modules["genenet.fit.optimizers"]
+    th = prob.theta0[None]
+    v = torch.as_tensor(np.random.default_rng(0).normal(size=th.shape))
+
+    def timed(fn, repeat):
+        fn()
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - t0) / repeat
+
+    rep = 10 if prob.n < 100 else 1
+    with torch.no_grad():
+        t_loss = timed(lambda: prob.loss(th), rep)
+    t_grad = timed(lambda: prob.gradient(th), rep)
+    rows = [("loss (one solve of the screen)", t_loss), ("gradient (solve + native adjoint)", t_grad)]
+    for hessian in ("exact", "gauss-newton"):
+        t_setup = timed(lambda h=hessian: fit_opt._second_order_model(prob, th, h), rep)
+        _, _, product = fit_opt._second_order_model(prob, th, hessian)
+        rows += [(f"{hessian}: loss, gradient and kept graph", t_setup),
+                 (f"{hessian}: one Hessian-vector product on the kept graph", timed(lambda p=product: p(v), rep))]
+    with torch.no_grad():
+        rows.append((f"residual Jacobian (forward sensitivities, {prob.n} tangents)",
+                     timed(lambda: prob.jacobian(th), 1 if prob.n > 100 else rep)))
+    if torch_hvp:
+        with native.torch_path():
+            rows.append(("exact Hessian-vector product on the torch loop (double backward)",
+                         timed(lambda: prob.hvp(th, v), 1)))
+    return ["| derivative | wall time | x gradient |", "|---|---|---|"] + [
+        f"| {name} | {t * 1e3:.1f} ms | {t / t_grad:.2f} |" for name, t in rows]
+
+
 def time_to(row, target):
     hit = np.nonzero(row["losses"] <= target)[0]
     return row["times"][hit[0]] if len(hit) else float("nan")
@@ -220,11 +257,20 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=None, help="seconds per method (max_time)")
     parser.add_argument("--multistart", type=int, default=32)
     parser.add_argument("--skip", nargs="*", default=[])
+    parser.add_argument("--costs-only", action="store_true", help="only the derivative costs table")
     args = parser.parse_args()
     name, budget = args.problem, args.budget
     free = PROBLEMS[name]["free"]
     net, true, start, data, screen = knockout_problem(name, args.start_seed)
     gn.fit(start, data, free=free, method="lm" if name == "30" else "lbfgs", max_iter=1, progress=False)  # warm-up
+    costs = derivative_costs(FitProblem(start, data, free=free), torch_hvp=name == "30")
+    if args.costs_only:
+        write_results(HERE / "results" / f"fit_hard_costs_{name}_cpu_{dt.date.today().isoformat()}.md",
+                      [f"# Derivative costs, fit problem {name} (issue 20), {dt.date.today().isoformat()}", "",
+                       f"- machine: {machine(torch.device('cpu'))}", f"- versions: {versions()}",
+                       f"- problem {name} of `benchmarks/fit_hard.py`, at its start; float64, dopri5 rtol 1e-8", "",
+                       *costs])
+        return
     rows = []
     for method, hessian, iters in (("lm", "exact", args.max_iter), ("trust-ncg", "exact", args.max_iter),
                                    ("trust-ncg", "gauss-newton", args.max_iter), ("lbfgs", "exact", args.max_iter),
@@ -278,6 +324,7 @@ def main() -> None:
         lines.append(f"| {r['method']} | {'not reached' if np.isnan(tt) else f'{tt:.2f} s'} | {r['wall']:.2f} s | "
                      f"{r['loss']:.6g} | {r['iterations']} | {r['converged']} | {str(r['note'])[:160]} |")
     lines += [f"- not run: {why}" for why in skipped]
+    lines += ["", "Cost of one derivative at the start (float64, this machine):", "", *costs]
     import matplotlib
 
     matplotlib.use("Agg")

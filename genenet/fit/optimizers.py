@@ -151,6 +151,21 @@ def judge(problem: FitProblem, reason: list[str], optimum: np.ndarray, ratio: np
     return converged, out
 
 
+def _cap_step(delta: Tensor, dead: Tensor | None, max_step: float) -> Tensor:
+    """Steps (S, n) shortened so that no entry moves by more than ``max_step`` in the unconstrained
+    (log) scale: a step that multiplies a threshold by 1e4 lands on a plateau where the Hill function
+    is saturated and the gradient vanishes, and no later step comes back. The live entries are scaled
+    together (the step keeps its direction); entries of parameters with no influence (``dead`` (S, n),
+    :func:`negligible_columns`) are clipped on their own: their tiny scale gives them a huge step that
+    would otherwise shrink every other entry to nothing."""
+    live = delta if dead is None else torch.where(dead, torch.zeros_like(delta), delta)
+    big = live.abs().amax(dim=1, keepdim=True)
+    out = delta * torch.clamp(max_step / big.clamp_min(1e-300), max=1.0)
+    if dead is None:
+        return out
+    return torch.where(dead, delta.clamp(-max_step, max_step), out)
+
+
 def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, ftol: float = 1e-10,
                         xtol: float = 1e-10, gtol: float = 1e-10, optimality_tol: float = 1e-8,
                         max_step: float = 2.0, initial_damping: float = 1e-3, progress: bool = False,
@@ -248,11 +263,7 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
             D2[idx] = torch.maximum(D2[idx], torch.diagonal(A, dim1=1, dim2=2))
             d2 = torch.where(D2[idx] > 0, D2[idx], torch.ones_like(D2[idx]))
             delta = torch.linalg.solve(A + (mu[idx, None] * d2)[:, :, None] * eye, -g)
-            # no entry moves by more than max_step in the unconstrained (log) scale per iteration: a
-            # step that multiplies a threshold by 1e4 lands on a plateau where the Hill function is
-            # saturated and the gradient vanishes, and no later step comes back
-            big = delta.abs().amax(dim=1, keepdim=True)
-            delta = delta * torch.clamp(max_step / big.clamp_min(1e-300), max=1.0)
+            delta = _cap_step(delta, negligible_columns(Jf[~optimal]), max_step)
             predicted = -((g * delta).sum(1) + 0.5 * (delta * (A @ delta[..., None])[..., 0]).sum(1))
             trial = th[idx] + delta
             r_new, J_new, loss_new = evaluate(idx, trial)
@@ -511,14 +522,16 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
         p = ps / d
         del product
         with torch.no_grad():
-            # no entry moves by more than max_step in θ (the log scale) per iteration, as LM's cap:
-            # the model's decrease along the shortened step from m(p) = gᵀp + ½pᵀBp
-            big = p.abs().amax(dim=1)
-            a_ = torch.clamp(max_step / big.clamp_min(1e-300), max=1.0)
+            # no entry moves by more than max_step in θ (the log scale) per iteration, as LM's cap. The model's
+            # value on the shortened step: its live part is a p (a <= 1); the entries of parameters with no
+            # influence (clipped alone) add nothing to g or B, so m = a gᵀp + ½ a² pᵀBp
+            dead = (col <= NEGLIGIBLE_COLUMN ** 2 * col.amax(dim=1, keepdim=True)) if col is not None else None
+            live = p if dead is None else torch.where(dead, torch.zeros_like(p), p)
+            a_ = torch.clamp(max_step / live.abs().amax(dim=1).clamp_min(1e-300), max=1.0)
             gp = (g0 * p).sum(1)
-            m = a_ * gp + a_ ** 2 * (m - gp)
-            p = p * a_[:, None]
+            m = a_ * gp + a_ ** 2 * (m - gp)  # m - gp = ½ pᵀBp
             boundary = boundary | (a_ < 1)
+            p = _cap_step(p, dead, max_step)
             optimal = ~boundary & (-m <= gtol * loss[idx] + 1e-14)
             L_new = problem.loss(th[idx] + p)
             rho = (L_new - loss[idx]) / torch.where(m < 0, m, torch.full_like(m, -1e-300))
