@@ -412,3 +412,21 @@ def test_max_time_stops_every_method_and_is_never_converged(problem3, method):
     res = gn.fit(problem3.model, problem3.data, free=["production"], method=method, max_time=0.0, progress=False)
     assert res.reason.startswith("max_time reached") and not res.converged
     assert "0 converged" in res.summary()
+
+
+def test_a_parameter_without_influence_does_not_throttle_the_step(knockout_fit_30):
+    # from this Latin-hypercube start a threshold's Jacobian column is ~1e-14 of the largest: its tiny
+    # scale gave it a huge LM step, the step cap then shrank every other entry to nothing, and LM
+    # stopped after one iteration by xtol at 5000x the best loss
+    from genenet.fit.api import latin_hypercube_starts
+    from genenet.fit.optimizers import _cap_step, levenberg_marquardt
+
+    delta = torch.tensor([[0.5, -1.0, 1e6]], dtype=torch.float64)
+    dead = torch.tensor([[False, False, True]])
+    torch.testing.assert_close(_cap_step(delta, dead, 2.0), torch.tensor([[0.5, -1.0, 2.0]], dtype=torch.float64))
+    torch.testing.assert_close(_cap_step(delta, None, 2.0), delta * 2e-6)
+    _, start, data = knockout_fit_30
+    prob = FitProblem(start, data, free=["production", "threshold"])
+    theta = latin_hypercube_starts(prob, 32, seed=0)[30:31]
+    out = levenberg_marquardt(prob, theta, max_iter=6)
+    assert out.reason[0] == "max_iter reached" and float(out.loss[0]) < float(prob.loss(theta)[0])
