@@ -167,6 +167,8 @@ def run_torchdiffeq_adam(net, start, data, screen, iters: int, free=FREE, budget
             break
         done += 1
         opt.zero_grad()
+        if not all(bool(torch.isfinite(v).all()) for v in logp.values()):
+            break  # a non-finite gradient sent Adam's parameters to NaN: stop and say so
         p = prepared()
         y = odeint(lambda _, x, p=p: model.rhs(None, x, p), x0, t, method="dopri5", rtol=prob.rtol,
                    atol=prob.atol).permute(1, 0, 2)  # (C, T, G)
@@ -177,7 +179,9 @@ def run_torchdiffeq_adam(net, start, data, screen, iters: int, free=FREE, budget
         loss_val = float(loss.detach())
         trace.add(loss_val)
     wall = time.perf_counter() - t0
-    note = "fixed iterations" if done == iters else f"stopped at the {budget:.0f} s budget"
+    finite = all(bool(torch.isfinite(v).all()) for v in logp.values())
+    note = ("parameters went NaN (a non-finite gradient) at iteration " + str(done) if not finite
+            else "fixed iterations" if done == iters else f"stopped at the {budget:.0f} s budget")
     return dict(method="torch Adam on torchdiffeq odeint", wall=wall, loss=min(trace.losses), iterations=done,
                 converged=False, note=note, times=np.asarray(trace.times),
                 losses=np.asarray(trace.losses))
@@ -192,8 +196,9 @@ def derivative_costs(prob: FitProblem, torch_hvp: bool) -> list[str]:
     th = prob.theta0[None]
     v = torch.as_tensor(np.random.default_rng(0).normal(size=th.shape))
 
-    def timed(fn, repeat):
-        fn()
+    def timed(fn, repeat, warm=True):
+        if warm:
+            fn()
         t0 = time.perf_counter()
         for _ in range(repeat):
             fn()
@@ -211,7 +216,7 @@ def derivative_costs(prob: FitProblem, torch_hvp: bool) -> list[str]:
                  (f"{hessian}: one Hessian-vector product on the kept graph", timed(lambda p=product: p(v), rep))]
     with torch.no_grad():
         rows.append((f"residual Jacobian (forward sensitivities, {prob.n} tangents)",
-                     timed(lambda: prob.jacobian(th), 1 if prob.n > 100 else rep)))
+                     timed(lambda: prob.jacobian(th), 1 if prob.n > 100 else rep, warm=prob.n <= 100)))
     if torch_hvp:
         with native.torch_path():
             rows.append(("exact Hessian-vector product on the torch loop (double backward)",
@@ -230,9 +235,9 @@ def time_to(row, target):
 MULTISTART = (("lm", "exact"), ("trust-ncg", "gauss-newton"), ("lbfgs", "exact"))
 
 
-def multistart(start, data, n, max_iter, free=FREE):
+def multistart(start, data, n, max_iter, free=FREE, methods=MULTISTART):
     out = []
-    for method, hessian in MULTISTART:
+    for method, hessian in methods:
         t0 = time.perf_counter()
         batched = gn.fit(start, data, free=free, method=method, multistart=n, seed=0, max_iter=max_iter,
                          progress=False, hessian=hessian)
@@ -258,11 +263,32 @@ def main() -> None:
     parser.add_argument("--multistart", type=int, default=32)
     parser.add_argument("--skip", nargs="*", default=[])
     parser.add_argument("--costs-only", action="store_true", help="only the derivative costs table")
+    parser.add_argument("--multistart-only", nargs="*", default=None,
+                        help="only the multistart of these methods (lm, trust-ncg-gauss-newton, lbfgs)")
     args = parser.parse_args()
     name, budget = args.problem, args.budget
     free = PROBLEMS[name]["free"]
     net, true, start, data, screen = knockout_problem(name, args.start_seed)
     gn.fit(start, data, free=free, method="lm" if name == "30" else "lbfgs", max_iter=1, progress=False)  # warm-up
+    if args.multistart_only is not None:
+        day = dt.date.today().isoformat()
+        chosen = [(m, h) for m, h in MULTISTART
+                  if (m if m != "trust-ncg" else f"trust-ncg-{h}") in (args.multistart_only or ["lm"])]
+        lines = [f"# Multistart, fit problem {name} (issue 20), {day}", "",
+                 f"- machine: {machine(torch.device('cpu'))}", f"- versions: {versions()}",
+                 f"- problem {name} of `benchmarks/fit_hard.py`; {args.multistart} starts (its start + a Latin "
+                 f"hypercube, seed 0), max_iter {args.max_iter}; float64, dopri5 rtol 1e-8",
+                 f"- command: `python benchmarks/fit_hard.py {' '.join(sys.argv[1:])}`", "",
+                 "| method | starts within 1% of the best | batched wall time | "
+                 f"{args.multistart} single-start runs | speed-up |", "|---|---|---|---|---|"]
+        for method, batched, t_b, singles, t_s in multistart(start, data, args.multistart, args.max_iter, free,
+                                                             chosen):
+            b = min(batched.loss, singles.min())
+            frac = int((batched.starts.final_loss <= b * 1.01).sum())
+            lines.append(f"| genenet {method} | {frac}/{args.multistart} (best {b:.6g}) | {t_b:.2f} s | {t_s:.2f} s | "
+                         f"{t_s / t_b:.1f}x |")
+        write_results(HERE / "results" / f"fit_hard_multistart_{name}_cpu_{day}.md", lines)
+        return
     costs = derivative_costs(FitProblem(start, data, free=free), torch_hvp=name == "30")
     if args.costs_only:
         write_results(HERE / "results" / f"fit_hard_costs_{name}_cpu_{dt.date.today().isoformat()}.md",
@@ -280,6 +306,7 @@ def main() -> None:
             continue
         print(f"genenet {label}", flush=True)
         rows.append(run_genenet(start, data, method, iters, free=free, hessian=hessian, budget=budget))
+        print({k: v for k, v in rows[-1].items() if k not in ("times", "losses")}, flush=True)  # partial results
     prob = FitProblem(start, data, free=free)
     skipped = []
     for jac in ("exact", "2-point"):
@@ -296,10 +323,12 @@ def main() -> None:
             continue
         print(f"scipy trf {jac}", flush=True)
         rows.append(run_scipy(prob, jac, budget=budget))
+        print({k: v for k, v in rows[-1].items() if k not in ("times", "losses")}, flush=True)
     if "torchdiffeq" not in args.skip:
         try:
             print("torchdiffeq adam", flush=True)
             rows.append(run_torchdiffeq_adam(net, start, data, screen, args.tde_iter, free=free, budget=budget))
+            print({k: v for k, v in rows[-1].items() if k not in ("times", "losses")}, flush=True)
         except ImportError:
             print("torchdiffeq not installed: pip install torchdiffeq")
     best = min(r["loss"] for r in rows)
