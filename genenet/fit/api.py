@@ -197,24 +197,15 @@ def certify(problem: FitProblem, res: OptimResult, start: Tensor | None = None) 
     if res.optimality is not None or problem.noise == "estimate" or problem.l1 or problem.n == 0:
         return res
 
-    def residuals_and_jacobian(theta: Tensor) -> tuple[Tensor, Tensor]:
-        r, J = problem.jacobian(theta)
-        if problem.l2:
-            S, n = theta.shape
-            eye = torch.eye(n, dtype=J.dtype, device=J.device).expand(S, n, n)
-            r = torch.cat([r, problem.penalty_residuals(theta)], dim=1)
-            J = torch.cat([J, problem.l2 ** 0.5 * eye], dim=1)
-        return r, J
-
     with torch.no_grad():
-        r, J = residuals_and_jacobian(res.theta)
+        r, J = problem.least_squares_jacobian(res.theta)
         loss = 0.5 * (r * r).sum(dim=1)
         decrement = gauss_newton_decrement(J, r)
         optimum = first_order_optimal(decrement, loss, 1e-8).cpu().numpy()
         ratio = (decrement / loss.clamp_min(1e-300)).cpu().numpy()
         ran_off = negligible_columns(J).cpu().numpy() & (start is not None)
         if ran_off.any():
-            ran_off &= ~negligible_columns(residuals_and_jacobian(start)[1]).cpu().numpy()
+            ran_off &= ~negligible_columns(problem.least_squares_jacobian(start)[1]).cpu().numpy()
     converged, reasons = judge(problem, res.reason, optimum, ratio, ran_off)
     return dataclasses.replace(res, converged=converged, reason=reasons, optimality=ratio)
 

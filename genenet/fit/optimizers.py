@@ -220,13 +220,9 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
 
     def evaluate(idx: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Residuals (with the L2 rows), Jacobian and loss (+inf on failure) of starts ``idx`` at ``t``."""
-        r, J = problem.jacobian(t)
-        k = None if keep is None else keep[idx]
-        if k is not None:
-            J = J * k
-        if problem.l2:
-            r = torch.cat([r, problem.penalty_residuals(t)], dim=1)
-            J = torch.cat([J, (problem.l2 ** 0.5) * eye.expand(len(idx), n, n) * (1 if k is None else k)], dim=1)
+        r, J = problem.least_squares_jacobian(t)
+        if keep is not None:
+            J = J * keep[idx]
         loss = 0.5 * (r * r).sum(dim=1)
         return r, J, torch.where(torch.isfinite(loss), loss, torch.full_like(loss, float("inf")))
 
@@ -410,11 +406,7 @@ def _newton_model(problem: FitProblem, t: Tensor, hessian: str, with_jacobian: b
         _, g, product = _second_order_model(problem, t, hessian)
         return g, product, None
     with torch.no_grad():
-        r, J = problem.jacobian(t)
-        if problem.l2:
-            S, n = t.shape
-            r = torch.cat([r, problem.penalty_residuals(t)], dim=1)
-            J = torch.cat([J, problem.l2 ** 0.5 * torch.eye(n, dtype=J.dtype, device=J.device).expand(S, n, n)], dim=1)
+        r, J = problem.least_squares_jacobian(t)
         r, J = torch.nan_to_num(r), torch.nan_to_num(J)
     col = (J ** 2).sum(dim=1)
     if hessian != "gauss-newton":

@@ -419,6 +419,16 @@ class FitProblem:
             J = torch.where(ok[:, None, None] & torch.isfinite(J), J, float("nan"))
         return r, J
 
+    def least_squares_jacobian(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`jacobian` with the L2 prior's rows appended (``penalty_residuals`` and ``√l2 I``), so
+        that the loss is ``½ |r|²``: what the least-squares methods and the optimality test use."""
+        r, J = self.jacobian(theta)
+        if self.l2:
+            S, n = theta.shape
+            r = torch.cat([r, self.penalty_residuals(theta)], dim=1)
+            J = torch.cat([J, self.l2 ** 0.5 * torch.eye(n, dtype=J.dtype, device=J.device).expand(S, n, n)], dim=1)
+        return r, J
+
     def _input_tangents(self, theta: Tensor, x0: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """Tangents of the model parameters ``{name: (S, n, size)}`` and of the per-row initial
         states (C*S, n, G) along the n unit directions of θ (closed form: every block of θ maps
