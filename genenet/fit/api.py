@@ -207,7 +207,11 @@ def certify(problem: FitProblem, res: OptimResult, start: Tensor | None = None) 
         if ran_off.any():
             ran_off &= ~negligible_columns(problem.least_squares_jacobian(start)[1]).cpu().numpy()
     converged, reasons = judge(problem, res.reason, optimum, ratio, ran_off)
-    return dataclasses.replace(res, converged=converged, reason=reasons, optimality=ratio)
+    # the data rows are handed on: the covariance needs the same Jacobian (n tangent solves: minutes
+    # and gigabytes for hundreds of parameters on a large screen, not to be paid twice)
+    M = r.shape[1] - (problem.n if problem.l2 else 0)
+    return dataclasses.replace(res, converged=converged, reason=reasons, optimality=ratio,
+                               residuals=r[:, :M], jacobian=J[:, :M])
 
 
 def _optimize(problem: FitProblem, theta: Tensor, *, method: str, max_iter: int, progress: bool,
