@@ -211,9 +211,12 @@ def derivative_costs(prob: FitProblem, torch_hvp: bool) -> list[str]:
     rows = [("loss (one solve of the screen)", t_loss), ("gradient (solve + native adjoint)", t_grad)]
     for hessian in ("exact", "gauss-newton"):
         t_setup = timed(lambda h=hessian: fit_opt._second_order_model(prob, th, h), rep)
-        _, _, product = fit_opt._second_order_model(prob, th, hessian)
+        _, _, product, _ = fit_opt._second_order_model(prob, th, hessian)
         rows += [(f"{hessian}: loss, gradient and kept graph", t_setup),
                  (f"{hessian}: one Hessian-vector product on the kept graph", timed(lambda p=product: p(v), rep))]
+    k = fit_opt.SCALE_PROBES
+    rows.append((f"gauss-newton: the same with the scaling estimate ({k} random VJPs)",
+                 timed(lambda: fit_opt._second_order_model(prob, th, "gauss-newton", k), rep)))
     with torch.no_grad():
         rows.append((f"residual Jacobian (forward sensitivities, {prob.n} tangents)",
                      timed(lambda: prob.jacobian(th), 1 if prob.n > 100 else rep, warm=prob.n <= 100)))

@@ -22,6 +22,7 @@ from .optimizers import (
     gauss_newton_decrement,
     judge,
     levenberg_marquardt,
+    negligible_at,
     negligible_columns,
     torch_optimizer,
     trust_ncg,
@@ -204,8 +205,8 @@ def certify(problem: FitProblem, res: OptimResult, start: Tensor | None = None) 
         optimum = first_order_optimal(decrement, loss, 1e-8).cpu().numpy()
         ratio = (decrement / loss.clamp_min(1e-300)).cpu().numpy()
         ran_off = negligible_columns(J).cpu().numpy() & (start is not None)
-        if ran_off.any():
-            ran_off &= ~negligible_columns(problem.least_squares_jacobian(start)[1]).cpu().numpy()
+    if ran_off.any():
+        ran_off &= ~negligible_at(problem, start).cpu().numpy()
     converged, reasons = judge(problem, res.reason, optimum, ratio, ran_off)
     # the data rows are handed on: the covariance needs the same Jacobian (n tangent solves: minutes
     # and gigabytes for hundreds of parameters on a large screen, not to be paid twice)

@@ -307,14 +307,15 @@ def levenberg_marquardt(problem: FitProblem, theta: Tensor, *, max_iter: int = 1
                        residuals=r[:, :n_data], jacobian=J[:, :n_data], optimality=(decrement / loss).cpu().numpy())
 
 
-def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int, forcing: Tensor | None = None
-              ) -> tuple[Tensor, Tensor, Tensor]:
+def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int, forcing: Tensor | None = None,
+              out_of_time: Any = None) -> tuple[Tensor, Tensor, Tensor]:
     """Steihaug-Toint truncated CG for ``min_p gᵀp + ½ pᵀHp, |p| <= radius`` on every row at once.
 
     ``hvp(d (S, n)) -> H d`` for all rows. CG stops per row at negative curvature or the
     trust-region boundary (then ``p`` goes to the boundary along the current direction) or
     when the residual is below ``forcing |g|`` (default ``min(0.5, √|g|)``, Eisenstat-Walker as
-    scipy; ``forcing`` (S,) per row).
+    scipy; ``forcing`` (S,) per row), or for all rows when ``out_of_time()`` (every CG iterate
+    lowers the model: a truncated step is still a descent step).
     Returns the step (S, n), its model decrease ``m(p)`` (S,) and whether it hit the boundary.
     """
     S = g.shape[0]
@@ -355,15 +356,18 @@ def _steihaug(hvp: Any, g: Tensor, radius: Tensor, max_cg: int, forcing: Tensor 
         r = torch.where(keep[:, None], r_new, r)
         d = torch.where(keep[:, None], -r_new + beta[:, None] * d, d)
         done |= small
-        if bool(done.all()):
+        if bool(done.all()) or (out_of_time is not None and out_of_time()):
             break
     return z, m, boundary
 
 
-def _second_order_model(problem: FitProblem, tt: Tensor, hessian: str) -> tuple[Tensor, Tensor, Any]:
-    """Loss (S,), gradient (S, n) and the product ``d -> B d`` with the model Hessian ``B`` at the
-    points ``tt`` (S, n), from one solve whose graph is kept: every product is then one sweep over
-    the kept solve (on the native path: the step tapes, hvp.h), no new simulation.
+def _second_order_model(problem: FitProblem, tt: Tensor, hessian: str, probes: int = 0
+                        ) -> tuple[Tensor, Tensor, Any, Tensor | None]:
+    """Loss (S,), gradient (S, n), the product ``d -> B d`` with the model Hessian ``B`` at the
+    points ``tt`` (S, n) and, with ``probes > 0``, an estimate of the residual Jacobian's squared
+    column norms ``diag(JᵀJ)`` (S, n) (:func:`_column_norms_estimate`; else None), all from one solve
+    whose graph is kept: every product is then one sweep over the kept solve (on the native path:
+    the step tapes, hvp.h), no new simulation.
 
     ``hessian="exact"``: ``B = ∇²L``, reverse over the gradient's graph (forward over reverse in C).
     ``hessian="gauss-newton"``: ``B = JᵀJ`` of the residuals (with the L2 rows), ``J d`` by
@@ -371,15 +375,18 @@ def _second_order_model(problem: FitProblem, tt: Tensor, hessian: str) -> tuple[
     semi-definite, for least-squares losses."""
     tt = tt.detach().clone().requires_grad_(True)
     if hessian == "exact":
-        L = problem.loss(tt)
+        r = problem.residuals(tt)
+        L = problem.loss_from_residuals(tt, r)
         finite = torch.isfinite(L)
         (g,) = torch.autograd.grad(torch.where(finite, L, 0.0).sum(), tt, create_graph=True)
+        col = _column_norms_estimate(problem, r, tt, probes) if probes else None
 
         def product(d: Tensor) -> Tensor:
             (hd,) = torch.autograd.grad((g * d).sum(), tt, retain_graph=True)
             return torch.nan_to_num(hd)
-        return L.detach(), torch.nan_to_num(g.detach()), product
+        return L.detach(), torch.nan_to_num(g.detach()), product, col
     r = problem.residuals(tt)
+    col = _column_norms_estimate(problem, r, tt, probes) if probes else None
     if problem.l2:
         r = torch.cat([r, problem.penalty_residuals(tt)], dim=1)
     finite = torch.isfinite(r).all(dim=1)
@@ -393,24 +400,60 @@ def _second_order_model(problem: FitProblem, tt: Tensor, hessian: str) -> tuple[
         (Jd,) = torch.autograd.grad(Jtu, u, grad_outputs=d, retain_graph=True)
         (JtJd,) = torch.autograd.grad(r, tt, grad_outputs=torch.nan_to_num(Jd), retain_graph=True)
         return torch.nan_to_num(JtJd)
-    return L, torch.nan_to_num(g), product
+    return L, torch.nan_to_num(g), product, col
 
 
-def _newton_model(problem: FitProblem, t: Tensor, hessian: str, with_jacobian: bool
+#: random cotangents per iteration for the estimated scaling of large problems (see :func:`trust_ncg`)
+SCALE_PROBES = 4
+
+
+def _column_norms_estimate(problem: FitProblem, r: Tensor, tt: Tensor, probes: int) -> Tensor:
+    """An unbiased estimate of ``diag(JᵀJ)`` (S, n), the squared column norms of the residual
+    Jacobian (with the L2 prior's rows), from ``probes`` vector-Jacobian products ``Jᵀz`` with
+    Rademacher cotangents z: ``E[(Jᵀz)_j²] = Σ_i J_ij²``. Each is one adjoint sweep over the kept
+    solve (a gradient's cost less its forward solve) where the exact diagonal takes n tangent
+    solves; its relative error is about ``√(2/probes)``, ample for a scaling. Seeded: a fit is
+    reproducible."""
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ok = torch.isfinite(r)
+    acc = torch.zeros_like(tt)
+    for _ in range(probes):
+        z = (torch.randint(0, 2, tuple(r.shape), generator=gen, dtype=torch.int8) * 2 - 1).to(r.dtype).to(r.device)
+        (jz,) = torch.autograd.grad(r, tt, grad_outputs=torch.where(ok, z, torch.zeros_like(z)), retain_graph=True)
+        acc = acc + torch.nan_to_num(jz.detach()) ** 2
+    return acc / probes + (problem.l2 or 0.0)
+
+
+def negligible_at(problem: FitProblem, theta: Tensor) -> Tensor:
+    """(S, n) bool: :func:`negligible_columns` of the residual Jacobian at ``theta`` (S, n): from the
+    Jacobian up to :data:`SCALE_UP_TO` parameters, beyond from ``2 SCALE_PROBES`` random VJPs
+    (:func:`_column_norms_estimate`: a zero column is zero in every probe, and a factor of 2 does not
+    move a column across a threshold of 1e-8; n tangent solves cost minutes on a large screen)."""
+    if problem.n <= SCALE_UP_TO:
+        with torch.no_grad():
+            return negligible_columns(problem.least_squares_jacobian(theta)[1])
+    tt = theta.detach().clone().requires_grad_(True)
+    col = _column_norms_estimate(problem, problem.residuals(tt), tt, 2 * SCALE_PROBES)
+    return col <= NEGLIGIBLE_COLUMN ** 2 * col.amax(dim=1, keepdim=True)
+
+
+def _newton_model(problem: FitProblem, t: Tensor, hessian: str, scaling: str | None
                   ) -> tuple[Tensor, Any, Tensor | None]:
-    """Gradient (S, n), the model Hessian's product and, ``with_jacobian``, the squared column norms of
-    the residual Jacobian (S, n) at ``t``: from one sensitivity solve (the Jacobian; with
-    ``"gauss-newton"`` it also gives the gradient ``Jᵀr`` and the products ``Jᵀ(J d)``, no further
-    solve) and, otherwise, :func:`_second_order_model`."""
-    if not with_jacobian:
-        _, g, product = _second_order_model(problem, t, hessian)
-        return g, product, None
+    """Gradient (S, n), the model Hessian's product and the squared column norms of the residual
+    Jacobian (S, n) at ``t`` for the scaling: ``scaling="jacobian"``, exact, from one sensitivity solve
+    (the Jacobian; with ``"gauss-newton"`` it also gives the gradient ``Jᵀr`` and the products
+    ``Jᵀ(J d)``, no further solve); ``"estimate"``, from :data:`SCALE_PROBES` random VJPs over the
+    kept solve (:func:`_column_norms_estimate`); None: no norms. The rest from
+    :func:`_second_order_model`."""
+    if scaling != "jacobian":
+        _, g, product, col = _second_order_model(problem, t, hessian, SCALE_PROBES if scaling == "estimate" else 0)
+        return g, product, col
     with torch.no_grad():
         r, J = problem.least_squares_jacobian(t)
         r, J = torch.nan_to_num(r), torch.nan_to_num(J)
     col = (J ** 2).sum(dim=1)
     if hessian != "gauss-newton":
-        _, g, product = _second_order_model(problem, t, hessian)
+        _, g, product, _ = _second_order_model(problem, t, hessian)
         return g, product, col
 
     def gauss_newton(v: Tensor) -> Tensor:
@@ -426,14 +469,17 @@ def _rescaled(product: Any, d: Tensor) -> Any:
 HESSIANS = ("exact", "gauss-newton")
 
 #: trust-ncg scales by the residual Jacobian's columns (one sensitivity solve of n tangents per
-#: iteration) up to this many parameters; beyond, a Jacobian costs more than the CG it saves
+#: iteration) up to this many parameters; beyond, a Jacobian costs more than the CG it saves, and the
+#: column norms are estimated from random VJPs instead
 SCALE_UP_TO = 100
+SCALINGS = ("jacobian", "estimate")
 
 
 def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: float = 1e-10,
               ftol: float = 1e-10, xtol: float = 1e-10, initial_radius: float = 1.0, max_radius: float = 10.0,
               eta: float = 0.15, hessian: str = "exact", max_cg: int | None = None, max_step: float = 2.0,
-              scale: bool | None = None, progress: bool = False, max_time: float | None = None) -> OptimResult:
+              scale: bool | str | None = None, progress: bool = False, max_time: float | None = None
+              ) -> OptimResult:
     """Batched trust-region Newton-CG (Nocedal & Wright, Alg. 7.2 with Steihaug CG) on every start.
 
     Per iteration: one solve of the active starts with its graph kept, giving the loss, the gradient
@@ -446,10 +492,14 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
     shrinks to ¼|p| when ``ρ < ¼`` and doubles (to at most ``max_radius``) when ``ρ > ¾`` on the
     boundary. θ is the unconstrained (log) scale, so Δ = 10 allows a factor e^10 in one entry.
 
-    Scaling (``scale``; default: least-squares losses with at most :data:`SCALE_UP_TO` parameters):
-    the trust region and CG work in ``D p`` with ``D² = `` the running max of ``diag(JᵀJ)``
-    (Moré's scaling, as LM), from a sensitivity solve per iteration; with ``"gauss-newton"`` that
-    Jacobian then also gives the gradient and every product (``Jᵀ(J d)``), so CG costs no solves.
+    Scaling (``scale``; default: every least-squares loss): the trust region and CG work in ``D p``
+    with ``D² = `` the running max of ``diag(JᵀJ)`` (Moré's scaling, as LM; for CG a diagonal
+    preconditioner). ``"jacobian"`` (the default up to :data:`SCALE_UP_TO` parameters; ``True``):
+    exact, from a sensitivity solve per iteration; with ``"gauss-newton"`` that Jacobian then also
+    gives the gradient and every product (``Jᵀ(J d)``), so CG costs no solves. ``"estimate"`` (the
+    default beyond): ``E[(Jᵀz)²]`` over :data:`SCALE_PROBES` Rademacher cotangents z, one adjoint
+    sweep each over the kept solve (n tangent solves would cost more than the CG they save).
+    ``False``: no scaling.
     No entry of θ moves by more than ``max_step`` per iteration (as LM's cap). CG stops at the
     Eisenstat-Walker forcing ``min(½, √(|g|/|g₀|)) |g|`` relative to the start's first gradient.
 
@@ -483,9 +533,16 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
     bar = _bar(progress, max_iter, f"trust-ncg ({hessian})")
     g_first = torch.full((S,), float("nan"), dtype=th.dtype, device=th.device)
     least_squares = problem.noise != "estimate" and not problem.l1
-    scaled = (least_squares and n <= SCALE_UP_TO) if scale is None else bool(scale)
+    if scale is None:
+        scaling = None if not least_squares else ("jacobian" if n <= SCALE_UP_TO else "estimate")
+    else:
+        scaling = {True: "jacobian", False: None}.get(scale, scale) if isinstance(scale, bool) else scale
+        if scaling not in (None, *SCALINGS):
+            raise ValueError(f"unknown scale {scale!r}; allowed: None, True, False, "
+                             f"{', '.join(map(repr, SCALINGS))}")
+    scaled = scaling is not None
     if scaled and not least_squares:
-        raise ValueError("scale=True needs a least-squares loss (the scaling comes from the residual Jacobian)")
+        raise ValueError(f"scale={scale!r} needs a least-squares loss (the scaling comes from the residual Jacobian)")
     D2 = torch.zeros(S, n, dtype=th.dtype, device=th.device)
     for _ in range(max_iter):
         history.append(loss.cpu().numpy().copy())
@@ -495,7 +552,7 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
             _time_out(reason, active)
             break
         idx = torch.nonzero(active).flatten()
-        g0, product, col = _newton_model(problem, th[idx], hessian, with_jacobian=scaled)
+        g0, product, col = _newton_model(problem, th[idx], hessian, scaling)
         if scaled:  # Moré's scaling: D² = the running max of diag(JᵀJ); the largest column keeps its units
             D2[idx] = torch.maximum(D2[idx], col)
             d = D2[idx].sqrt()
@@ -510,7 +567,7 @@ def trust_ncg(problem: FitProblem, theta: Tensor, *, max_iter: int = 100, gtol: 
         # loosely far from the optimum and tightly near it, where the decrement decides the stop
         forcing = torch.minimum(torch.full_like(gnorm, 0.5), (gnorm / g_first[idx].clamp_min(1e-300)).sqrt())
         ps, m, boundary = _steihaug(_rescaled(product, d), gs, radius[idx], max_cg=max_cg or min(2 * n, 50),
-                                    forcing=forcing)
+                                    forcing=forcing, out_of_time=lambda: history.out_of_time(max_time))
         p = ps / d
         del product
         with torch.no_grad():
