@@ -272,7 +272,7 @@ def main() -> None:
     name, budget = args.problem, args.budget
     free = PROBLEMS[name]["free"]
     net, true, start, data, screen = knockout_problem(name, args.start_seed)
-    gn.fit(start, data, free=free, method="lm" if name == "30" else "lbfgs", max_iter=1, progress=False)  # warm-up
+    FitProblem(start, data, free=free).gradient(FitProblem(start, data, free=free).theta0[None])  # warm-up
     if args.multistart_only is not None:
         day = dt.date.today().isoformat()
         chosen = [(m, h) for m, h in MULTISTART
