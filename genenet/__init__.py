@@ -16,6 +16,7 @@ from .io import (
     write_topo,
     write_tsv,
 )
+from .kinetics import ReactionNetwork, SymbolicModel
 from .models import FunctionModel, Hill, Model, ParameterSpec, Sigmoid, TwoStage
 from .multistability import SteadyStates, find_steady_states
 from .network import Edge, Network
@@ -53,4 +54,5 @@ __all__ = [
     "Sigmoid", "infer_network", "InferredNetwork", "score_edges", "baseline_scores", "read_dream_timeseries",
     "read_dream_gold", "load_dream4", "simulate_stochastic", "TwoStage",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
+    "ReactionNetwork", "SymbolicModel",
 ]

@@ -337,6 +337,17 @@ class Model(nn.Module):
         """
         return FunctionModel(genes, production, degradation, params, bounds=bounds)
 
+    @staticmethod
+    def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | None = None, *,
+                       bounds: Mapping[str, tuple[float, float]] | None = None,
+                       initial: Mapping[str, float] | None = None) -> Model:
+        """A model from one right-hand side per species as text or sympy, e.g.
+        ``{"U": "a * hill_rep(V, K, n) - U", "V": "a * hill_rep(U, K, n) - V"}``; terms with a minus
+        sign are degradation, the rest synthesis. See :func:`genenet.kinetics.from_equations`."""
+        from ..kinetics import from_equations
+
+        return from_equations(equations, params, bounds=bounds, initial=initial)
+
 
 class LinearDegradation:
     """Mixin for models whose degradation is first order, ``k_i x_i``: the rate, its tangents

@@ -1,0 +1,348 @@
+"""Models written as reactions or equations: any kinetics, from text or sympy.
+
+A :class:`SymbolicModel` is species, named scalar parameters and reactions, each a net
+stoichiometry ``N[:, r]`` and a rate law ``v_r(t, x, p)`` (a sympy expression):
+
+    dx/dt = N v(t, x, p)                                      x: (B, S), v: (B, R), N: (S, R)
+
+split for perturbations (genenet's contract: ``mult * production + input - degradation``) into
+
+    production  = N_syn v_syn      the *synthesis* reactions: those whose net stoichiometry
+                                   consumes nothing (∅ -> A; mRNA -> mRNA + A, mRNA a catalyst)
+    degradation = -N_rest v_rest   every other reaction (decay, conversion, binding), whose
+                                   term may be negative: A + B -> AB makes AB
+
+so a knockout of species A zeroes A's synthesis and its start and leaves conversions and binding
+as they are (A + B -> AB still consumes what it makes: mass is conserved); a knockdown or a fold
+overexpression scales A's synthesis; ``Overexpress(rate=)`` adds a constant synthesis; a clamp
+holds A. (Per-reaction targets, such as a gene whose knockout removes an enzyme-catalysed
+conversion, are issue 21's next step.)
+
+Written as equations (:meth:`genenet.Model.from_equations`), each species' right-hand side is cut
+into its top-level terms: a term with a minus sign is a degradation of that species, every other
+a synthesis. The rates compile once per model structure (:mod:`genenet.kinetics.program`) to a
+torch function of batched columns: autograd, any device; parameter values are data, not code.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sympy
+import torch
+from torch import Tensor
+
+from ..models.base import Model, ParameterSpec, Params
+from .expressions import FUNCTIONS, parse_rate
+from .program import Program, torch_function
+
+__all__ = ["Reaction", "SymbolicModel", "ReactionNetwork", "from_equations"]
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_RESERVED = {"t", *FUNCTIONS}
+_TERM = re.compile(r"\s*(?:(\d+(?:\.\d*)?|\.\d+)\s*\*?\s*)?([A-Za-z_][A-Za-z0-9_]*)\s*\Z")
+_EMPTY = {"", "0", "∅", "Ø", "null", "nothing"}
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """One reaction: ``name``, its ``reactants`` and ``products`` (species -> coefficient) and
+    its rate law ``rate`` (sympy, over species, parameters and ``t``). The net stoichiometry is
+    products minus reactants; species in the rate law but on neither side are modifiers."""
+
+    name: str
+    reactants: Mapping[str, float]
+    products: Mapping[str, float]
+    rate: sympy.Expr
+
+    @property
+    def net(self) -> dict[str, float]:
+        out = {s: -c for s, c in self.reactants.items()}
+        for s, c in self.products.items():
+            out[s] = out.get(s, 0.0) + c
+        return {s: c for s, c in out.items() if c != 0}
+
+    @property
+    def synthesis(self) -> bool:
+        """Consumes nothing net and makes something: scaled by perturbations of what it makes."""
+        net = self.net
+        return bool(net) and all(c > 0 for c in net.values())
+
+    def equation(self) -> str:
+        def side(d: Mapping[str, float]) -> str:
+            return " + ".join(f"{_coef(c)}{s}" for s, c in d.items()) or "∅"
+        return f"{side(self.reactants)} -> {side(self.products)}"
+
+
+def _coef(c: float) -> str:
+    return "" if c == 1 else (f"{int(c)} " if float(c).is_integer() else f"{c:g} ")
+
+
+def _check_name(name: str, what: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{what} name {name!r} is not allowed; use letters, digits and _ (not starting with a digit)")
+    if name in _RESERVED:
+        raise ValueError(f"{what} name {name!r} is reserved (t is time; {', '.join(FUNCTIONS)} are functions)")
+    return name
+
+
+_CACHE: dict[str, Any] = {}
+
+
+class SymbolicModel(Model):
+    """A model from reactions with symbolic rate laws (see the module doc for the equations).
+
+    Parameters
+    ----------
+    species : sequence of str
+        State names, in state order (S).
+    reactions : sequence of :class:`Reaction`
+        Their net stoichiometry over ``species`` and rate laws.
+    params : mapping name -> value
+        Scalar parameters (a value, or ``(P,)`` for an ensemble of P sets).
+    bounds : mapping name -> (lo, hi), optional
+        Default: ``(0, inf)`` (stored as log) for a positive value, unbounded for zero or negative.
+    initial : mapping species -> value, optional
+        The start used when ``simulate`` gets no ``x0`` (default 0 for every species).
+    """
+
+    def __init__(self, species: Sequence[str], reactions: Sequence[Reaction], params: Mapping[str, Any], *,
+                 bounds: Mapping[str, tuple[float, float]] | None = None,
+                 initial: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        species = [_check_name(s, "species") for s in species]
+        if not species:
+            raise ValueError("a model needs at least one species")
+        dup = sorted({s for s in species if species.count(s) > 1})
+        if dup:
+            raise ValueError(f"duplicate species {dup}")
+        params = dict(params)
+        for name in params:
+            _check_name(name, "parameter")
+            if name in species:
+                raise ValueError(f"{name!r} is both a species and a parameter")
+        bounds = dict(bounds or {})
+        unknown = sorted(set(bounds) - set(params))
+        if unknown:
+            raise KeyError(f"bounds name unknown parameters {unknown}; parameters are {list(params)}")
+        names = [r.name for r in reactions]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate reaction names {dup}")
+        index = {s: i for i, s in enumerate(species)}
+        for r in reactions:
+            for s in (*r.reactants, *r.products):
+                if s not in index:
+                    raise ValueError(f"reaction {r.name!r} ({r.equation()}) names species {s!r}, which is not "
+                                     f"among the species {species}")
+        self.genes = species
+        self.reactions = list(reactions)
+        self.param_names = list(params)
+        N = np.zeros((len(species), len(reactions)))
+        for k, r in enumerate(reactions):
+            for s, c in r.net.items():
+                N[index[s], k] = c
+        self._N = torch.as_tensor(N)
+        self._synthesis = torch.as_tensor([r.synthesis for r in reactions], dtype=torch.bool)
+        syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
+        self.program = Program.build([r.rate for r in reactions], [syms[s] for s in species],
+                                     [syms[p] for p in params])
+        key = self.program.key()
+        if key not in _CACHE:
+            _CACHE[key] = torch_function(self.program)
+        self._rates_fn = _CACHE[key]
+        self.autonomous = not self.program.uses_time
+        self._initial = self._initial_state(initial or {})
+        specs = []
+        for name, value in params.items():
+            arr = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=np.float64)
+            if arr.ndim > 1:
+                raise ValueError(f"parameter {name!r} must be a scalar or (P,) for an ensemble, got shape {arr.shape}")
+            default = (0.0, math.inf) if np.all(arr > 0) else (-math.inf, math.inf)
+            specs.append(ParameterSpec(name, 1, "global", tuple(bounds.get(name, default)), doc=""))
+        self._init_params(specs, params)
+        self._on: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _initial_state(self, initial: Mapping[str, float]) -> np.ndarray:
+        x0 = np.zeros(len(self.genes))
+        for s, v in initial.items():
+            if s not in self.genes:
+                raise KeyError(f"initial value for unknown species {s!r}; species are {self.genes}")
+            v = float(v)
+            if not math.isfinite(v):
+                raise ValueError(f"initial value of {s!r} must be finite, got {v}")
+            x0[self.genes.index(s)] = v
+        return x0
+
+    # ------------------------------------------------------------------ views
+    @property
+    def species(self) -> list[str]:
+        return list(self.genes)
+
+    def stoichiometry(self) -> pd.DataFrame:
+        """The net stoichiometry matrix N as a table: species x reactions."""
+        return pd.DataFrame(self._N.numpy(), index=self.genes, columns=[r.name for r in self.reactions])
+
+    def reaction_table(self) -> pd.DataFrame:
+        """One row per reaction: name, equation, rate law, whether it is a synthesis."""
+        return pd.DataFrame({"reaction": [r.name for r in self.reactions],
+                             "equation": [r.equation() for r in self.reactions],
+                             "rate": [str(r.rate) for r in self.reactions],
+                             "synthesis": [r.synthesis for r in self.reactions]})
+
+    def default_x0(self, n_rows: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The ``initial`` values given at construction (0 elsewhere), ``(n_rows, S)``."""
+        return torch.as_tensor(self._initial, device=device, dtype=dtype).expand(n_rows, -1).clone()
+
+    # --------------------------------------------------------------- kinetics
+    def _matrices(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        key = (like.device, like.dtype)
+        if key not in self._on:
+            N = self._N.to(device=like.device, dtype=like.dtype)
+            syn = self._synthesis.to(like.device)
+            self._on[key] = (N, N * syn, -(N * ~syn))
+        return self._on[key]
+
+    def rates(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """Reaction rates ``v`` (B, R)."""
+        if not self.param_names:
+            pm = x.new_zeros((x.shape[0], 0))
+        else:
+            pm = torch.cat([p[name].expand(x.shape[0], 1) for name in self.param_names], dim=1)
+        return self._rates_fn(t, x, pm)
+
+    def rhs(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``N v``, (B, S)."""
+        return self.rates(t, x, p) @ self._matrices(x)[0].T
+
+    def production(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """The synthesis reactions' part of ``N v``, (B, S)."""
+        return self.rates(t, x, p) @ self._matrices(x)[1].T
+
+    def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """Minus every other reaction's part of ``N v``, (B, S) (negative where a conversion makes a species)."""
+        return self.rates(t, x, p) @ self._matrices(x)[2].T
+
+    def extra_repr(self) -> str:
+        return (f"{len(self.genes)} species, {len(self.reactions)} reactions, {self.n_sets} parameter set(s), "
+                f"parameters {self.param_names}")
+
+
+def _parse_side(text: str, where: str) -> dict[str, float]:
+    text = text.strip()
+    if text in _EMPTY:
+        return {}
+    out: dict[str, float] = {}
+    for term in text.split("+"):
+        m = _TERM.match(term)
+        if not m:
+            raise ValueError(f"{where}: cannot read {term.strip()!r}; write terms as 'A', '2 A' or '2*A', joined "
+                             "by '+', and an empty side as '' or '0'")
+        c = float(m.group(1)) if m.group(1) else 1.0
+        if c <= 0:
+            raise ValueError(f"{where}: the coefficient of {m.group(2)!r} must be positive, got {c}")
+        out[m.group(2)] = out.get(m.group(2), 0.0) + c
+    return out
+
+
+def _parse_equation(equation: str, where: str) -> tuple[dict[str, float], dict[str, float]]:
+    if not isinstance(equation, str):
+        raise TypeError(f"{where}: the equation must be a string like 'A + B -> C', got {type(equation).__name__}")
+    parts = re.split(r"->|→|=>", equation)
+    if len(parts) != 2:
+        raise ValueError(f"{where}: {equation!r} is not a reaction; write 'A + B -> C' (one arrow; a reversible "
+                         "reaction is two reactions)")
+    return _parse_side(parts[0], where), _parse_side(parts[1], where)
+
+
+class ReactionNetwork(SymbolicModel):
+    """A reaction network with rate laws, e.g. Michaelis-Menten conversion with synthesis and decay::
+
+        model = gn.ReactionNetwork(
+            reactions=[("-> S", "ks"),                      # synthesis of S
+                       ("S -> P", "Vmax * S / (Km + S)"),    # conversion (mass conserving)
+                       ("P ->", "kd * P")],                  # decay
+            params={"ks": 1.0, "Vmax": 2.0, "Km": 0.5, "kd": 0.3})
+
+    Parameters
+    ----------
+    reactions : sequence
+        Each ``(equation, rate)`` or ``(name, equation, rate)`` or a mapping with keys
+        ``equation``, ``rate`` and optionally ``name`` (default ``R1``, ``R2``, ...). Equations:
+        ``"2 A + B -> C"``; an empty side is ``""``, ``"0"`` or ``"∅"``. Rates: text (see
+        :mod:`genenet.kinetics.expressions` for the functions) or sympy; mass action is written out
+        (``"k * A * B"``).
+    params : mapping name -> value
+        Scalar parameters (``(P,)`` for an ensemble).
+    species : sequence of str, optional
+        State order; default: species in order of first appearance in the equations. Give it to
+        include species that appear only in rate laws (modifiers held constant).
+    bounds, initial
+        As :class:`SymbolicModel`.
+
+    The perturbation semantics (knockout = no synthesis and a zero start) are in
+    :mod:`genenet.kinetics.symbolic`.
+    """
+
+    def __init__(self, reactions: Iterable[Any], params: Mapping[str, Any] | None = None, *,
+                 species: Sequence[str] | None = None, bounds: Mapping[str, tuple[float, float]] | None = None,
+                 initial: Mapping[str, float] | None = None) -> None:
+        entries = []
+        for k, item in enumerate(reactions):
+            if isinstance(item, Mapping):
+                extra = sorted(set(item) - {"name", "equation", "rate"})
+                if extra or "equation" not in item or "rate" not in item:
+                    raise ValueError(f"reaction {k + 1}: a mapping needs keys 'equation' and 'rate' (and may have "
+                                     f"'name'); got {sorted(item)}")
+                name, eq, rate = item.get("name", f"R{k + 1}"), item["equation"], item["rate"]
+            elif isinstance(item, (tuple, list)) and len(item) in (2, 3):
+                name, eq, rate = (f"R{k + 1}", *item) if len(item) == 2 else item
+            else:
+                raise TypeError(f"reaction {k + 1}: give (equation, rate), (name, equation, rate) or a mapping, "
+                                f"got {item!r}")
+            _check_name(name, "reaction")
+            reactants, products = _parse_equation(eq, f"reaction {name!r}")
+            entries.append((name, reactants, products, rate))
+        if species is None:
+            species = list(dict.fromkeys(s for _, a, b, _ in entries for s in (*a, *b)))
+        params = dict(params or {})
+        syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
+        built = [Reaction(name, a, b, parse_rate(rate, syms, f"reaction {name!r}")) for name, a, b, rate in entries]
+        super().__init__(species, built, params, bounds=bounds, initial=initial)
+
+
+def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | None = None, *,
+                   bounds: Mapping[str, tuple[float, float]] | None = None,
+                   initial: Mapping[str, float] | None = None) -> SymbolicModel:
+    """A model from one right-hand side per species, e.g. a toggle switch::
+
+        gn.Model.from_equations({"U": "a1 * hill_rep(V, K, n) - U", "V": "a2 * hill_rep(U, K, n) - V"},
+                                params={"a1": 3.0, "a2": 3.0, "K": 1.0, "n": 2.0})
+
+    ``equations``: species -> ``dx/dt`` as text or sympy (species in this order are the state).
+    Each right-hand side is cut into its top-level terms: a term with a minus sign is a
+    degradation of its species, every other a synthesis (what knockouts and knockdowns scale).
+    ``params``, ``bounds``, ``initial`` as :class:`SymbolicModel`.
+    """
+    if not isinstance(equations, Mapping) or not equations:
+        raise ValueError("equations must be a non-empty mapping species -> right-hand side")
+    species = [_check_name(s, "species") for s in equations]
+    params = dict(params or {})
+    syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
+    reactions = []
+    for s, text in equations.items():
+        expr = parse_rate(text, syms, f"equation of {s!r}")
+        for k, term in enumerate(sympy.Add.make_args(expr)):
+            if term == 0:
+                continue
+            minus = term.could_extract_minus_sign()
+            rate = -term if minus else term
+            name = f"{s}_{'loss' if minus else 'gain'}{k + 1}"
+            reactions.append(Reaction(name, {s: 1.0} if minus else {}, {} if minus else {s: 1.0}, rate))
+    return SymbolicModel(species, reactions, params, bounds=bounds, initial=initial)

@@ -1,0 +1,185 @@
+"""Symbolic models (reactions, equations): against scipy Radau on hand-written right-hand sides,
+perturbation semantics (mass conservation), derivatives, and bad input."""
+
+import numpy as np
+import pytest
+import sympy
+import torch
+from scipy.integrate import solve_ivp
+
+import genenet as gn
+from genenet.fit import FitProblem
+from genenet.kinetics import Program, parse_rate
+
+
+def _radau(f, x0, t):
+    sol = solve_ivp(f, (t[0], t[-1]), x0, method="Radau", t_eval=t, rtol=1e-11, atol=1e-13)
+    assert sol.success
+    return sol.y.T
+
+
+def _binding(**kw):
+    # synthesis and decay of A, reversible binding A + B <-> AB: B + AB is conserved whatever A does
+    return gn.ReactionNetwork([("-> A", "ks"), ("A ->", "kd * A"), ("bind", "A + B -> AB", "kon * A * B"),
+                               ("unbind", "AB -> A + B", "koff * AB")],
+                              params={"ks": 2.0, "kd": 0.5, "kon": 1.5, "koff": 0.3},
+                              initial={"A": 1.0, "B": 2.0, "AB": 0.5}, **kw)
+
+
+def _binding_rhs(ks=2.0, kd=0.5, kon=1.5, koff=0.3):
+    def f(t, x):
+        A, B, AB = x
+        v = kon * A * B - koff * AB
+        return [ks - kd * A - v, -v, v]
+    return f
+
+
+def test_toggle_from_equations_matches_radau():
+    m = gn.Model.from_equations({"U": "a1 * hill_rep(V, K, n) - U", "V": "a2 / (1 + (U / K)^n) - V"},
+                                params={"a1": 3.0, "a2": 2.5, "K": 1.0, "n": 2.5}, initial={"U": 0.2, "V": 2.0})
+    t = np.linspace(0, 8, 17)
+    traj = gn.simulate(m, t, rtol=1e-10, atol=1e-12)
+    ref = _radau(lambda t, x: [3.0 / (1 + x[1] ** 2.5) - x[0], 2.5 / (1 + x[0] ** 2.5) - x[1]], [0.2, 2.0], t)
+    np.testing.assert_allclose(traj.y[0].detach().numpy(), ref, rtol=1e-7, atol=1e-9)
+    assert m.autonomous and list(m.genes) == ["U", "V"]
+    # minus-signed terms are degradation, the rest synthesis
+    tab = m.reaction_table()
+    assert set(tab.rate[~tab.synthesis]) == {"U", "V"} and tab.synthesis.sum() == 2
+
+
+def test_reaction_network_matches_radau_and_conserves_mass():
+    m = _binding()
+    assert list(m.genes) == ["A", "B", "AB"]
+    t = np.linspace(0, 10, 21)
+    y = gn.simulate(m, t, rtol=1e-10, atol=1e-12).y[0].detach().numpy()
+    np.testing.assert_allclose(y, _radau(_binding_rhs(), [1.0, 2.0, 0.5], t), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(y[:, 1] + y[:, 2], 2.5, rtol=1e-9)
+    N = m.stoichiometry()
+    assert N.loc["A", "bind"] == -1 and N.loc["AB", "bind"] == 1 and N.loc["B", "unbind"] == 1
+
+
+def test_knockout_removes_synthesis_and_keeps_binding_mass_conserving():
+    # Knockout(A): A's synthesis is gone and A starts at 0; binding still consumes what it makes,
+    # so B + AB stays at its start (zeroing the "production" of every species that a reaction makes,
+    # as a per-species split would, breaks this)
+    m = _binding()
+    t = np.linspace(0, 10, 11)
+    conds = [gn.Condition([]), gn.Knockout("A"), gn.Knockdown("A", 0.25), gn.Knockout("B")]
+    y = gn.simulate(m, t, perturbations=conds, rtol=1e-10, atol=1e-12).y.detach().numpy()
+    np.testing.assert_allclose(y[1], _radau(_binding_rhs(ks=0.0), [0.0, 2.0, 0.5], t), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(y[2], _radau(_binding_rhs(ks=1.5), [1.0, 2.0, 0.5], t), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(y[3], _radau(_binding_rhs(), [1.0, 0.0, 0.5], t), rtol=1e-7, atol=1e-9)
+    for row in y:
+        np.testing.assert_allclose(row[:, 1] + row[:, 2], row[0, 1] + row[0, 2], rtol=1e-9)
+
+
+def test_michaelis_menten_with_time_dependent_input():
+    m = gn.ReactionNetwork([("-> S", "ks * exp(-t / tau)"), ("S -> P", "Vmax * mm(S, Km)"), ("P -> 0", "kd * P")],
+                           params={"ks": 3.0, "tau": 2.0, "Vmax": 2.0, "Km": 0.5, "kd": 0.3})
+    assert not m.autonomous
+    t = np.linspace(0, 12, 25)
+    y = gn.simulate(m, t, rtol=1e-10, atol=1e-12).y[0].detach().numpy()
+
+    def f(t, x):
+        v = 2.0 * x[0] / (0.5 + x[0])
+        return [3.0 * np.exp(-t / 2.0) - v, v - 0.3 * x[1]]
+    np.testing.assert_allclose(y, _radau(f, [0.0, 0.0], t), rtol=1e-7, atol=1e-9)
+    for method in ("rodas5", "tsit5"):
+        y2 = gn.simulate(m, t, method=method, rtol=1e-9, atol=1e-11).y[0].detach().numpy()
+        np.testing.assert_allclose(y2, y, rtol=1e-6, atol=1e-8)
+
+
+def test_fit_gradient_matches_finite_differences_and_lm_recovers_rate_constants():
+    true = gn.ReactionNetwork([("-> S", "ks"), ("S -> P", "Vmax * S / (Km + S)"), ("P ->", "kd * P")],
+                              params={"ks": 1.0, "Vmax": 2.0, "Km": 0.5, "kd": 0.3})
+    traj = gn.simulate(true, np.linspace(0, 10, 11), rtol=1e-11, atol=1e-12)
+    data = gn.ExpressionData.from_trajectory(traj)
+    start = gn.ReactionNetwork([("-> S", "ks"), ("S -> P", "Vmax * S / (Km + S)"), ("P ->", "kd * P")],
+                               params={"ks": 1.0, "Vmax": 1.2, "Km": 0.9, "kd": 0.3})
+    prob = FitProblem(start, data, free=["Vmax", "Km"], rtol=1e-10, atol=1e-12)
+    th = prob.theta0[None]
+    L, g = prob.gradient(th)
+    eps = 1e-6
+    fd = torch.stack([(prob.loss(th + eps * e) - prob.loss(th - eps * e)) / (2 * eps)
+                      for e in torch.eye(prob.n, dtype=th.dtype)], dim=-1)
+    torch.testing.assert_close(g, fd, rtol=1e-5, atol=1e-7)
+    res = gn.fit(start, data, free=["Vmax", "Km"], method="lm", progress=False)
+    assert res.converged
+    fitted = {k: float(v.detach()) for k, v in res.model.params.items()}
+    assert abs(fitted["Vmax"] - 2.0) < 1e-4 and abs(fitted["Km"] - 0.5) < 1e-4
+
+
+def test_parameters_bounds_and_ensembles():
+    m = gn.Model.from_equations({"x": "b + a * x - x^3"}, params={"a": [-1.0, 0.5, 2.0], "b": 0.0})
+    assert m.n_sets == 3
+    assert m.specs["a"].bounds == (-np.inf, np.inf) and m.specs["b"].bounds == (-np.inf, np.inf)
+    m2 = gn.Model.from_equations({"x": "k - g * x"}, params={"k": 1.0, "g": 2.0}, bounds={"g": (0.5, 4.0)})
+    assert m2.specs["k"].bounds == (0.0, np.inf) and m2.specs["g"].bounds == (0.5, 4.0)
+    y = gn.simulate(m, np.linspace(0, 30, 4), x0=np.full((3, 1), 0.5)).y[:, -1, 0].detach().numpy()
+    np.testing.assert_allclose(y, [0.0, np.sqrt(0.5), np.sqrt(2.0)], atol=1e-5)  # x* = 0 or sqrt(a)
+
+
+def test_same_structure_same_program():
+    a = gn.ReactionNetwork([("-> X", "k"), ("X ->", "d * X")], params={"k": 1.0, "d": 0.1})
+    b = gn.ReactionNetwork([("-> mRNA", "alpha"), ("mRNA ->", "gamma * mRNA")], params={"alpha": 5.0, "gamma": 2.0})
+    assert a.program.key() == b.program.key() and a._rates_fn is b._rates_fn
+    # shared subexpressions are computed once
+    p = Program.build([sympy.sympify("x**n/(K**n + x**n)"), sympy.sympify("K**n/(K**n + x**n)")],
+                      [sympy.Symbol("x")], sympy.symbols("K n"))
+    assert len(p.temporaries) >= 1
+
+
+@pytest.mark.parametrize("equations, match", [
+    ({"A": "k * B"}, "unknown name.*B"),
+    ({"A": "k * foo(A)"}, "unknown function.*foo"),
+    ({"A": "k * A +"}, "cannot read"),
+    ({"A": "__import__('os').getcwd()"}, "cannot read|unknown"),
+    ({"t": "k"}, "reserved"),
+    ({"2A": "k"}, "not allowed"),
+    ({"A": "k / 0"}, "not finite"),
+    ({"A": ""}, "empty"),
+])
+def test_bad_equations_are_named(equations, match):
+    with pytest.raises(ValueError, match=match):
+        gn.Model.from_equations(equations, params={"k": 1.0})
+
+
+@pytest.mark.parametrize("reactions, match, err", [
+    ([("A -> B -> C", "k")], "one arrow", ValueError),
+    ([("A + -1 B -> C", "k")], "cannot read", ValueError),
+    ([("A -> B", "k"), ("A -> B", "k * A")], None, None),
+    ([("r", "A -> B", "k"), ("r", "B -> A", "k")], "duplicate reaction", ValueError),
+    ([("A -> B",)], "give \\(equation, rate\\)", TypeError),
+    ([{"equation": "A -> B"}], "needs keys", ValueError),
+    ([("A -> B", 3)], None, None),
+    ([("A -> B", None)], "must be a string", TypeError),
+])
+def test_bad_reactions_are_named(reactions, match, err):
+    if err is None:
+        gn.ReactionNetwork(reactions, params={"k": 1.0})
+        return
+    with pytest.raises(err, match=match):
+        gn.ReactionNetwork(reactions, params={"k": 1.0})
+
+
+def test_species_list_and_names_checked():
+    with pytest.raises(ValueError, match="names species 'C'"):
+        gn.ReactionNetwork([("A -> C", "k * A")], params={"k": 1.0}, species=["A", "B"])
+    with pytest.raises(ValueError, match="both a species and a parameter"):
+        gn.ReactionNetwork([("A -> B", "A")], params={"A": 1.0})
+    with pytest.raises(KeyError, match="unknown species 'Z'"):
+        gn.ReactionNetwork([("A -> B", "k * A")], params={"k": 1.0}, initial={"Z": 1.0})
+    with pytest.raises(KeyError, match="bounds name unknown parameters"):
+        gn.ReactionNetwork([("A -> B", "k * A")], params={"k": 1.0}, bounds={"q": (0, 1)})
+    # a modifier that is on neither side is a species held by nothing: give the species list
+    m = gn.ReactionNetwork([("-> A", "k * E")], params={"k": 1.0}, species=["A", "E"], initial={"E": 2.0})
+    y = gn.simulate(m, [0.0, 1.0]).y[0, -1].detach().numpy()
+    np.testing.assert_allclose(y, [2.0, 2.0], rtol=1e-6)
+
+
+def test_parse_rate_accepts_sympy_and_numbers():
+    x, k = sympy.symbols("x k", positive=True)  # other assumptions than the model's: matched by name
+    syms = {"x": sympy.Symbol("x", real=True), "k": sympy.Symbol("k", real=True)}
+    e = parse_rate(k * x, syms, "test")
+    assert e.free_symbols == {syms["x"], syms["k"]}
+    assert parse_rate(2, syms, "test") == 2 and parse_rate("x^2", syms, "test") == syms["x"] ** 2
