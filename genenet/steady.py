@@ -39,6 +39,7 @@ from torch import Tensor
 
 from . import native
 from .batch import Batch, build_batch
+from .conservation import reduced, with_conservation
 from .distributed import on_cluster, uses_cluster
 from .models.base import Model
 from .perturb import as_conditions
@@ -282,15 +283,21 @@ def pseudo_transient(term: Any, x: Tensor, args: dict, *, tol: float, max_iter: 
 def stability(term: Any, x: Tensor, args: dict) -> tuple[Tensor, Tensor]:
     """Jacobian eigenvalues (B, G) and stability (all real parts < 0) at states ``x``.
 
+    With conservation laws (a reduced ``term``, :mod:`genenet.conservation`) the eigenvalues are
+    those on the directions the laws leave free, the conserved directions' zeros reported as 0 and
+    not counted against stability.
+
     A clamped gene is not a dynamic variable: its row is zero and its diagonal set to
     -1, so it adds the eigenvalue -1 and leaves the others unchanged.
     """
     t = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    J = term.jacobian(t, x, args)
+    J = getattr(term, "unreduced", term).jacobian(t, x, args)
     if getattr(term, "use_clamp", False):
         clamp = args["clamp"]
         J = torch.where(clamp[:, :, None], 0.0, J)
         J = J - torch.diag_embed(clamp.to(J.dtype))
+    if hasattr(term, "unreduced"):  # conserved moieties: judged on the directions the dynamics can take
+        return term.stability(J, args)
     ev = eigvals(J)
     return ev, (ev.real < 0).all(dim=-1)
 
@@ -404,6 +411,7 @@ def _steady_state(model: Model, perturbations: Any, x0: Any, params: Mapping[str
 
     with torch.no_grad(), tqdm(total=B, desc="steady_state", unit="row", disable=not progress, leave=False) as bar:
         x = term.reset(torch.zeros(B, dtype=dtp, device=dev), batch.x0.detach(), args)
+        term, args = with_conservation(term, args, x)  # conserved totals: the reduced system (conservation.py)
         how = np.full(B, "failed", dtype=object)
         if method == "newton":  # a cheap first attempt: rows making no progress try other starts
             x1, conv, iters = newton(term, x, args, tol=tol, max_iter=max_iter, give_up=10)
@@ -560,6 +568,7 @@ def _integrate_to_steady(term: Any, args: dict, x: Tensor, t_max: float, max_ste
     ``block``: rows per integration (default: about 8 MB of saves each where the native kernel
     runs, else all).
     """
+    term = getattr(term, "unreduced", term)  # the true dynamics, which keep the totals by themselves
     lo = torch.float32 if x.dtype == torch.float64 else x.dtype
     t = torch.linspace(0.0, float(t_max), n_save, dtype=lo, device=x.device)
     cast = tree_cast(args, lo)
@@ -645,6 +654,7 @@ def steady_state_sensitivity(model: Model, ss: SteadyState, names: list[str] | N
     if ss._batch is None:
         raise ValueError("ss must come from gn.steady_state")
     term, args = ss._batch.term, ss._args
+    term = reduced(term, args)  # conserved totals held fixed: the reduced system's Jacobian is regular
     names = list(model.specs) if names is None else names
     for n in names:
         model._spec(n)
@@ -661,11 +671,15 @@ def steady_state_sensitivity(model: Model, ss: SteadyState, names: list[str] | N
                                 is_grads_batched=True, allow_unused=True)
     with torch.no_grad():
         J = term.jacobian(t, ss.x, args)
+        if getattr(term, "use_clamp", False):  # a clamped species is held: its row says d x_c = 0
+            clamp = args["clamp"]
+            J = torch.where(clamp[:, :, None], 0.0, J) - torch.diag_embed(clamp.to(J.dtype))
         out = {}
         for n, g in zip(names, grads):
             dF = torch.zeros(G, B, base[n].shape[1], dtype=F.dtype, device=F.device) if g is None else g
             dF = dF.permute(1, 0, 2)  # (B, G, n): dF_i / d theta_j
-            S = -torch.linalg.solve(J, dF)
-            S[torch.as_tensor(~ss.converged, device=S.device)] = float("nan")
+            S, info = torch.linalg.solve_ex(J, dF)  # a singular row (an unconverged one) is NaN, not an error
+            S = -S
+            S[torch.as_tensor(~ss.converged, device=S.device) | (info != 0)] = float("nan")
             out[n] = S
     return out

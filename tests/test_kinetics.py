@@ -252,3 +252,61 @@ def test_generated_c_rates_and_derivatives_match_torch_autograd(kind, tmp_path):
                 dense_p[:, k] = vp[:, e]
         np.testing.assert_allclose(dense_x, gx.numpy(), rtol=1e-12, atol=1e-13)
         np.testing.assert_allclose(dense_p, gp.numpy(), rtol=1e-12, atol=1e-13)
+
+
+def test_conservation_laws_are_the_left_null_space():
+    m = _binding()
+    L, pivots = m.conservation_laws()
+    np.testing.assert_array_equal(L, [[0.0, 1.0, 1.0]])  # B + AB
+    assert pivots == [1]
+    assert gn.Model.from_equations({"x": "k - x"}, params={"k": 1.0}).conservation_laws() is None
+    enz = _enzyme()
+    L, pivots = enz.conservation_laws()
+    assert L.shape == (1, 4) and np.allclose(L @ enz.stoichiometry().to_numpy(), 0)
+
+
+def _enzyme():
+    # E + S <-> ES -> E + P with synthesis of S and decay of P: E + ES is conserved
+    return gn.ReactionNetwork([("-> S", "ks"), ("E + S -> ES", "kf * E * S"), ("ES -> E + S", "kr * ES"),
+                               ("ES -> E + P", "kcat * ES"), ("P ->", "kd * P")],
+                              params={"ks": 1.0, "kf": 2.0, "kr": 0.5, "kcat": 1.5, "kd": 0.4},
+                              initial={"E": 1.0, "S": 0.5, "ES": 0.2})
+
+
+@pytest.mark.parametrize("which", ["binding", "enzyme"])
+def test_steady_state_stays_in_the_starts_conservation_class(which):
+    # the Jacobian is singular (a conserved total): Newton on f(x) = 0 alone ended on another total
+    # (B + AB = 7.08 from a start with 2.5); the reduced system gives the state the dynamics reach
+    # (the slowest rate of the knockout row is 0.033: t = 2000 leaves e^-66 of the transient)
+    m = _binding() if which == "binding" else _enzyme()
+    conds = [gn.Condition([])] + ([gn.Knockout("A")] if which == "binding" else [gn.Knockdown("S", 0.5)])
+    ss = gn.steady_state(m, conds)
+    assert ss.converged.all() and ss.stable.all()
+    late = gn.simulate(m, [0.0, 2000.0], perturbations=conds, rtol=1e-11, atol=1e-13).y[:, -1].detach()
+    torch.testing.assert_close(ss.x, late, rtol=1e-6, atol=1e-8)
+    L = torch.as_tensor(m.conservation_laws()[0])
+    x0 = gn.simulate(m, [0.0], perturbations=conds).y[:, 0].detach()
+    torch.testing.assert_close(ss.x @ L.T, x0 @ L.T, rtol=1e-10, atol=1e-12)
+    # one conserved direction: a zero eigenvalue reported, not counted against stability
+    assert (ss.jacobian_eigenvalues.abs() < 1e-12).sum(dim=1).tolist() == [1] * len(conds)
+
+
+def test_an_input_that_breaks_a_law_has_no_steady_state_and_says_so():
+    # B made at a constant rate: B + AB grows for ever (no law, no steady state); a clamp drops the law too
+    m = _binding()
+    ss = gn.steady_state(m, [gn.Overexpress("B", rate=1.0), gn.Clamp("B", 1.0)])
+    assert list(ss.converged) == [False, True]
+    np.testing.assert_allclose(ss.x[1].numpy(), [4.0, 1.0, 20.0], rtol=1e-9)  # A = ks/kd, AB = kon A B / koff
+
+
+def test_steady_state_sensitivity_at_fixed_totals_matches_finite_differences():
+    m = _binding()
+    conds = [gn.Condition([]), gn.Clamp("B", 1.0)]
+    ss = gn.steady_state(m, conds)
+    S = gn.steady_state_sensitivity(m, ss, ["ks", "kon"])
+    h = 1e-6
+    for name in ("ks", "kon"):
+        value = float(m.params[name].detach())
+        up = gn.steady_state(m, conds, params={name: value + h}).x
+        down = gn.steady_state(m, conds, params={name: value - h}).x
+        torch.testing.assert_close(S[name][:, :, 0], (up - down) / (2 * h), rtol=1e-5, atol=1e-7)

@@ -168,6 +168,7 @@ class SymbolicModel(Model):
             specs.append(ParameterSpec(name, 1, "global", tuple(bounds.get(name, default)), doc=""))
         self._init_params(specs, params)
         self._on: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
+        self._laws: tuple | None = None
 
     def _initial_state(self, initial: Mapping[str, float]) -> np.ndarray:
         x0 = np.zeros(len(self.genes))
@@ -195,6 +196,21 @@ class SymbolicModel(Model):
                              "equation": [r.equation() for r in self.reactions],
                              "rate": [str(r.rate) for r in self.reactions],
                              "synthesis": [r.synthesis for r in self.reactions]})
+
+    def conservation_laws(self) -> tuple[np.ndarray, list[int]] | None:
+        """The left null space of the stoichiometry, ``L N = 0`` (exact, rational arithmetic), in
+        reduced row echelon form with its pivot species: the moieties a reaction network conserves
+        (B + AB for binding A + B <-> AB; a species in no reaction is conserved alone). None if none."""
+        if self._laws is None:
+            N = sympy.Matrix(self._N.shape[0], self._N.shape[1],
+                             [sympy.nsimplify(float(v), rational=True) for v in self._N.flatten().tolist()])
+            basis = N.T.nullspace()
+            if not basis:
+                self._laws = ()
+            else:
+                L, pivots = sympy.Matrix.hstack(*basis).T.rref()
+                self._laws = (np.array(L.tolist(), dtype=np.float64), list(pivots))
+        return self._laws or None
 
     def default_x0(self, n_rows: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
         """The ``initial`` values given at construction (0 elsewhere), ``(n_rows, S)``."""

@@ -296,6 +296,13 @@ class Model(nn.Module):
             return None
         return [i], [i], [i]
 
+    def conservation_laws(self) -> tuple[np.ndarray, list[int]] | None:
+        """Linear conservation laws ``L dx/dt = 0`` for every state and parameter value: ``L`` (m, G)
+        in reduced row echelon form and its pivot states (m), one per law, or ``None`` (the default:
+        no law). Steady states then solve the reduced system (the laws' totals fixed by the start,
+        the pivot states' equations replaced by them) and judge stability on the other directions."""
+        return None
+
     def default_x0(self, n_rows: int, *, device: torch.device, dtype: torch.dtype) -> Tensor:
         """Initial state when none is given: all zeros, ``(n_rows, G)``."""
         return torch.zeros(n_rows, self.n_genes, device=device, dtype=dtype)
