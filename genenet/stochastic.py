@@ -4,6 +4,12 @@ From the model's production/degradation split (with the conditions' effects), pe
 
     dx = (P(x) - D(x)) dt + noise * sqrt(P(x) + D(x)) dW
 
+A reaction network (a model with ``loss_channels``: :class:`genenet.ReactionNetwork`) has one
+stream per reaction along its stoichiometry, ``N diag(sqrt(v)) dW`` (synthesis per species as
+above, every other reaction r as ``N[:, r] sqrt(v_r) dW_r``): binding A + B -> AB moves A, B and AB
+by the same event, so the noise keeps conserved totals and the variance of a dimerisation counts
+two molecules per event, which a per-species ``sqrt(P + D)`` gets wrong.
+
 (Gillespie 2000): birth and death events as independent Poisson streams, each
 approximated by a Gaussian, so for one gene with constant production ``g`` and
 degradation ``k x`` the stationary mean and variance are both ``g/k``. ``noise``
@@ -95,6 +101,9 @@ def simulate_stochastic(
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     if not isinstance(model, Model):
         raise TypeError(f"model must be a genenet Model (e.g. gn.Hill), got {type(model).__name__}")
+    if method == "milstein" and hasattr(model, "loss_channels") and noise:
+        raise ValueError("method='milstein' needs diagonal noise (one stream per species); a reaction network's "
+                         "streams act along its reactions: use method='euler-maruyama'")
     dev = resolve_device(device)
     dtp = resolve_dtype(dtype, dev)
     t_save = check_times(t, device=dev, dtype=dtp)
@@ -154,6 +163,13 @@ def _step(term: Any, model: Model, t: Tensor, x: Tensor, args: dict, h: float, n
     drift = P - D
     if noise == 0:
         return x + h * drift
+    channels = getattr(model, "loss_channels", None)
+    if channels is not None:  # reactions: each its own Poisson stream, along its stoichiometry
+        v, N = channels(t, x, args["p"])
+        dW = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * h ** 0.5
+        dV = torch.randn(v.shape, generator=gen, device=x.device, dtype=x.dtype) * h ** 0.5
+        x_new = x + h * drift + noise * (P.clamp_min(0.0).sqrt() * dW + (v.clamp_min(0.0).sqrt() * dV) @ N.T)
+        return torch.where(args["clamp"], x, x_new) if term.use_clamp else x_new
     var = (P + D).clamp_min(0.0)
     g = noise * var.sqrt()
     dW = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * h ** 0.5

@@ -310,3 +310,23 @@ def test_steady_state_sensitivity_at_fixed_totals_matches_finite_differences():
         up = gn.steady_state(m, conds, params={name: value + h}).x
         down = gn.steady_state(m, conds, params={name: value - h}).x
         torch.testing.assert_close(S[name][:, :, 0], (up - down) / (2 * h), rtol=1e-5, atol=1e-7)
+
+
+def test_chemical_langevin_noise_acts_along_reactions():
+    # binding moves A, B and AB by one event: B + AB stays exactly at its start in every cell (far from 0,
+    # so the reflecting boundary never acts); a per-species sqrt(P + D) noise would spread the total
+    m = gn.ReactionNetwork([("-> A", "ks"), ("A ->", "kd * A"), ("A + B -> AB", "kon * A * B"),
+                            ("AB -> A + B", "koff * AB")], params={"ks": 200.0, "kd": 1.0, "kon": 0.01, "koff": 0.5},
+                           initial={"A": 200.0, "B": 300.0, "AB": 100.0})
+    cells = gn.simulate_stochastic(m, np.linspace(0, 5, 11), n_cells=200, seed=1, dt=0.005)
+    y = cells.y.detach().numpy()
+    assert y.min() > 10
+    np.testing.assert_allclose(y[:, :, 1] + y[:, :, 2], 400.0, rtol=1e-12)
+    assert y[:, -1, 1].std() > 1.0  # and the species themselves do fluctuate
+    # birth-death: stationary mean = variance = ks/kd, as for the per-species noise
+    bd = gn.ReactionNetwork([("-> X", "ks"), ("X ->", "kd * X")], params={"ks": 50.0, "kd": 1.0},
+                            initial={"X": 50.0})
+    late = gn.simulate_stochastic(bd, np.linspace(0, 20, 5), n_cells=4000, seed=2, dt=0.01).y[:, -1, 0].numpy()
+    assert abs(late.mean() - 50.0) < 0.6 and abs(late.var() / 50.0 - 1.0) < 0.1
+    with pytest.raises(ValueError, match="needs diagonal noise"):
+        gn.simulate_stochastic(bd, [0.0, 1.0], method="milstein")

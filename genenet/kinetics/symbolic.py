@@ -245,6 +245,13 @@ class SymbolicModel(Model):
         """Minus every other reaction's part of ``N v``, (B, S) (negative where a conversion makes a species)."""
         return self.rates(t, x, p) @ self._matrices(x)[2].T
 
+    def loss_channels(self, t: Tensor, x: Tensor, p: Params) -> tuple[Tensor, Tensor]:
+        """The non-synthesis reactions as noise streams for the chemical Langevin equation: their
+        rates (B, R') and stoichiometry columns (S, R'), ``degradation = -N' v'``."""
+        N = self._matrices(x)[0]
+        rest = ~self._synthesis.to(x.device)
+        return self.rates(t, x, p)[:, rest], N[:, rest]
+
     def extra_repr(self) -> str:
         return (f"{len(self.genes)} species, {len(self.reactions)} reactions, {self.n_sets} parameter set(s), "
                 f"parameters {self.param_names}")
