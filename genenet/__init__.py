@@ -11,6 +11,7 @@ from .io import (
     read_dream_gold,
     read_dream_timeseries,
     read_network,
+    read_sbml,
     read_topo,
     read_tsv,
     write_topo,
@@ -54,5 +55,5 @@ __all__ = [
     "Sigmoid", "infer_network", "InferredNetwork", "score_edges", "baseline_scores", "read_dream_timeseries",
     "read_dream_gold", "load_dream4", "simulate_stochastic", "TwoStage",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
-    "ReactionNetwork", "SymbolicModel",
+    "ReactionNetwork", "SymbolicModel", "read_sbml",
 ]

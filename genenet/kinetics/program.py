@@ -57,17 +57,55 @@ class Program:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+_TORCH_FUNCTIONS = {"exp": "exp", "log": "log", "sqrt": "sqrt", "Abs": "abs", "floor": "floor", "ceiling": "ceil",
+                    **{f: f for f in ("sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh",
+                                      "acosh", "atanh")}}
+
+
 class _TorchPrinter(PythonCodePrinter):
     """Python source over torch tensors: every symbol is a (B,) column, numbers stay Python floats."""
 
     def _print_Function(self, expr: sympy.Expr) -> str:  # exp, log, ... -> torch.exp, torch.log, ...
-        name = {"exp": "exp", "log": "log", "sqrt": "sqrt", "Abs": "abs", "tanh": "tanh", "sin": "sin",
-                "cos": "cos"}.get(type(expr).__name__)
+        name = _TORCH_FUNCTIONS.get(type(expr).__name__)
         if name is None:
             raise NotImplementedError(f"no torch form for {type(expr).__name__}")
-        return f"torch.{name}({', '.join(self._print(a) for a in expr.args)})"
+        return f"torch.{name}({', '.join(self._as_tensor(a) for a in expr.args)})"
 
-    _print_exp = _print_log = _print_sqrt = _print_Abs = _print_tanh = _print_sin = _print_cos = _print_Function
+    _print_exp = _print_log = _print_sqrt = _print_Abs = _print_Function
+    _print_floor = _print_ceiling = _print_Function
+    _print_sin = _print_cos = _print_tan = _print_asin = _print_acos = _print_atan = _print_Function
+    _print_sinh = _print_cosh = _print_tanh = _print_asinh = _print_acosh = _print_atanh = _print_Function
+
+    def _print_PowLog(self, expr: sympy.Expr) -> str:  # b^e log b, 0 at b = 0 (codegen.PowLog)
+        b, e = (self._as_tensor(a) for a in expr.args)
+        return f"torch.where({b} == 0, _full(0.0), ({b}) ** ({e}) * torch.log({b}))"
+
+    def _print_gamma(self, expr: sympy.Expr) -> str:
+        return f"torch.exp(torch.lgamma({self._as_tensor(expr.args[0])}))"
+
+    def _print_And(self, expr: sympy.Expr) -> str:
+        return self._fold("torch.logical_and", expr.args)
+
+    def _print_Or(self, expr: sympy.Expr) -> str:
+        return self._fold("torch.logical_or", expr.args)
+
+    def _print_Xor(self, expr: sympy.Expr) -> str:
+        return self._fold("torch.logical_xor", expr.args)
+
+    def _print_Not(self, expr: sympy.Expr) -> str:
+        return f"torch.logical_not({self._as_tensor(expr.args[0])})"
+
+    def _print_Relational(self, expr: sympy.Expr) -> str:
+        return f"({self._as_tensor(expr.lhs)} {expr.rel_op} {self._as_tensor(expr.rhs)})"
+
+    _print_StrictLessThan = _print_LessThan = _print_StrictGreaterThan = _print_GreaterThan = _print_Relational
+    _print_Equality = _print_Unequality = _print_Relational
+
+    def _print_BooleanTrue(self, expr: sympy.Expr) -> str:
+        return "_full(1.0).bool()"
+
+    def _print_BooleanFalse(self, expr: sympy.Expr) -> str:
+        return "_full(0.0).bool()"
 
     def _print_Pow(self, expr: sympy.Pow, rational: bool = False) -> str:
         base, exp = expr.args
@@ -123,7 +161,9 @@ def torch_function(program: Program) -> Callable[[torch.Tensor, torch.Tensor, to
     torch operations), any device and dtype; constant outputs are broadcast to (B,)."""
     printer = _TorchPrinter({"fully_qualified_modules": False, "standard": "python3"})
     lines = ["def f(t, x, p):", "    B = x.shape[0]",
-             "    def _full(v):", "        return x.new_full((B,), float(v))"]
+             "    def _full(v):", "        return x.new_full((B,), float(v))",
+             "    def _num(v):  # a condition used as a number (SBML allows it): 1.0 or 0.0",
+             "        return v.to(x.dtype) if v.dtype == torch.bool else v"]
     for i, s in enumerate(program.states):
         lines.append(f"    {s.name} = x[:, {i}]")
     for j, s in enumerate(program.params):
@@ -132,7 +172,8 @@ def torch_function(program: Program) -> Callable[[torch.Tensor, torch.Tensor, to
         lines.append("    t = t.expand(B) if torch.is_tensor(t) and t.ndim else x.new_full((B,), float(t))")
     for sym, expr in program.temporaries:
         lines.append(f"    {sym.name} = {printer.doprint(expr)}")
-    outs = [printer.doprint(e) if not e.is_number else f"_full({printer.doprint(e)})" for e in program.outputs]
+    outs = [f"_num({printer.doprint(e)})" if not e.is_number else f"_full({printer.doprint(e)})"
+            for e in program.outputs]
     if outs:
         lines.append(f"    return torch.stack([{', '.join(outs)}], dim=1)")
     else:

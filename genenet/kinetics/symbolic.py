@@ -110,11 +110,17 @@ class SymbolicModel(Model):
         Default: ``(0, inf)`` (stored as log) for a positive value, unbounded for zero or negative.
     initial : mapping species -> value, optional
         The start used when ``simulate`` gets no ``x0`` (default 0 for every species).
+    volumes : mapping species -> size, optional
+        Constant compartment sizes of species whose state is a concentration while their rates
+        are in amount per time (SBML's convention): ``dx_s/dt = (N v)_s / V_s``. Default 1.
+    fixed : sequence of species, optional
+        Species no reaction changes (SBML boundary or constant species): their rows of N are 0.
     """
 
     def __init__(self, species: Sequence[str], reactions: Sequence[Reaction], params: Mapping[str, Any], *,
                  bounds: Mapping[str, tuple[float, float]] | None = None,
-                 initial: Mapping[str, float] | None = None) -> None:
+                 initial: Mapping[str, float] | None = None, volumes: Mapping[str, float] | None = None,
+                 fixed: Sequence[str] = ()) -> None:
         super().__init__()
         species = [_check_name(s, "species") for s in species]
         if not species:
@@ -148,8 +154,19 @@ class SymbolicModel(Model):
         for k, r in enumerate(reactions):
             for s, c in r.net.items():
                 N[index[s], k] = c
-        self._N = torch.as_tensor(N)
-        self._synthesis = torch.as_tensor([r.synthesis for r in reactions], dtype=torch.bool)
+        for s, size in (volumes or {}).items():
+            if s not in index:
+                raise KeyError(f"volume given for unknown species {s!r}; species are {species}")
+            if not (math.isfinite(float(size)) and float(size) > 0):
+                raise ValueError(f"the volume of {s!r} must be a finite number > 0, got {size!r}")
+            N[index[s]] /= float(size)
+        for s in fixed:
+            if s not in index:
+                raise KeyError(f"fixed species {s!r} is unknown; species are {species}")
+            N[index[s]] = 0.0
+        self._N = torch.as_tensor(N)  # effective: per state, volumes divided out
+        # a synthesis consumes nothing that changes: a reaction from a fixed (boundary) species is one too
+        self._synthesis = torch.as_tensor((N >= 0).all(axis=0) & (N > 0).any(axis=0), dtype=torch.bool)
         syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
         self.program = Program.build([r.rate for r in reactions], [syms[s] for s in species],
                                      [syms[p] for p in params])
@@ -169,6 +186,8 @@ class SymbolicModel(Model):
         self._init_params(specs, params)
         self._on: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
         self._laws: tuple | None = None
+        self._deriv: tuple | None = None
+        self._jac_memo: tuple | None = None
 
     def _initial_state(self, initial: Mapping[str, float]) -> np.ndarray:
         x0 = np.zeros(len(self.genes))
@@ -187,7 +206,8 @@ class SymbolicModel(Model):
         return list(self.genes)
 
     def stoichiometry(self) -> pd.DataFrame:
-        """The net stoichiometry matrix N as a table: species x reactions."""
+        """The net stoichiometry matrix N as a table: species x reactions (rows divided by the
+        species' volumes, zero for fixed species: what multiplies the rates)."""
         return pd.DataFrame(self._N.numpy(), index=self.genes, columns=[r.name for r in self.reactions])
 
     def reaction_table(self) -> pd.DataFrame:
@@ -195,7 +215,7 @@ class SymbolicModel(Model):
         return pd.DataFrame({"reaction": [r.name for r in self.reactions],
                              "equation": [r.equation() for r in self.reactions],
                              "rate": [str(r.rate) for r in self.reactions],
-                             "synthesis": [r.synthesis for r in self.reactions]})
+                             "synthesis": self._synthesis.tolist()})
 
     def conservation_laws(self) -> tuple[np.ndarray, list[int]] | None:
         """The left null space of the stoichiometry, ``L N = 0`` (exact, rational arithmetic), in
@@ -225,13 +245,14 @@ class SymbolicModel(Model):
             self._on[key] = (N, N * syn, -(N * ~syn))
         return self._on[key]
 
+    def _param_matrix(self, x: Tensor, p: Params) -> Tensor:
+        if not self.param_names:
+            return x.new_zeros((x.shape[0], 0))
+        return torch.cat([p[name].expand(x.shape[0], 1) for name in self.param_names], dim=1)
+
     def rates(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """Reaction rates ``v`` (B, R)."""
-        if not self.param_names:
-            pm = x.new_zeros((x.shape[0], 0))
-        else:
-            pm = torch.cat([p[name].expand(x.shape[0], 1) for name in self.param_names], dim=1)
-        return self._rates_fn(t, x, pm)
+        return self._rates_fn(t, x, self._param_matrix(x, p))
 
     def rhs(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``N v``, (B, S)."""
@@ -244,6 +265,42 @@ class SymbolicModel(Model):
     def degradation(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """Minus every other reaction's part of ``N v``, (B, S) (negative where a conversion makes a species)."""
         return self.rates(t, x, p) @ self._matrices(x)[2].T
+
+    def rate_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``dv/dx`` (B, R, S) from the rates' symbolic derivatives (compiled on first use, cached
+        per structure; the same sparse entries as the C backend's, :mod:`genenet.kinetics.codegen`)."""
+        key = (id(x), x._version, id(t), id(p))
+        if self._jac_memo is not None and self._jac_memo[0] == key:  # production's, then degradation's
+            return self._jac_memo[1]
+        fn, rows, cols = self._derivative_function()
+        B, R, S = x.shape[0], len(self.reactions), len(self.genes)
+        J = x.new_zeros(B, R * S)
+        if len(rows):
+            J[:, torch.as_tensor(rows * S + cols, device=x.device)] = fn(t, x, self._param_matrix(x, p))
+        J = J.view(B, R, S)
+        self._jac_memo = (key, J)
+        return J
+
+    def _derivative_function(self) -> tuple[Any, np.ndarray, np.ndarray]:
+        if self._deriv is None:
+            from .codegen import RateDerivatives
+
+            d = RateDerivatives.of(self.program)
+            prog = Program.build([e for _, _, e in d.vx], self.program.states, self.program.params)
+            key = "dvdx" + prog.key()
+            if key not in _CACHE:
+                _CACHE[key] = torch_function(prog)
+            self._deriv = (_CACHE[key], np.array([r for r, _, _ in d.vx], dtype=np.int64),
+                           np.array([j for _, j, _ in d.vx], dtype=np.int64))
+        return self._deriv
+
+    def production_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``d production / dx`` (B, S, S), analytic: ``N_syn dv/dx``."""
+        return self._matrices(x)[1] @ self.rate_jacobian(t, x, p)
+
+    def degradation_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``d degradation / dx`` (B, S, S), analytic: ``-N_rest dv/dx``."""
+        return self._matrices(x)[2] @ self.rate_jacobian(t, x, p)
 
     def loss_channels(self, t: Tensor, x: Tensor, p: Params) -> tuple[Tensor, Tensor]:
         """The non-synthesis reactions as noise streams for the chemical Langevin equation: their
