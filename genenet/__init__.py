@@ -14,6 +14,7 @@ from .io import (
     read_sbml,
     read_topo,
     read_tsv,
+    write_sbml,
     write_topo,
     write_tsv,
 )
@@ -55,5 +56,5 @@ __all__ = [
     "Sigmoid", "infer_network", "InferredNetwork", "score_edges", "baseline_scores", "read_dream_timeseries",
     "read_dream_gold", "load_dream4", "simulate_stochastic", "TwoStage",
     "SteadyState", "steady_state", "SteadyStates", "find_steady_states", "jacobian", "steady_state_sensitivity",
-    "ReactionNetwork", "SymbolicModel", "read_sbml",
+    "ReactionNetwork", "SymbolicModel", "read_sbml", "write_sbml",
 ]

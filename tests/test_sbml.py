@@ -121,3 +121,24 @@ def test_cell_cycle_conserved_cdc2_steady_state_in_its_class():
     ss = gn.steady_state(model, method="integrate")
     L = np.asarray(laws[0])
     np.testing.assert_allclose(ss.x.numpy() @ L.T, x0.numpy() @ L.T, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["hill", "two_stage"])
+def test_write_sbml_round_trip_simulates_the_same(kind, tmp_path):
+    net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-"), ("A", "C", "+"), ("C", "C", "+")])
+    if kind == "hill":
+        model = gn.Hill(net, production=[4.0, 3.0, 2.0], degradation=[1.0, 0.7, 0.5], threshold=[1.5, 2.0, 1.0, 0.8],
+                        hill=[2.0, 3.0, 1.5, 4.0], fold=[5.0, 8.0, 3.0, 10.0])
+    else:
+        model = gn.TwoStage(net, transcription=[4.0, 3.0, 2.0], protein_degradation=[0.5, 0.4, 0.3])
+    path = tmp_path / "model.xml"
+    text = gn.write_sbml(model, path)
+    assert path.read_text() == text and "<sbml" in text
+    back = gn.read_sbml(path)
+    t = np.linspace(0, 10, 11)
+    x0 = np.linspace(0.2, 1.5, len(model.genes))
+    ref = gn.simulate(model, t, x0=x0, rtol=1e-10, atol=1e-12).y[0].detach().numpy()
+    got = gn.simulate(back, t, x0=x0, rtol=1e-10, atol=1e-12).y[0].detach().numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-9)
+    if kind == "hill":
+        assert back.genes == ["A", "B", "C"] and float(back.params["threshold_A_B"].detach()) == 1.5

@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import sympy
+import torch
 
 from ..kinetics.expressions import TIME
 from ..kinetics.symbolic import Reaction, SymbolicModel
 
-__all__ = ["read_sbml"]
+__all__ = ["read_sbml", "write_sbml", "sbml_values"]
 
 AVOGADRO = 6.02214076e23
 
@@ -395,8 +396,6 @@ def sbml_values(model: SymbolicModel, traj: Any, ids: list[str], amounts: Any = 
     constant parameters and compartment sizes, and the quantities assignment rules define
     (evaluated on the states). A species is given in its state's quantity (concentration unless
     ``hasOnlySubstanceUnits``) or, when its id is in ``amounts``, as an amount."""
-    import torch
-
     from ..kinetics.program import Program, torch_function
 
     y = traj.y.detach()
@@ -432,3 +431,92 @@ def sbml_values(model: SymbolicModel, traj: Any, ids: list[str], amounts: Any = 
                 v = v / V
         out[sid] = v
     return out
+
+
+def _formula(expr: sympy.Expr) -> str:
+    """sympy -> SBML L3 infix (``^`` for powers, ``ln`` for the natural log, piecewise as SBML's)."""
+    if expr.is_Symbol:
+        return "time" if expr == TIME else expr.name
+    if expr.is_Number:
+        return repr(float(expr))
+    if expr.is_Add:
+        return "(" + " + ".join(_formula(a) for a in expr.args) + ")"
+    if expr.is_Mul:
+        return "(" + " * ".join(_formula(a) for a in expr.args) + ")"
+    if expr.is_Pow:
+        return f"({_formula(expr.base)} ^ {_formula(expr.exp)})"
+    names = {sympy.exp: "exp", sympy.log: "ln", sympy.Abs: "abs", sympy.floor: "floor", sympy.ceiling: "ceil",
+             sympy.sin: "sin", sympy.cos: "cos", sympy.tan: "tan", sympy.tanh: "tanh"}
+    if expr.func in names:
+        return f"{names[expr.func]}({_formula(expr.args[0])})"
+    if isinstance(expr, (sympy.Min, sympy.Max)):
+        return f"{'min' if isinstance(expr, sympy.Min) else 'max'}({', '.join(_formula(a) for a in expr.args)})"
+    if isinstance(expr, sympy.Piecewise):
+        parts = []
+        for v, c in expr.args:
+            parts += [_formula(v)] if c == sympy.true else [_formula(v), _formula(c)]
+        return f"piecewise({', '.join(parts)})"
+    if isinstance(expr, sympy.core.relational.Relational):
+        return f"({_formula(expr.lhs)} {expr.rel_op} {_formula(expr.rhs)})"
+    raise ValueError(f"cannot write {expr.func.__name__} ({expr}) as SBML math")
+
+
+def write_sbml(model: Any, path: str | os.PathLike | None = None, *, model_id: str = "genenet_model",
+               parameter_set: int = 0) -> str:
+    """Write ``model`` (:class:`genenet.Hill`, :class:`genenet.TwoStage` or a symbolic model) as
+    SBML Level 3 Version 2 core, so it opens in COPASI, tellurium or libroadrunner; returns the
+    text (and writes it to ``path`` when given).
+
+    One compartment ``cell`` of size 1; species with ``hasOnlySubstanceUnits="false"`` and their
+    initial concentrations from the model's default start; every parameter a constant global
+    parameter (``parameter_set`` of an ensemble); one reaction per reaction of
+    :func:`genenet.kinetics.symbolic.symbolic_form` with its rate law. A model written and read
+    back (:func:`read_sbml`) simulates the same trajectories (tests/test_sbml.py)."""
+    from ..kinetics.symbolic import symbolic_form
+
+    lib = _libsbml()
+    sym = symbolic_form(model, parameter_set)
+    doc = lib.SBMLDocument(3, 2)
+    m = doc.createModel()
+    m.setId(model_id)
+    c = m.createCompartment()
+    c.setId("cell")
+    c.setSize(1.0)
+    c.setConstant(True)
+    c.setSpatialDimensions(3)
+    x0 = sym.default_x0(1, device=torch.device("cpu"), dtype=torch.float64)[0].tolist()
+    for s, v in zip(sym.genes, x0):
+        sp = m.createSpecies()
+        for call, arg in ((sp.setId, s), (sp.setCompartment, "cell"), (sp.setInitialConcentration, float(v)),
+                          (sp.setHasOnlySubstanceUnits, False), (sp.setBoundaryCondition, False),
+                          (sp.setConstant, False)):
+            call(arg)
+    for name, value in sym.params.items():
+        p = m.createParameter()
+        p.setId(name)
+        p.setValue(float(value.detach()[min(parameter_set, value.shape[0] - 1), 0]))
+        p.setConstant(True)
+    for r in sym.reactions:
+        rx = m.createReaction()
+        rx.setId(r.name)
+        rx.setReversible(False)
+        for side, make in ((r.reactants, rx.createReactant), (r.products, rx.createProduct)):
+            for s, coef in side.items():
+                ref = make()
+                ref.setSpecies(s)
+                ref.setStoichiometry(float(coef))
+                ref.setConstant(True)
+        for s in sorted(str(v) for v in r.rate.free_symbols if str(v) in sym.genes and str(v) not in
+                        (*r.reactants, *r.products)):
+            mod = rx.createModifier()
+            mod.setSpecies(s)
+        ast = lib.parseL3Formula(_formula(r.rate))
+        if ast is None:
+            raise ValueError(f"reaction {r.name!r}: libsbml cannot parse {_formula(r.rate)!r}: "
+                             f"{lib.getLastParseL3Error()}")
+        law = rx.createKineticLaw()
+        law.setMath(ast)
+    text = lib.writeSBMLToString(doc)
+    if path is not None:
+        Path(path).write_text(text)
+    return text

@@ -426,3 +426,73 @@ def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | Non
             name = f"{s}_{'loss' if minus else 'gain'}{k + 1}"
             reactions.append(Reaction(name, {s: 1.0} if minus else {}, {} if minus else {s: 1.0}, rate))
     return SymbolicModel(species, reactions, params, bounds=bounds, initial=initial)
+
+
+def _sid(name: str) -> str:
+    """An SBML/identifier-safe form of a gene name: other characters become ``_``."""
+    out = re.sub(r"[^A-Za-z0-9_]", "_", str(name))
+    return out if re.match(r"[A-Za-z_]", out) else f"_{out}"
+
+
+def symbolic_form(model: Model, parameter_set: int = 0) -> SymbolicModel:
+    """The same equations as a :class:`SymbolicModel` (parameter set ``parameter_set``): for writing
+    SBML and for the compiled backends. :class:`genenet.Hill` -> per gene a synthesis
+    ``g_i Π_e H_e(x_j)`` and a decay ``k_i x_i`` with, per edge ``e = (j -> i)`` and
+    ``s = 1 / (1 + (x_j/T_e)^n_e)``, ``H = 1/λ + (1 - 1/λ) s`` (repression) or ``1 + (1/λ - 1) s``
+    (activation); :class:`genenet.TwoStage` -> transcription (the same product over the
+    regulators' proteins), mRNA decay, translation ``mRNA -> mRNA + protein`` and protein decay.
+    Parameters are scalars named ``production_A``, ``threshold_A_B`` (edge A -> B), ... (TwoStage:
+    ``transcription_A``, ...); species are the gene names (TwoStage: ``A_mRNA``, ``A_protein``)."""
+    from ..models.hill import Hill
+    from ..models.two_stage import TwoStage
+
+    if isinstance(model, SymbolicModel):
+        return model
+    if not isinstance(model, (Hill, TwoStage)):
+        raise TypeError(f"no symbolic form for {type(model).__name__}; allowed: Hill, TwoStage, SymbolicModel")
+    vals = {k: v.detach().cpu().numpy() for k, v in model.params.items()}
+
+    def value(name: str, j: int) -> float:
+        v = vals[name]
+        return float(v[min(parameter_set, v.shape[0] - 1), j])
+
+    net = model.net
+    genes = [_sid(g) for g in net.genes]
+    two = isinstance(model, TwoStage)
+    regulator = [f"{g}_protein" for g in genes] if two else genes
+    params: dict[str, float] = {}
+    syms: dict[str, sympy.Symbol] = {}
+
+    def par(name: str, v: float) -> sympy.Symbol:
+        params[name] = v
+        syms[name] = sympy.Symbol(name, real=True)
+        return syms[name]
+
+    species = [*(f"{g}_mRNA" for g in genes), *regulator] if two else genes
+    x = {s: sympy.Symbol(s, real=True) for s in species}
+    synth = {}
+    first = "transcription" if two else "production"
+    for i, g in enumerate(genes):
+        synth[g] = par(f"{first}_{g}", value(first, i))
+    for e, (src, tgt, sign) in enumerate(net.edges):
+        a, b = _sid(src), _sid(tgt)
+        T = par(f"threshold_{a}_{b}", value("threshold", e))
+        n = par(f"hill_{a}_{b}", value("hill", e))
+        lam = par(f"fold_{a}_{b}", value("fold", e))
+        s = 1 / (1 + (x[regulator[genes.index(a)]] / T) ** n)
+        H = 1 / lam + (1 - 1 / lam) * s if sign < 0 else 1 + (1 / lam - 1) * s
+        synth[b] = synth[b] * H
+    reactions = []
+    for i, g in enumerate(genes):
+        made = f"{g}_mRNA" if two else g
+        reactions.append(Reaction(f"synthesis_{made}", {}, {made: 1.0}, synth[g]))
+        k = par(f"mrna_degradation_{g}" if two else f"degradation_{g}", value("mrna_degradation" if two else
+                                                                              "degradation", i))
+        reactions.append(Reaction(f"decay_{made}", {made: 1.0}, {}, k * x[made]))
+        if two:
+            beta = par(f"translation_{g}", value("translation", i))
+            dp = par(f"protein_degradation_{g}", value("protein_degradation", i))
+            reactions.append(Reaction(f"translation_{g}", {made: 1.0}, {made: 1.0, f"{g}_protein": 1.0},
+                                      beta * x[made]))
+            reactions.append(Reaction(f"decay_{g}_protein", {f"{g}_protein": 1.0}, {}, dp * x[f"{g}_protein"]))
+    return SymbolicModel(species, reactions, params)
