@@ -52,8 +52,16 @@ def _model(args: argparse.Namespace):
     from .io import apply_params, load_network, read_params
     from .models import Hill
 
-    net = load_network(args.network)
-    model = Hill.random(net, n=args.ensemble, seed=args.seed) if args.ensemble else Hill(net)
+    if str(args.network).lower().endswith((".xml", ".sbml")):  # an SBML model: its own kinetics and parameters
+        from .io import read_sbml
+
+        if args.ensemble:
+            raise ValueError("--ensemble draws RACIPE Hill parameters; an SBML model brings its own")
+        model = read_sbml(args.network)
+        net = model  # screens name its species (knockout_screen takes a model)
+    else:
+        net = load_network(args.network)
+        model = Hill.random(net, n=args.ensemble, seed=args.seed) if args.ensemble else Hill(net)
     if args.params:
         apply_params(model, read_params(args.params, model))
     return net, model
@@ -129,7 +137,7 @@ def _screen(args: argparse.Namespace) -> int:
         from .plot import plot_screen_heatmap
 
         fig = plot_screen_heatmap(table, cluster=True).figure
-        fig.set_size_inches(max(6, 0.12 * len(conditions) + 3), max(4, 0.25 * net.n_genes + 2))
+        fig.set_size_inches(max(6, 0.12 * len(conditions) + 3), max(4, 0.25 * len(net.genes) + 2))
         return fig
 
     _save_plot(args, heatmap)
@@ -230,8 +238,8 @@ def _networks(args: argparse.Namespace) -> int:
 
 
 def _model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("network", nargs="?", help="path to .topo/.tsv/.graphml, or a bundled network name (or "
-                                              "network = ... in --config)")
+    p.add_argument("network", nargs="?", help="path to .topo/.tsv/.graphml, an SBML model (.xml/.sbml: its own "
+                                              "kinetics), or a bundled network name (or network = ... in --config)")
     p.add_argument("--config", metavar="TOML", help="options from a TOML file: keys are the long option names "
                                                     "(t-end = 50, method = \"tsit5\", network = \"tcim\"); "
                                                     "flags on the command line override it")
