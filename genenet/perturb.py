@@ -430,8 +430,9 @@ def compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledC
 
 def _compile_conditions(conditions: Sequence[Condition], model: Any) -> CompiledConditions:
     genes = list(model.genes)
-    names = list(dict.fromkeys([*getattr(model, "gene_names", []), *genes]))
+    names = list(dict.fromkeys([*getattr(model, "gene_names", []), *genes, *getattr(model, "target_names", [])]))
     C, G = len(conditions), len(genes)
+    reaction_targets = getattr(model, "reaction_targets", None)
 
     known = {g: model.perturbation_targets(g) for g in names}  # once per gene, not per perturbation
 
@@ -476,6 +477,20 @@ def _compile_conditions(conditions: Sequence[Condition], model: Any) -> Compiled
             else:
                 li, inner = 0, pert
             gi = targets(inner.genes_named(), 0)
+            factor = (0.0 if isinstance(inner, Knockout) else 1.0 - inner.fraction if isinstance(inner, Knockdown)
+                      else inner.fold if isinstance(inner, Overexpress) and inner.fold is not None else None)
+            hit = ([k for g in inner.genes_named() for k in reaction_targets(g)]
+                   if reaction_targets and isinstance(inner, (Knockout, Knockdown, Overexpress, Clamp)) else [])
+            if hit and factor is None:
+                raise ValueError(f"{inner.label} on {inner.genes_named()}: names reactions (targets), which "
+                                 "knockouts, knockdowns and fold overexpression scale; a rate or a clamp needs a "
+                                 "species")
+            if hit:  # per-reaction effects: entries of reaction_scale, multiplied where several hit one
+                value, mask = layers[li].overrides.setdefault(
+                    "reaction_scale", (np.ones((C, len(model.reactions))), np.zeros((C, len(model.reactions)), bool)))
+                for k in hit:
+                    value[c, k] = (value[c, k] if mask[c, k] else 1.0) * factor
+                    mask[c, k] = True
             if isinstance(inner, Knockout):
                 mul.extend((li, c, i, 0.0) for i in gi)
                 knocked.update(inner.genes)
@@ -490,6 +505,9 @@ def _compile_conditions(conditions: Sequence[Condition], model: Any) -> Compiled
                     add.extend((li, c, i, inner.rate) for i in gi)
             elif isinstance(inner, Clamp):
                 gi = targets([inner.gene], 2)
+                if not gi:
+                    raise ValueError(f"Clamp({inner.gene!r}): {inner.gene!r} names reactions, not a species; "
+                                     "only a species can be clamped")
                 clamp.update(((li, c, i), inner.value) for i in gi)
                 clamped.add(inner.gene)
                 if li == 0:

@@ -350,3 +350,28 @@ def test_analytic_jacobian_matches_autodiff_and_drives_rosenbrock(kind):
     a = gn.simulate(m, tt, method="rodas5", rtol=1e-9, atol=1e-11).y
     b = gn.simulate(m, tt, method="dopri5", rtol=1e-10, atol=1e-12).y
     torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_reaction_targets_scale_the_reactions_a_gene_hits():
+    # E is an enzyme gene written into the conversion's rate constant: knocking it out removes S -> P (not a
+    # species' synthesis); a knockdown scales it; two effects on one reaction multiply; S's own knockout
+    # still removes S's synthesis
+    def model(**kw):
+        return gn.ReactionNetwork([("-> S", "ks"), ("conv", "S -> P", "kcat * S"), ("P ->", "kd * P")],
+                                  params={"ks": 1.0, "kcat": 2.0, "kd": 0.5}, **kw)
+
+    m = model(targets={"E": ["conv"], "F": ["conv"]})
+    assert m.params["reaction_scale"].shape == (1, 3)
+    conds = [gn.Condition([]), gn.Knockout("E"), gn.Knockdown("E", 0.5),
+             gn.Knockdown("E", 0.5) + gn.Knockdown("F", 0.5), gn.Knockout("S")]
+    t = np.linspace(0, 6, 7)
+    y = gn.simulate(m, t, perturbations=conds, rtol=1e-10, atol=1e-12).y.detach().numpy()
+    for row, kcat in zip(y[:4], (2.0, 0.0, 1.0, 0.5)):
+        ref = gn.simulate(model(), t, params={"kcat": kcat} if kcat else {"kcat": 1e-300}, rtol=1e-10,
+                          atol=1e-12).y[0].detach().numpy()
+        np.testing.assert_allclose(row, ref, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(y[4], 0.0, atol=1e-12)  # no synthesis of S, S and P start at 0
+    with pytest.raises(ValueError, match="only a species can be clamped|a rate or a clamp needs a species"):
+        gn.simulate(m, t, perturbations=[gn.Clamp("E", 1.0)])
+    with pytest.raises(KeyError, match="unknown reactions"):
+        model(targets={"E": ["nope"]})

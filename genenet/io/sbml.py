@@ -218,8 +218,8 @@ def _refuse(doc: Any, model: Any, lib: Any) -> None:
             raise ValueError(f"compartment {c.getId()!r} changes size: not supported")
 
 
-def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, float]] | None = None
-              ) -> SymbolicModel:
+def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, float]] | None = None,
+              targets: Mapping[str, list[str]] | None = None) -> SymbolicModel:
     """A :class:`~genenet.SymbolicModel` from an SBML file or string (levels 2 and 3, core).
 
     Parameters
@@ -227,6 +227,9 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
     source : path, or the SBML text itself (a string starting with ``<``)
     bounds : mapping parameter id -> (lo, hi), optional
         Overrides the bounds the import sets from the values.
+    targets : mapping name -> reaction ids, optional
+        Which reactions a knockout, knockdown or fold overexpression of a name scales (SBML has no
+        gene -> reaction map): e.g. ``{"cdc25": ["R7"]}`` for an enzyme written into a rate law.
 
     Returns the model: ``model.genes`` are the state ids (species, then variables with rate
     rules), ``model.params`` the constant parameters by id, ``model.observables`` the assigned
@@ -383,7 +386,8 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
     missing = sorted(k for k, v in params.items() if math.isnan(v))
     if missing:
         raise ValueError(f"parameters without a value: {missing}")
-    out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed)
+    out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed,
+                        targets=targets)
     out.observables = {k: e for k, e in assigned.items()}
     out.sbml_units = units
     out.compartment_size = where_of

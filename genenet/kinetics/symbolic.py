@@ -115,12 +115,19 @@ class SymbolicModel(Model):
         are in amount per time (SBML's convention): ``dx_s/dt = (N v)_s / V_s``. Default 1.
     fixed : sequence of species, optional
         Species no reaction changes (SBML boundary or constant species): their rows of N are 0.
+    targets : mapping name -> reaction names, optional
+        Which reactions a perturbation of ``name`` scales, beyond a species' own synthesis: a gene
+        whose product is not a species (an enzyme written into a rate constant) or a species whose
+        knockout removes a conversion it catalyses. ``Knockout(name)`` sets those reactions' rates
+        to 0, ``Knockdown`` scales them by ``1 - fraction``, ``Overexpress(fold=)`` by the fold
+        (through the vector parameter ``reaction_scale``, one entry per reaction, default 1;
+        effects on one reaction multiply). A name that is also a species gets both.
     """
 
     def __init__(self, species: Sequence[str], reactions: Sequence[Reaction], params: Mapping[str, Any], *,
                  bounds: Mapping[str, tuple[float, float]] | None = None,
                  initial: Mapping[str, float] | None = None, volumes: Mapping[str, float] | None = None,
-                 fixed: Sequence[str] = ()) -> None:
+                 fixed: Sequence[str] = (), targets: Mapping[str, Sequence[str]] | None = None) -> None:
         super().__init__()
         species = [_check_name(s, "species") for s in species]
         if not species:
@@ -183,7 +190,21 @@ class SymbolicModel(Model):
                 raise ValueError(f"parameter {name!r} must be a scalar or (P,) for an ensemble, got shape {arr.shape}")
             default = (0.0, math.inf) if np.all(arr > 0) else (-math.inf, math.inf)
             specs.append(ParameterSpec(name, 1, "global", tuple(bounds.get(name, default)), doc=""))
-        self._init_params(specs, params)
+        rnames = [r.name for r in reactions]
+        self._targets: dict[str, list[int]] = {}
+        for name, hit in (targets or {}).items():
+            bad = [h for h in hit if h not in rnames]
+            if bad or isinstance(hit, str):
+                raise KeyError(f"targets[{name!r}] names unknown reactions {bad or hit!r}; reactions are {rnames}")
+            self._targets[str(name)] = [rnames.index(h) for h in hit]
+        values = dict(params)
+        if self._targets:
+            if "reaction_scale" in params:
+                raise ValueError("'reaction_scale' is reserved for perturbation targets; rename that parameter")
+            specs.append(ParameterSpec("reaction_scale", len(reactions), "vector", (0.0, math.inf),
+                                       "per-reaction multiplier that perturbations of targets set"))
+            values["reaction_scale"] = np.ones(len(reactions))
+        self._init_params(specs, values)
         self._on: dict[tuple, tuple[Tensor, Tensor, Tensor]] = {}
         self._laws: tuple | None = None
         self._deriv: tuple | None = None
@@ -251,8 +272,25 @@ class SymbolicModel(Model):
         return torch.cat([p[name].expand(x.shape[0], 1) for name in self.param_names], dim=1)
 
     def rates(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
-        """Reaction rates ``v`` (B, R)."""
-        return self._rates_fn(t, x, self._param_matrix(x, p))
+        """Reaction rates ``v`` (B, R) (times ``reaction_scale`` where the model has targets)."""
+        v = self._rates_fn(t, x, self._param_matrix(x, p))
+        return v * p["reaction_scale"] if self._targets else v
+
+    @property
+    def target_names(self) -> list[str]:
+        """Names whose perturbations scale reactions (``targets``)."""
+        return list(self._targets)
+
+    def reaction_targets(self, name: str) -> list[int]:
+        """Indices of the reactions a perturbation of ``name`` scales (``targets``), else []."""
+        return list(self._targets.get(name, []))
+
+    def perturbation_targets(self, name: str) -> tuple[list[int], list[int], list[int]] | None:
+        """A species' rows (as every model), and no rows for a name that only has reaction targets."""
+        rows = super().perturbation_targets(name)
+        if rows is None and name in self._targets:
+            return [], [], []
+        return rows
 
     def rhs(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``N v``, (B, S)."""
@@ -278,6 +316,8 @@ class SymbolicModel(Model):
         if len(rows):
             J[:, torch.as_tensor(rows * S + cols, device=x.device)] = fn(t, x, self._param_matrix(x, p))
         J = J.view(B, R, S)
+        if self._targets:
+            J = J * p["reaction_scale"][:, :, None]
         self._jac_memo = (key, J)
         return J
 
@@ -363,8 +403,8 @@ class ReactionNetwork(SymbolicModel):
     species : sequence of str, optional
         State order; default: species in order of first appearance in the equations. Give it to
         include species that appear only in rate laws (modifiers held constant).
-    bounds, initial
-        As :class:`SymbolicModel`.
+    bounds, initial, targets
+        As :class:`SymbolicModel` (``targets``: which reactions a perturbation of a name scales).
 
     The perturbation semantics (knockout = no synthesis and a zero start) are in
     :mod:`genenet.kinetics.symbolic`.
@@ -372,7 +412,8 @@ class ReactionNetwork(SymbolicModel):
 
     def __init__(self, reactions: Iterable[Any], params: Mapping[str, Any] | None = None, *,
                  species: Sequence[str] | None = None, bounds: Mapping[str, tuple[float, float]] | None = None,
-                 initial: Mapping[str, float] | None = None) -> None:
+                 initial: Mapping[str, float] | None = None, targets: Mapping[str, Sequence[str]] | None = None
+                 ) -> None:
         entries = []
         for k, item in enumerate(reactions):
             if isinstance(item, Mapping):
@@ -394,7 +435,7 @@ class ReactionNetwork(SymbolicModel):
         params = dict(params or {})
         syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
         built = [Reaction(name, a, b, parse_rate(rate, syms, f"reaction {name!r}")) for name, a, b, rate in entries]
-        super().__init__(species, built, params, bounds=bounds, initial=initial)
+        super().__init__(species, built, params, bounds=bounds, initial=initial, targets=targets)
 
 
 def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | None = None, *,
