@@ -142,3 +142,24 @@ def test_write_sbml_round_trip_simulates_the_same(kind, tmp_path):
     np.testing.assert_allclose(got, ref, rtol=1e-7, atol=1e-9)
     if kind == "hill":
         assert back.genes == ["A", "B", "C"] and float(back.params["threshold_A_B"].detach()) == 1.5
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("biomodel", ["BIOMD0000000005", "BIOMD0000000012", "BIOMD0000000507"])
+def test_biomodels_match_libroadrunner(biomodel):
+    # an independent SBML simulator (libroadrunner's CVODE at tight tolerances) on the same files
+    import roadrunner
+
+    path = str(DATA / f"{biomodel}.xml")
+    rr = roadrunner.RoadRunner(path)
+    rr.integrator.relative_tolerance, rr.integrator.absolute_tolerance = 1e-10, 1e-12
+    res = rr.simulate(0, 30, 31)
+    cols = [c.strip("[]") for c in res.colnames[1:]]
+    model = gn.read_sbml(path)
+    traj = gn.simulate(model, np.asarray(res[:, 0]), method="rodas5", rtol=1e-9, atol=1e-11)
+    ids = [c for c in cols if c in model.genes]
+    assert len(ids) == len(cols)
+    values = sbml_values(model, traj, ids)
+    for k, c in enumerate(cols):
+        np.testing.assert_allclose(values[c][0].numpy(), np.asarray(res[:, k + 1]), rtol=1e-5, atol=1e-8,
+                                   err_msg=f"{biomodel} {c}")

@@ -39,14 +39,31 @@ class RateDerivatives:
     def of(cls, program: Program) -> RateDerivatives:
         # differentiate the outputs with their temporaries substituted back: CSE runs again over all
         # of them together when the C is printed
-        full = [_inline(program, e) for e in program.outputs]
+        # powers with a symbolic exponent differentiate as e b^(e-1) b' + b^e log(b) e' (_Power): sympy writes
+        # e (x/c)^e / x, which is 0/0 at x = 0 (a knocked-out species) where the limit is finite
+        full = [_inline(program, e).replace(lambda a: a.is_Pow and not a.exp.is_number,
+                                            lambda a: _Power(a.base, a.exp)) for e in program.outputs]
         vx, vp = [], []
         for r, e in enumerate(full):
             syms = e.free_symbols
             vx += [(r, j, sympy.diff(e, s)) for j, s in enumerate(program.states) if s in syms]
             vp += [(r, k, sympy.diff(e, s)) for k, s in enumerate(program.params) if s in syms]
-        return cls(tuple((r, j, _at_zero(d)) for r, j, d in vx if d != 0),
-                   tuple((r, k, _at_zero(d)) for r, k, d in vp if d != 0))
+        return cls(tuple((r, j, _at_zero(_powers(d))) for r, j, d in vx if d != 0),
+                   tuple((r, k, _at_zero(_powers(d))) for r, k, d in vp if d != 0))
+
+
+class _Power(sympy.Function):
+    """``b^e`` while differentiating: ``d/db = e b^(e-1)``, ``d/de = b^e log b`` (:class:`PowLog`)."""
+
+    nargs = 2
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        b, e = self.args
+        return e * _Power(b, e - 1) if argindex == 1 else PowLog(b, e)
+
+
+def _powers(d: sympy.Expr) -> sympy.Expr:
+    return d.replace(lambda a: isinstance(a, _Power), lambda a: sympy.Pow(*a.args))
 
 
 class PowLog(sympy.Function):
