@@ -52,6 +52,8 @@ def as_tensor(value: Any, name: str, *, device: torch.device, dtype: torch.dtype
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be numeric (number, array or tensor), got {type(value).__name__}") from None
+    if not arr.flags.writeable:  # a read-only view (pandas' to_numpy): torch warns about sharing it
+        arr = arr.copy()
     return torch.as_tensor(arr, device=device, dtype=dtype)
 
 

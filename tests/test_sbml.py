@@ -103,12 +103,12 @@ def test_refusals_name_the_construct():
 def test_repressilator_from_biomodels_oscillates_and_takes_perturbations():
     model = gn.read_sbml(DATA / "BIOMD0000000012.xml")
     assert {"PX", "PY", "PZ", "X", "Y", "Z"} <= set(model.genes)
-    t = np.linspace(0, 1000, 1001)
-    traj = gn.simulate(model, t, perturbations=[gn.Condition([]), gn.Knockout("X")], method="rodas5")
+    t = np.linspace(0, 600, 601)  # the period is about 125 (time units of the file)
+    traj = gn.simulate(model, t, perturbations=[gn.Condition([]), gn.Knockout("X")], rtol=1e-6, atol=1e-9)
     px = traj["PX"].detach().numpy()  # (2, T)
-    late = px[0, 500:]
+    late = px[0, 300:]
     peaks = np.nonzero((late[1:-1] > late[:-2]) & (late[1:-1] > late[2:]))[0]
-    assert len(peaks) >= 3 and late.max() > 2 * late.min() + 1  # sustained oscillation
+    assert len(peaks) >= 2 and late.max() > 10 * late.min()  # sustained oscillation
     assert px[1, -1] < 1e-6 * late.max()  # no mRNA X: no protein X
 
 

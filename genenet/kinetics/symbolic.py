@@ -321,18 +321,62 @@ class SymbolicModel(Model):
         self._jac_memo = (key, J)
         return J
 
-    def _derivative_function(self) -> tuple[Any, np.ndarray, np.ndarray]:
+    def _derivative_function(self, wrt: str = "x") -> tuple[Any, np.ndarray, np.ndarray]:
+        """The compiled nonzero entries of ``dv/dx`` (``wrt="x"``) or ``dv/dp`` (``"p"``) and their
+        (reaction, column) indices."""
         if self._deriv is None:
             from .codegen import RateDerivatives
 
             d = RateDerivatives.of(self.program)
-            prog = Program.build([e for _, _, e in d.vx], self.program.states, self.program.params)
-            key = "dvdx" + prog.key()
-            if key not in _CACHE:
-                _CACHE[key] = torch_function(prog)
-            self._deriv = (_CACHE[key], np.array([r for r, _, _ in d.vx], dtype=np.int64),
-                           np.array([j for _, j, _ in d.vx], dtype=np.int64))
-        return self._deriv
+            self._deriv = {}
+            for name, entries in (("x", d.vx), ("p", d.vp)):
+                prog = Program.build([e for _, _, e in entries], self.program.states, self.program.params)
+                key = f"d{name}" + prog.key()
+                if key not in _CACHE:
+                    _CACHE[key] = torch_function(prog)
+                self._deriv[name] = (_CACHE[key], np.array([r for r, _, _ in entries], dtype=np.int64),
+                                     np.array([j for _, j, _ in entries], dtype=np.int64))
+        return self._deriv[wrt]
+
+    def _rates_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params) -> tuple[Tensor, Tensor]:
+        """Rates (B, R) and their tangents (B, q, R): ``dv/dx ẋ + dv/dp ṗ`` from the compiled
+        derivative entries (exact, no autodiff: the forward sensitivities of a fit)."""
+        B, q = x_dot.shape[:2]
+        R = len(self.reactions)
+        pm = self._param_matrix(x, p)
+        raw = self._rates_fn(t, x, pm)
+        scale = p["reaction_scale"] if self._targets else None
+        v = raw * scale if scale is not None else raw
+        vd = x_dot @ self.rate_jacobian(t, x, p).transpose(1, 2)  # (B, q, R)
+        names = [k for k in self.param_names if k in p_dot]
+        if names:
+            fn, rows, cols = self._derivative_function("p")
+            Jp = x.new_zeros(B, R * len(self.param_names))
+            if len(rows):
+                Jp[:, torch.as_tensor(rows * len(self.param_names) + cols, device=x.device)] = fn(t, x, pm)
+            Jp = Jp.view(B, R, len(self.param_names))
+            if scale is not None:
+                Jp = Jp * scale[:, :, None]
+            idx = torch.as_tensor([self.param_names.index(k) for k in names], device=x.device)
+            pd = torch.cat([p_dot[k].expand(B, q, 1) for k in names], dim=2)  # (B, q, n)
+            vd = vd + pd @ Jp.index_select(2, idx).transpose(1, 2)
+        if scale is not None and "reaction_scale" in p_dot:
+            vd = vd + p_dot["reaction_scale"] * raw[:, None, :]
+        return v, vd
+
+    def production_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
+                       ) -> tuple[Tensor, Tensor]:
+        """Production (B, S) and its tangents (B, q, S), from the compiled rate derivatives."""
+        v, vd = self._rates_jvp(t, x, p, x_dot, p_dot)
+        M = self._matrices(x)[1]
+        return v @ M.T, vd @ M.T
+
+    def degradation_jvp(self, t: Tensor, x: Tensor, p: Params, x_dot: Tensor, p_dot: Params
+                        ) -> tuple[Tensor, Tensor]:
+        """Degradation (B, S) and its tangents (B, q, S), from the compiled rate derivatives."""
+        v, vd = self._rates_jvp(t, x, p, x_dot, p_dot)
+        M = self._matrices(x)[2]
+        return v @ M.T, vd @ M.T
 
     def production_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``d production / dx`` (B, S, S), analytic: ``N_syn dv/dx``."""
