@@ -56,6 +56,8 @@ class ConservedTerm:
         """Eigenvalues (B, G) of the unreduced Jacobian ``J`` (clamps already applied) on the
         directions free of each row's laws, the conserved ones as 0; stable: all of the free
         ones with negative real part. Rows are grouped by which laws hold on them."""
+        from .steady import eigvals  # steady imports this module
+
         B, G = J.shape[:2]
         ev = torch.zeros(B, G, dtype=torch.complex128 if J.dtype == torch.float64 else torch.complex64,
                          device=J.device)
@@ -70,8 +72,6 @@ class ConservedTerm:
                 Q = Vh[Lp.shape[0]:].T  # (G, G - m): orthonormal basis of the null space of the laws
             else:
                 Q = torch.eye(G, dtype=J.dtype, device=J.device)
-            from .steady import eigvals
-
             e = eigvals(Q.T @ J[rows] @ Q)
             ev[rows, : e.shape[1]] = e.to(ev.dtype)
             stable[rows] = (e.real < 0).all(dim=-1)
