@@ -73,7 +73,7 @@ def _native_spec_tangents(model: Model, p: dict[str, Tensor], p_dot: dict[str, T
     """Directional derivatives (B, q, width) of the model's native spec arrays along ``p_dot``
     ({name: (B, q, size)}), by forward-mode AD of ``model.native_spec`` (one vmapped JVP per solve).
     Spec arrays that do not depend on the free parameters are left out (constant)."""
-    from .native import TANGENT_KEYS
+    from .native import spec_keys
 
     names = [n for n in p_dot if n in p]
     if not names:
@@ -81,17 +81,19 @@ def _native_spec_tangents(model: Model, p: dict[str, Tensor], p_dot: dict[str, T
     B, q = next(iter(p_dot.values())).shape[:2]
     raw = {k: v for k, v in p.items() if not k.startswith("_")}  # let the spec re-derive the prepared arrays
     primals = tuple(raw[n].expand(B, -1) for n in names)
+    base = model.native_spec(raw)
+    keys = [k for k in spec_keys(base) if base.get(k) is not None]
 
     def spec_of(*values: Tensor) -> tuple[Tensor, ...]:
         spec = model.native_spec({**raw, **dict(zip(names, values))})
-        return tuple(spec[k].expand(B, -1) for k in TANGENT_KEYS)
+        return tuple(spec[k].expand(B, -1) for k in keys)
 
     def along(*tangents: Tensor) -> tuple[Tensor, ...]:
         return torch.func.jvp(spec_of, primals, tangents)[1]
 
     # out_dims=0: an output that does not depend on the inputs comes back expanded along q
     dots = torch.func.vmap(along, in_dims=1, out_dims=0)(*(p_dot[n] for n in names))
-    return {k: d.movedim(0, 1) for k, d in zip(TANGENT_KEYS, dots) if bool(d.any())}
+    return {k: d.movedim(0, 1) for k, d in zip(keys, dots) if bool(d.any())}
 
 
 def solve_with_tangents(model: Model, t: Any, x0: Any, perturbations: Any, *, params: Mapping[str, Any] | None,

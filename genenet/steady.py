@@ -188,7 +188,7 @@ def _native_roots(term: Any, x: Tensor, args: dict, mode: str, **kw: Any) -> tup
     spec = spec_fn(args) if spec_fn is not None else None
     if spec is None or "tangents" in spec:
         return None
-    return native.roots_hill(spec, x, mode=mode, **kw)
+    return native.roots(spec, x, mode=mode, **kw)
 
 
 def newton(term: Any, x: Tensor, args: dict, *, tol: float, max_iter: int = 50,

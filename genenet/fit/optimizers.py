@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import native
 from ..rows import concat_rows
 from .problem import FitProblem
 
@@ -374,6 +375,12 @@ def _second_order_model(problem: FitProblem, tt: Tensor, hessian: str, probes: i
     differentiating ``Jᵀu`` in ``u`` (the trajectory's tangent), then ``Jᵀ(J d)``: positive
     semi-definite, for least-squares losses."""
     tt = tt.detach().clone().requires_grad_(True)
+    with native.second_order():  # these solves are differentiated twice
+        return _second_order_products(problem, tt, hessian, probes)
+
+
+def _second_order_products(problem: FitProblem, tt: Tensor, hessian: str, probes: int
+                           ) -> tuple[Tensor, Tensor, Any, Tensor | None]:
     if hessian == "exact":
         r = problem.residuals(tt)
         L = problem.loss_from_residuals(tt, r)

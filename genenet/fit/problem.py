@@ -526,7 +526,8 @@ class FitProblem:
         differentiated again (on the native path the second-order sweep in C, ``hvp.h``; on the
         torch loop reverse over reverse)."""
         th = theta.detach().clone().requires_grad_(True)
-        L = self.loss(th)
+        with native.second_order():
+            L = self.loss(th)
         (g,) = torch.autograd.grad(L.sum(), th, create_graph=True)
         (hv,) = torch.autograd.grad((g * v.detach()).sum(), th)
         return hv

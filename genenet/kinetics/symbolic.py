@@ -393,6 +393,41 @@ class SymbolicModel(Model):
         rest = ~self._synthesis.to(x.device)
         return self.rates(t, x, p)[:, rest], N[:, rest]
 
+    # --------------------------------------------------------------- native
+    def stoichiometry_csc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """N by reaction for the native kernels: column starts (R + 1), species of each nonzero,
+        its value (float64), and per reaction 1 for a synthesis (uint8)."""
+        if getattr(self, "_csc", None) is None:
+            N = self._N.numpy()
+            ptr, rows, vals = [0], [], []
+            for k in range(N.shape[1]):
+                nz = np.flatnonzero(N[:, k])
+                rows += nz.tolist()
+                vals += N[nz, k].tolist()
+                ptr.append(len(rows))
+            self._csc = (np.asarray(ptr, dtype=np.int32), np.asarray(rows or [0], dtype=np.int32),
+                         np.asarray(vals or [0.0], dtype=np.float64), self._synthesis.numpy().astype(np.uint8))
+        return self._csc
+
+    def native_spec(self, p: Params) -> dict | None:
+        """What the native kernels need (:mod:`genenet.native.compiled`): the parameter matrix
+        ``params`` (B or 1, P) in :attr:`param_names` order and ``reaction_scale``; None for a model
+        whose rates read ``t`` (those run on the torch loop) or where the model cannot be compiled."""
+        if not self.autonomous:
+            return None
+        like = next(iter(p.values())) if p else torch.zeros(1, dtype=torch.float64)
+        from ..native import compiled
+
+        if compiled.library(self, like.dtype) is None:
+            return None
+        B = max([v.shape[0] for v in p.values() if v.ndim > 0] or [1])
+        params = (torch.cat([p[n].reshape(-1, 1).expand(B, 1) for n in self.param_names], dim=1)
+                  if self.param_names else like.new_zeros(B, 0))
+        spec = {"model": self, "params": params}
+        if self._targets:
+            spec["reaction_scale"] = p["reaction_scale"]
+        return spec
+
     def extra_repr(self) -> str:
         return (f"{len(self.genes)} species, {len(self.reactions)} reactions, {self.n_sets} parameter set(s), "
                 f"parameters {self.param_names}")

@@ -60,7 +60,8 @@ from ..solvers.memory import available_memory
 from . import build
 
 __all__ = ["available", "reason", "NativeKernelWarning", "torch_path", "release_memory", "tape_memory", "hill_vjp",
-           "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill", "adjoint_sweep"]
+           "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill", "adjoint_sweep",
+           "integrate_erk", "integrate_rodas", "roots", "spec_width", "spec_keys", "second_order"]
 
 _LIBS: dict[torch.dtype, Any] = {}
 _FAILED: dict[torch.dtype, str] = {}
@@ -157,6 +158,24 @@ def _require_lib(dtype: torch.dtype) -> Any:
 
 
 _STATE = threading.local()
+
+
+@contextlib.contextmanager
+def second_order() -> Iterator[None]:
+    """Solves inside this block will be differentiated twice (``create_graph=True``: Hessian-vector
+    products): compiled models, whose native adjoint is first order, take the torch loop there; the
+    Hill model keeps its native second-order sweep."""
+    before = getattr(_STATE, "second", False)
+    _STATE.second = True
+    try:
+        yield
+    finally:
+        _STATE.second = before
+
+
+def wants_second_order() -> bool:
+    """True inside :func:`second_order`."""
+    return getattr(_STATE, "second", False)
 
 
 @contextlib.contextmanager
@@ -337,6 +356,57 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
     return tuple(o.to(x0.device) for o in outs)
 
 
+def spec_width(spec: dict) -> int:
+    """The state width (genes or species) of a native spec: the Hill model's or a compiled model's."""
+    return len(spec["model"].genes) if "model" in spec else int(spec["production"].shape[-1])
+
+
+def spec_keys(spec: dict) -> tuple[str, ...]:
+    """The spec's parameter arrays that forward tangents may follow: :data:`TANGENT_KEYS` for the
+    Hill model, ``("params", "reaction_scale")`` for a compiled model (:mod:`genenet.native.compiled`)."""
+    from . import compiled
+
+    return compiled.SPEC_KEYS if "model" in spec else TANGENT_KEYS
+
+
+def integrate_erk(spec: dict, x0: Tensor, t_save: Tensor, **kw: Any) -> tuple[Tensor, ...]:
+    """The explicit kernel for whichever model the spec is of: :func:`integrate_hill_erk` or
+    :func:`genenet.native.compiled.integrate_erk` (same arguments and results)."""
+    if "model" in spec:
+        from . import compiled
+
+        return compiled.integrate_erk(spec, x0, t_save, **kw)
+    return integrate_hill_erk(spec, x0, t_save, **kw)
+
+
+def integrate_erk_grad(spec: dict, x0: Tensor, t_save: Tensor, **kw: Any) -> tuple[Tensor, ...]:
+    """The differentiable explicit kernel for whichever model the spec is of (:func:`integrate_hill_erk_grad`
+    or :func:`genenet.native.compiled.integrate_erk_grad`)."""
+    if "model" in spec:
+        from . import compiled
+
+        return compiled.integrate_erk_grad(spec, x0, t_save, **kw)
+    return integrate_hill_erk_grad(spec, x0, t_save, **kw)
+
+
+def integrate_rodas(spec: dict, x0: Tensor, t_save: Tensor, **kw: Any) -> tuple[Tensor, ...]:
+    """The Rosenbrock kernel for whichever model the spec is of (see :func:`integrate_erk`)."""
+    if "model" in spec:
+        from . import compiled
+
+        return compiled.integrate_rodas(spec, x0, t_save, **kw)
+    return integrate_hill_rodas(spec, x0, t_save, **kw)
+
+
+def roots(spec: dict, x: Tensor, **kw: Any) -> tuple[Tensor, Tensor, Tensor]:
+    """The steady-state iterations for whichever model the spec is of (:func:`roots_hill`'s arguments)."""
+    if "model" in spec:
+        from . import compiled
+
+        return compiled.roots(spec, x, **kw)
+    return roots_hill(spec, x, **kw)
+
+
 def hill_vjp(spec: dict, x: Tensor, a: Tensor, model: dict | None = None
              ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """The Hill right-hand side under the spec's condition effects at ``x`` (B, G) and its vector-Jacobian
@@ -432,15 +502,19 @@ def vjp_arrays(spec: dict, B: int, dtype: torch.dtype) -> dict:
 def release_memory() -> None:
     """Free the step-tape memory the native kernels keep pooled after a gradient (at most one
     differentiable solve's tapes: S G numbers per accepted step and row)."""
-    for lib in _LIBS.values():
+    from . import compiled
+
+    for lib in [*_LIBS.values(), *compiled.drivers()]:
         lib.genenet_tape_pool_release()
 
 
 def tape_memory(reset_peak: bool = False) -> tuple[int, int]:
     """Bytes of step tapes (the native discrete adjoint's memory) in use now and at most since the last
     reset, over the loaded kernels; ``reset_peak=True`` starts a new peak from the current use."""
+    from . import compiled
+
     now = peak = 0
-    for lib in _LIBS.values():
+    for lib in [*_LIBS.values(), *compiled.drivers()]:
         a, b = ctypes.c_int64(), ctypes.c_int64()
         lib.genenet_tape_bytes(ctypes.byref(a), ctypes.byref(b), ctypes.c_int(int(reset_peak)))
         now, peak = now + a.value, peak + b.value

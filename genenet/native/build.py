@@ -73,7 +73,7 @@ _X86_LEVELS = (
 
 
 def sources() -> list[Path]:
-    """The kernel sources: ``kernels.c`` and the headers it includes."""
+    """The kernel sources: ``kernels.c``, ``compiled.c``, ``rates.c`` and the headers they include."""
     return sorted([*DIR.glob("*.c"), *DIR.glob("*.h")])
 
 
@@ -145,11 +145,14 @@ def flags(real: str, arch: str | None = None) -> list[str]:
             f'-DGENENET_SOURCE_HASH="{source_hash()}"', f'-DGENENET_ISA="{level}"', *extra]
 
 
-def compile_library(real: str, out: Path | str, *, cc: str | None = None, arch: str | None = None) -> list[str]:
+def compile_library(real: str, out: Path | str, *, cc: str | None = None, arch: str | None = None,
+                    source: Path | None = None, defines: tuple[str, ...] = ()) -> list[str]:
     """Compile the kernels for ``real`` (``"float"`` or ``"double"``) into the shared library ``out``,
     written atomically (a temporary file renamed into place). Tries OpenMP and the alignment flags
-    first and drops what the compiler refuses. Returns the command that succeeded; RuntimeError
-    naming each command and the compiler's message when none does."""
+    first and drops what the compiler refuses. ``source``: the translation unit (default
+    ``kernels.c``; ``compiled.c`` for a compiled model), ``defines``: extra ``-D`` flags. Returns
+    the command that succeeded; RuntimeError naming each command and the compiler's message when
+    none does."""
     cc = cc or compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc or clang)")
@@ -164,7 +167,8 @@ def compile_library(real: str, out: Path | str, *, cc: str | None = None, arch: 
         for extra in (["-fopenmp", *_ALIGN], ["-fopenmp"], _ALIGN, []):  # OpenMP threads when the compiler has them
             with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
                 tmp_lib = Path(tmp) / out.name
-                cmd = [*cc.split(), *base, *extra, str(DIR / "kernels.c"), "-o", str(tmp_lib), "-lm"]
+                cmd = [*cc.split(), *base, *extra, *(f"-D{d}" for d in defines), str(source or DIR / "kernels.c"),
+                       "-o", str(tmp_lib), "-lm"]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
                 if proc.returncode == 0:
                     os.replace(tmp_lib, out)  # atomic: a reader never sees half a file
@@ -179,10 +183,11 @@ def cache_dir() -> Path:
     return Path(root) / "native"
 
 
-def cache_path(real: str, cc: str, arch: str | None = None) -> Path:
-    """The cached library of this source, precision, compiler and flags."""
+def cache_path(real: str, cc: str, arch: str | None = None, name: str = "kernels") -> Path:
+    """The cached library of this source, precision, compiler and flags (``name``: ``kernels``, the
+    Hill kernels of ``kernels.c``, or ``models``, the compiled models' integrators of ``compiled.c``)."""
     key = hashlib.sha256(" ".join([cc, *flags(real, arch), sys.platform, platform.machine()]).encode())
-    return cache_dir() / f"genenet_kernels_{real}_{key.hexdigest()[:16]}{_suffix()}"
+    return cache_dir() / f"genenet_{name}_{real}_{key.hexdigest()[:16]}{_suffix()}"
 
 
 def _suffix() -> str:
@@ -190,7 +195,7 @@ def _suffix() -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (created) across processes; without fcntl (Windows) none:
     the atomic rename alone keeps concurrent builds safe there, they only duplicate work."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,18 +212,20 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def cached_library(real: str, *, rebuild: bool = False) -> Path:
+def cached_library(real: str, *, rebuild: bool = False, name: str = "kernels") -> Path:
     """The cached library for ``real``, built first if missing (or ``rebuild``) under a lock, so
-    concurrent first uses build it once. RuntimeError when there is no compiler or it fails."""
+    concurrent first uses build it once. ``name``: ``kernels`` (``kernels.c``) or ``models``
+    (``compiled.c``). RuntimeError when there is no compiler or it fails."""
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set $CC, or install gcc or clang)")
-    path = cache_path(real, cc)
+    path = cache_path(real, cc, name=name)
     if path.exists() and not rebuild:
         return path
-    with _locked(path.with_name(path.name + ".lock")):
+    source = DIR / ("kernels.c" if name == "kernels" else "compiled.c")
+    with locked(path.with_name(path.name + ".lock")):
         if rebuild or not path.exists():  # another process may have built it while we waited
-            compile_library(real, path, cc=cc)
+            compile_library(real, path, cc=cc, source=source)
     return path
 
 

@@ -11,7 +11,29 @@
 
 #include <pthread.h>
 
-#include "hill.h"
+#ifndef GENENET_MODEL_H
+#define GENENET_MODEL_H "hill.h"
+#endif
+#include GENENET_MODEL_H
+
+static void rhs(const Row *r, const real *x, real *dx) {
+    if (r->system) {
+        r->system(r, x, dx);
+        return;
+    }
+    rhs_state(r, x, dx);
+    if (r->Q) rhs_tangents(r, x, dx);
+}
+
+/* the columns that steer the step: the state's G, or all E of another system */
+static inline int64_t steer_width(const Row *r) { return r->system ? r->E : r->G; }
+
+/* the steering columns of the right-hand side (the state's without its tangents) */
+static void rhs_steer(const Row *r, const real *x, real *dx) {
+    if (r->system) r->system(r, x, dx);
+    else rhs_state(r, x, dx);
+}
+
 
 /* The accepted steps of one row, for the discrete adjoint (backpropagation through the solver
    replayed in C): per step a record of TAPE_HEAD reals (t, t1, h, unused) and its first S - 1
@@ -360,6 +382,56 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     res.t_last = t;
     memcpy(y_last, y, sizeof(real) * W);
     return res;
+}
+
+/* ------------------------------------------------------------------ the tapes' exported API */
+
+/* B empty tapes of an S-stage FSAL method (S >= 2) and G genes, their y_end in the same block */
+Tape *genenet_tapes_new(int64_t B, int64_t S, int64_t G) {
+    if (S < 2) return NULL;
+    const size_t nb = (size_t)(B > 0 ? B : 1);
+    Tape *tp = (Tape *)calloc(1, nb * sizeof(Tape) + nb * (size_t)G * sizeof(real));
+    real *ends = tp ? (real *)(tp + nb) : NULL;
+    for (int64_t b = 0; tp && b < B; ++b) { tp[b].S = S; tp[b].G = G; tp[b].y_end = ends + b * G; }
+    return tp;
+}
+
+int64_t genenet_tapes_oom(const Tape *tp, int64_t B) {
+    int64_t n = 0;
+    for (int64_t b = 0; b < B; ++b) n += tp[b].oom;
+    return n;
+}
+
+void genenet_tapes_free(Tape *tp, int64_t B) {
+    if (!tp) return;
+    int64_t blocks = 0;
+    for (int64_t b = 0; b < B; ++b)
+        for (const TapeBlock *k = tp[b].last; k; k = k->prev) blocks++;
+    for (int64_t b = 0; b < B; ++b) /* the pool keeps this set's blocks for the next one */
+        if (tp[b].last) tape_blocks_put(tp[b].last, tape_block_bytes(tp[b].S, tp[b].G), blocks);
+    free(tp);
+}
+
+/* Cap the fresh tape memory of the solves that follow at `limit` bytes (< 0: no cap) */
+void genenet_tape_budget(int64_t limit) {
+    pthread_mutex_lock(&tape_pool_lock);
+    tape_fresh_bytes = 0;
+    tape_fresh_limit = limit < 0 ? INT64_MAX : limit;
+    pthread_mutex_unlock(&tape_pool_lock);
+}
+
+/* Bytes of tape blocks in use now and at most since the last reset (reset: peak = now) */
+void genenet_tape_bytes(int64_t *now, int64_t *peak, int reset) {
+    pthread_mutex_lock(&tape_pool_lock);
+    if (reset) tape_bytes_peak = tape_bytes_used;
+    *now = tape_bytes_used;
+    *peak = tape_bytes_peak;
+    pthread_mutex_unlock(&tape_pool_lock);
+}
+
+/* Free the pooled tape blocks (genenet.native.release_memory) */
+void genenet_tape_pool_release(void) {
+    tape_blocks_put(NULL, 0, 0);
 }
 
 #endif

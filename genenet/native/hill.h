@@ -18,17 +18,7 @@
 #ifndef GENENET_HILL_H
 #define GENENET_HILL_H
 
-#include <tgmath.h> /* pow, sqrt, fabs, log of the argument's type: powf for float */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-#ifndef REAL
-#define REAL double
-#endif
-typedef REAL real;
-
-enum { STIFF = -2, RUNNING = -1, SUCCESS = 0, MAX_STEPS = 1, STEP_UNDERFLOW = 2, NONFINITE = 3, SINGULAR = 4 };
+#include "common.h"
 
 typedef struct Row {
     int64_t G, K;
@@ -217,24 +207,6 @@ static void rhs_tangents(const Row *r, const real *x, real *dx) {
     }
 }
 
-static void rhs(const Row *r, const real *x, real *dx) {
-    if (r->system) {
-        r->system(r, x, dx);
-        return;
-    }
-    rhs_state(r, x, dx);
-    if (r->Q) rhs_tangents(r, x, dx);
-}
-
-/* the columns that steer the step: the state's G, or all E of another system */
-static inline int64_t steer_width(const Row *r) { return r->system ? r->E : r->G; }
-
-/* the steering columns of the right-hand side (the state's without its tangents) */
-static void rhs_steer(const Row *r, const real *x, real *dx) {
-    if (r->system) r->system(r, x, dx);
-    else rhs_state(r, x, dx);
-}
-
 /* J = d(dx)/dx, (G, G) row-major */
 static void jacobian(const Row *r, const real *x, real *J) {
     const int64_t G = r->G, KG = r->K * G;
@@ -257,31 +229,32 @@ static void jacobian(const Row *r, const real *x, real *J) {
     }
 }
 
-/* acc = sum_j c_j k_j over the nonzero c_j, in order (the same sums as the torch path); the k_j
-   are ``stride`` apart, the first G entries of each are summed */
-static void weighted(const real *c, int64_t n, const real *restrict ks, int64_t stride, int64_t G,
-                     real *restrict acc) {
-    int first = 1;
-    for (int64_t j = 0; j < n; ++j) {
-        const real cj = c[j], *restrict kj = ks + j * stride;
-        if (cj == 0) continue;
-        if (first) {
-            for (int64_t i = 0; i < G; ++i) acc[i] = kj[i] * cj;
-        } else {
-            for (int64_t i = 0; i < G; ++i) acc[i] = acc[i] + cj * kj[i];
-        }
-        first = 0;
-    }
-    if (first) memset(acc, 0, sizeof(real) * (size_t)G);
+typedef struct {
+    int64_t B, G, K, Q;
+    const int32_t *slot_src;
+    const real *c0, *c1, *inv_thr, *hill, *prod, *deg, *mult, *add;
+    const uint8_t *clamp;
+    const real *c0d, *c1d, *itd, *hilld, *prodd, *degd;
+} Problem;
+
+static Row row_of(const Problem *p, int64_t b, real *H, const int *nint, real *tw) {
+    const int64_t G = p->G, KG = p->K * G, Q = p->Q;
+    Row r = {G, p->K, p->slot_src, p->c0 + b * KG, p->c1 + b * KG, p->inv_thr + b * KG, p->hill + b * KG,
+             p->prod + b * G, p->deg + b * G, p->mult ? p->mult + b * G : NULL, p->add ? p->add + b * G : NULL,
+             p->clamp ? p->clamp + b * G : NULL, H, nint, Q,
+             p->c0d ? p->c0d + b * Q * KG : NULL, p->c1d ? p->c1d + b * Q * KG : NULL,
+             p->itd ? p->itd + b * Q * KG : NULL, p->hilld ? p->hilld + b * Q * KG : NULL,
+             p->prodd ? p->prodd + b * Q * G : NULL, p->degd ? p->degd + b * Q * G : NULL, tw, NULL, 0, NULL};
+    return r;
 }
 
-static real rms(const real *v, const real *scale, int64_t G) {
-    real acc = 0;
-    for (int64_t i = 0; i < G; ++i) {
-        real q = v[i] / scale[i];
-        acc += q * q;
-    }
-    return sqrt(acc / (real)G);
+/* the model hooks of common.h: per thread H (K G) and the tangent work (5 K G + 2 G); the integer
+   hill coefficients (K G) */
+static int64_t model_work(const Problem *p) { return 6 * p->K * p->G + 2 * p->G; }
+static int64_t model_iwork(const Problem *p) { return p->K * p->G + 1; }
+static Row model_row(const Problem *p, int64_t b, real *work, int *iwork) {
+    const int64_t KG = p->K * p->G;
+    return row_of(p, b, work, integer_hill(p->hill + b * KG, KG, iwork), work + KG);
 }
 
 #endif

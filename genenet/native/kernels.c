@@ -3,13 +3,10 @@
    The CPU analogue of a per-trajectory GPU kernel (DiffEqGPU's EnsembleGPUKernel): each row
    runs its own step loop (driver.h) from its start to t_end with its own step size, so there is
    no per-step Python, no per-step tensor allocation and no lock-step with the other rows. Rows
-   are spread over threads with OpenMP. Two step methods:
-
-   - genenet_erk_hill: an FSAL explicit Runge-Kutta pair (Dopri5, Tsit5) with its dense output,
-     optionally carrying Q forward-sensitivity tangents beside the state;
-   - genenet_rodas_hill: a stiffly accurate Rosenbrock method (Rodas4, Rodas5P) in Hairer &
-     Wanner's transformed form, W = I/(h gamma) - J from the analytic Jacobian, one LU with
-     partial pivoting per step (a zero pivot or a non-finite W rejects the step: SINGULAR).
+   are spread over threads with OpenMP. The step methods (steppers.h): genenet_erk_hill, an FSAL
+   explicit Runge-Kutta pair with optional forward-sensitivity tangents; genenet_rodas_hill, a
+   Rosenbrock method with the analytic Jacobian. The same steppers and loop run compiled symbolic
+   models (compiled.c); what is here beyond the entry points is the Hill model's own adjoint.
 
    Also the steady-state iterations of genenet.steady (roots.h: Newton, pseudo-transient
    continuation), one row per task.
@@ -17,8 +14,7 @@
    Model: hill.h. Compiled by genenet/native/build.py (at install time or first use) with REAL = float
    or double, GENENET_SOURCE_HASH the sources' hash and GENENET_ISA the instruction-set level. */
 
-#include "driver.h"
-#include "linalg.h"
+#include "steppers.h"
 #include "roots.h"
 
 #ifndef GENENET_SOURCE_HASH
@@ -32,280 +28,33 @@
 const char *genenet_source_hash(void) { return GENENET_SOURCE_HASH; }
 const char *genenet_isa(void) { return GENENET_ISA; }
 
-/* ------------------------------------------------------------------ explicit Runge-Kutta */
-
-typedef struct {
-    int64_t S, D, W;
-    const real *a, *e, *P; /* (S, S), (S,), (S, D) */
-    real *ks, *Ys, *tmp;   /* stages (S, W), stage inputs (S, W), (W) */
-} ErkWork;
-
-static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err,
-                    real *f1) {
-    ErkWork *w = (ErkWork *)m->ws;
-    const int64_t S = w->S, W = w->W;
-    real *ks = w->ks;
-    memcpy(ks, f0, sizeof(real) * W);
-    memcpy(w->Ys, y, sizeof(real) * W);
-    /* stages 1..S-1; the last (FSAL) one is f(t1, y1) with y1 = its stage value */
-    for (int64_t s = 1; s < S; ++s) {
-        real *Yi = w->Ys + s * W;
-        weighted(w->a + s * S, s, ks, W, W, w->tmp);
-        for (int64_t i = 0; i < W; ++i) Yi[i] = y[i] + h * w->tmp[i];
-        if (s == S - 1) memcpy(y1, Yi, sizeof(real) * W);
-        rhs(r, Yi, ks + s * W);
-    }
-    const int64_t E = steer_width(r);
-    weighted(w->e, S, ks, W, E, err);
-    for (int64_t i = 0; i < E; ++i) err[i] = h * err[i];
-    memcpy(f1, ks + (S - 1) * W, sizeof(real) * W);
-    return 0;
-}
-
-/* Hairer's estimate from the last two stages, both at t + h (Dopri5, Tsit5): h |k_S - k_(S-1)| /
-   |Y_S - Y_(S-1)|, as ExplicitRK.stiffness (the state columns only) */
-static real erk_stiffness(Stepper *m, const Row *r, real h) {
-    ErkWork *w = (ErkWork *)m->ws;
-    const int64_t S = w->S, W = w->W, G = r->G;
-    real diff[16];
-    for (int64_t j = 0; j < S - 1; ++j) diff[j] = w->a[(S - 1) * S + j] - w->a[(S - 2) * S + j];
-    weighted(diff, S - 1, w->ks, W, G, w->tmp);
-    const real *kl = w->ks + (S - 1) * W, *kp = w->ks + (S - 2) * W;
-    real num = 0, den = 0;
-    for (int64_t i = 0; i < G; ++i) {
-        real df = kl[i] - kp[i], dy = h * w->tmp[i];
-        num += df * df;
-        den += dy * dy;
-    }
-    return h * sqrt(num / (den > (real)1e-300 ? den : (real)1e-300));
-}
-
-/* b_j(th) = sum_d P[j, d] th^(d + 1): the dense output's stage weights (the forward's and the adjoint's) */
-static void dense_weights(const real *P, int64_t S, int64_t D, real th, real *b) {
-    for (int64_t j = 0; j < S; ++j) {
-        real acc = 0, pw = th;
-        for (int64_t d = 0; d < D; ++d) { acc += P[j * D + d] * pw; pw *= th; }
-        b[j] = acc;
-    }
-}
-
-static void erk_dense(Stepper *m, const real *y, const real *y1, real h, real th, real *dst) {
-    (void)y1;
-    ErkWork *w = (ErkWork *)m->ws;
-    const int64_t S = w->S, W = w->W;
-    real b[16];
-    dense_weights(w->P, S, w->D, th, b);
-    for (int64_t i = 0; i < W; ++i) {
-        real acc = 0;
-        for (int64_t j = 0; j < S; ++j) acc += b[j] * w->ks[j * W + i];
-        dst[i] = y[i] + h * acc;
-    }
-}
-
-/* ------------------------------------------------------------------ Rosenbrock */
-
-typedef struct {
-    int64_t S, M, G;
-    real gamma;
-    const real *a, *C, *b, *e, *H; /* (S, S), (S, S), (S,), (S,), (M, S) */
-    real *ks, *U, *rhs, *Wm, *Dn;  /* (S, G), (G), (G), (G, G), (M, G) */
-    int64_t *piv;                  /* (G) */
-} RodasWork;
-
-/* acc = base + sum_j c_j k_j over the nonzero c_j, added in order as the torch step does */
-static void add_weighted(const real *base, const real *c, int64_t n, const real *ks, int64_t G, real *acc) {
-    if (base) memcpy(acc, base, sizeof(real) * (size_t)G);
-    else memset(acc, 0, sizeof(real) * (size_t)G);
-    for (int64_t j = 0; j < n; ++j) {
-        if (c[j] == 0) continue;
-        const real cj = c[j], *kj = ks + j * G;
-        for (int64_t i = 0; i < G; ++i) acc[i] = acc[i] + cj * kj[i];
-    }
-}
-
-static int rodas_step(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err,
-                      real *f1) {
-    RodasWork *w = (RodasWork *)m->ws;
-    const int64_t S = w->S, G = w->G;
-    real *Wm = w->Wm, *ks = w->ks;
-    jacobian(r, y, Wm);
-    const real diag = (real)1 / (w->gamma * h);
-    real total = 0;
-    for (int64_t i = 0; i < G * G; ++i) { Wm[i] = -Wm[i]; total += Wm[i]; }
-    for (int64_t i = 0; i < G; ++i) Wm[i * G + i] += diag;
-    if (!isfinite(total + diag) || lu_factor(Wm, G, w->piv)) return 1;
-    for (int64_t s = 0; s < S; ++s) {
-        const real *fi = f0;
-        if (s > 0) {
-            add_weighted(y, w->a + s * S, s, ks, G, w->U);
-            rhs(r, w->U, w->rhs);
-            fi = w->rhs;
-        }
-        real *k = ks + s * G;
-        if (fi != k) memcpy(k, fi, sizeof(real) * (size_t)G);
-        for (int64_t j = 0; j < s; ++j) { /* + (C_sj / h) k_j */
-            real cj = w->C[s * S + j];
-            if (cj == 0) continue;
-            real q = cj / h;
-            const real *kj = ks + j * G;
-            for (int64_t i = 0; i < G; ++i) k[i] = k[i] + q * kj[i];
-        }
-        lu_solve(Wm, G, w->piv, k);
-    }
-    add_weighted(y, w->b, S, ks, G, y1);
-    add_weighted(NULL, w->e, S, ks, G, err);
-    for (int64_t q = 0; q < w->M; ++q) add_weighted(NULL, w->H + q * S, S, ks, G, w->Dn + q * G);
-    rhs(r, y1, f1);
-    return 0;
-}
-
-/* (1 - th) y + th (y1 + (1 - th) (D_1 + th (D_2 + th D_3 ...))) */
-static void rodas_dense(Stepper *m, const real *y, const real *y1, real h, real th, real *dst) {
-    (void)h;
-    RodasWork *w = (RodasWork *)m->ws;
-    const int64_t G = w->G, M = w->M;
-    for (int64_t i = 0; i < G; ++i) {
-        real acc = w->Dn[(M - 1) * G + i];
-        for (int64_t q = M - 2; q >= 0; --q) acc = w->Dn[q * G + i] + th * acc;
-        dst[i] = (1 - th) * y[i] + th * (y1[i] + (1 - th) * acc);
-    }
-}
-
 /* ------------------------------------------------------------------ entry points */
-
-typedef struct {
-    int64_t B, G, K, Q;
-    const int32_t *slot_src;
-    const real *c0, *c1, *inv_thr, *hill, *prod, *deg, *mult, *add;
-    const uint8_t *clamp;
-    const real *c0d, *c1d, *itd, *hilld, *prodd, *degd;
-} Problem;
-
-static Row row_of(const Problem *p, int64_t b, real *H, const int *nint, real *tw) {
-    const int64_t G = p->G, KG = p->K * G, Q = p->Q;
-    Row r = {G, p->K, p->slot_src, p->c0 + b * KG, p->c1 + b * KG, p->inv_thr + b * KG, p->hill + b * KG,
-             p->prod + b * G, p->deg + b * G, p->mult ? p->mult + b * G : NULL, p->add ? p->add + b * G : NULL,
-             p->clamp ? p->clamp + b * G : NULL, H, nint, Q,
-             p->c0d ? p->c0d + b * Q * KG : NULL, p->c1d ? p->c1d + b * Q * KG : NULL,
-             p->itd ? p->itd + b * Q * KG : NULL, p->hilld ? p->hilld + b * Q * KG : NULL,
-             p->prodd ? p->prodd + b * Q * G : NULL, p->degd ? p->degd + b * Q * G : NULL, tw, NULL, 0, NULL};
-    return r;
-}
-
-/* every row: the model's work arrays, then the method's (make_stepper), then drive_row */
-typedef void (*MakeStepper)(Stepper *m, const void *method, int64_t G, int64_t W, real *work);
-
-static void run_rows(const Problem *p, const LoopSettings *c, const real *t_start, const real *x0,
-                     MakeStepper make, const void *method, int64_t method_work, Stepper proto,
-                     real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads,
-                     Tape *tapes) {
-    const int64_t B = p->B, G = p->G, KG = p->K * G, W = (1 + p->Q) * G, T = c->T;
-#pragma omp parallel num_threads((int)nthreads)
-    {
-        const int64_t stiff_work = c->stiff_after > 0 ? G * G + 2 * G : 0;
-        real *work = (real *)malloc(sizeof(real) * (size_t)(4 * W + 2 * G + 6 * KG + 2 * G + method_work +
-                                                             stiff_work + 64));
-        real *loop_work = work, *H = loop_work + 4 * W + 2 * G, *tw = H + KG, *mw = tw + 5 * KG + 2 * G;
-        int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
-        Stepper m = proto;
-        make(&m, method, G, W, mw);
-        m.stiff_work = stiff_work ? mw + method_work : NULL;
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t b = 0; b < B; ++b) {
-            Row r = row_of(p, b, H, integer_hill(p->hill + b * KG, KG, nint_w), tw);
-            real tb = t_start ? t_start[b] : c->t_save[0];
-            RowResult res = drive_row(&m, &r, W, c, tb, x0 + b * W, out + b * T * W, y_last + b * W, loop_work,
-                                      tapes ? tapes + b : NULL);
-            status_out[b] = res.status;
-            counters[b] = res.steps;
-            counters[B + b] = res.accepted;
-            counters[2 * B + b] = res.steps - res.accepted;
-            counters[3 * B + b] = res.rhs;
-            t_last[b] = res.t_last;
-        }
-        free(m.ws);
-        free(work);
-        free(nint_w);
-    }
-}
-
-typedef struct {
-    int64_t S, D;
-    real a[16 * 16], e[16], P[16 * 8];
-} ErkMethod;
-
-static void make_erk(Stepper *m, const void *method, int64_t G, int64_t W, real *work) {
-    (void)G;
-    const ErkMethod *e = (const ErkMethod *)method;
-    ErkWork *w = (ErkWork *)malloc(sizeof(ErkWork));
-    *w = (ErkWork){e->S, e->D, W, e->a, e->e, e->P, work, work + e->S * W, work + 2 * e->S * W};
-    m->ws = w;
-    m->stage_inputs = w->Ys;
-}
-
-typedef struct {
-    int64_t S, M;
-    real gamma, a[16 * 16], C[16 * 16], b[16], e[16], H[8 * 16];
-} RodasMethod;
-
-static void make_rodas(Stepper *m, const void *method, int64_t G, int64_t W, real *work) {
-    (void)W;
-    const RodasMethod *d = (const RodasMethod *)method;
-    RodasWork *w = (RodasWork *)malloc(sizeof(RodasWork) + sizeof(int64_t) * (size_t)G);
-    real *ks = work, *U = ks + d->S * G, *rh = U + G, *Wm = rh + G, *Dn = Wm + G * G;
-    *w = (RodasWork){d->S, d->M, G, d->gamma, d->a, d->C, d->b, d->e, d->H, ks, U, rh, Wm, Dn,
-                     (int64_t *)(w + 1)};
-    m->ws = w;
-}
 
 #define PROBLEM_ARGS                                                                                        \
     int64_t B, int64_t G, int64_t K, int64_t T, const real *t_save, const real *t_start, const real *x0,     \
         const int32_t *slot_src, const real *c0, const real *c1, const real *inv_thr, const real *hill,     \
         const real *prod, const real *deg, const real *mult, const real *add, const uint8_t *clamp,         \
         const real *rtol, const real *atol
-#define LOOP_ARGS                                                                                           \
-    double first_step, int64_t max_steps, double steady_tol, int64_t window, double safety, double beta,    \
-        double factor_min, double factor_max, int64_t stiff_after, int64_t check_every, int64_t use_rho,    \
-        real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads
+#define LOOP_PASS                                                                                           \
+    first_step, max_steps, steady_tol, window, safety, beta, factor_min, factor_max, stiff_after, check_every, \
+        use_rho, out, status_out, counters, t_last, y_last, nthreads
 
 /* tapes: NULL, or B zeroed Tape structs (genenet_tapes_new) that record every row's accepted steps */
 int genenet_erk_hill(PROBLEM_ARGS, int64_t Q, const real *c0d, const real *c1d, const real *itd,
                      const real *hilld, const real *prodd, const real *degd,
                      int64_t S, const double *A, const double *E, int64_t D, const double *P, int64_t error_order,
                      LOOP_ARGS, Tape *tapes) {
-    if (S > 16 || D > 8 || (tapes && Q)) return -1;
-    ErkMethod e = {S, D, {0}, {0}, {0}};
-    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
-    for (int64_t i = 0; i < S; ++i) e.e[i] = (real)E[i];
-    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
     Problem p = {B, G, K, Q, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  c0d, c1d, itd, hilld, prodd, degd};
-    if (stiff_after > 0 && (S < 3 || check_every < 2 || Q)) return -2;
-    LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
-                      factor_max, max_steps, stiff_after, check_every, use_rho};
-    Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL, NULL, erk_stiffness, NULL};
-    const int64_t W = (1 + Q) * G;
-    run_rows(&p, &c, t_start, x0, make_erk, &e, (2 * S + 1) * W, proto, out, status_out, counters, t_last, y_last,
-             nthreads, tapes);
-    return 0;
+    return erk_solve(&p, T, t_save, t_start, x0, rtol, atol, S, A, E, D, P, error_order, LOOP_PASS, tapes);
 }
 
 int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, const double *Cm, const double *Bv,
                        const double *E, int64_t M, const double *H, int64_t error_order, LOOP_ARGS) {
-    if (S > 16 || M > 8) return -1;
-    RodasMethod d = {S, M, (real)gamma, {0}, {0}, {0}, {0}, {0}};
-    for (int64_t i = 0; i < S * S; ++i) { d.a[i] = (real)A[i]; d.C[i] = (real)Cm[i]; }
-    for (int64_t i = 0; i < S; ++i) { d.b[i] = (real)Bv[i]; d.e[i] = (real)E[i]; }
-    for (int64_t i = 0; i < M * S; ++i) d.H[i] = (real)H[i];
     Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  NULL, NULL, NULL, NULL, NULL, NULL};
-    if (stiff_after > 0) return -2; /* stiffness detection is for the explicit methods */
-    LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
-                      factor_max, max_steps, 0, check_every, use_rho};
-    Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL, NULL, NULL, NULL};
-    run_rows(&p, &c, t_start, x0, make_rodas, &d, (S + 2 + M) * G + G * G, proto, out, status_out, counters,
-             t_last, y_last, nthreads, NULL);
-    return 0;
+    return rodas_solve(&p, T, t_save, t_start, x0, rtol, atol, S, gamma, A, Cm, Bv, E, M, H, error_order,
+                       LOOP_PASS);
 }
 
 /* ------------------------------------------------------------------ discrete adjoint of the explicit kernel */
@@ -313,53 +62,6 @@ int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, c
 /* the vectorized log of hill.h, for its test */
 void genenet_log_pos(int64_t n, const real *x, real *out) { log_pos(n, x, out); }
 
-/* B empty tapes of an S-stage FSAL method (S >= 2) and G genes, their y_end in the same block */
-Tape *genenet_tapes_new(int64_t B, int64_t S, int64_t G) {
-    if (S < 2) return NULL;
-    const size_t nb = (size_t)(B > 0 ? B : 1);
-    Tape *tp = (Tape *)calloc(1, nb * sizeof(Tape) + nb * (size_t)G * sizeof(real));
-    real *ends = tp ? (real *)(tp + nb) : NULL;
-    for (int64_t b = 0; tp && b < B; ++b) { tp[b].S = S; tp[b].G = G; tp[b].y_end = ends + b * G; }
-    return tp;
-}
-
-int64_t genenet_tapes_oom(const Tape *tp, int64_t B) {
-    int64_t n = 0;
-    for (int64_t b = 0; b < B; ++b) n += tp[b].oom;
-    return n;
-}
-
-void genenet_tapes_free(Tape *tp, int64_t B) {
-    if (!tp) return;
-    int64_t blocks = 0;
-    for (int64_t b = 0; b < B; ++b)
-        for (const TapeBlock *k = tp[b].last; k; k = k->prev) blocks++;
-    for (int64_t b = 0; b < B; ++b) /* the pool keeps this set's blocks for the next one */
-        if (tp[b].last) tape_blocks_put(tp[b].last, tape_block_bytes(tp[b].S, tp[b].G), blocks);
-    free(tp);
-}
-
-/* Cap the fresh tape memory of the solves that follow at `limit` bytes (< 0: no cap) */
-void genenet_tape_budget(int64_t limit) {
-    pthread_mutex_lock(&tape_pool_lock);
-    tape_fresh_bytes = 0;
-    tape_fresh_limit = limit < 0 ? INT64_MAX : limit;
-    pthread_mutex_unlock(&tape_pool_lock);
-}
-
-/* Bytes of tape blocks in use now and at most since the last reset (reset: peak = now) */
-void genenet_tape_bytes(int64_t *now, int64_t *peak, int reset) {
-    pthread_mutex_lock(&tape_pool_lock);
-    if (reset) tape_bytes_peak = tape_bytes_used;
-    *now = tape_bytes_used;
-    *peak = tape_bytes_peak;
-    pthread_mutex_unlock(&tape_pool_lock);
-}
-
-/* Free the pooled tape blocks (genenet.native.release_memory) */
-void genenet_tape_pool_release(void) {
-    tape_blocks_put(NULL, 0, 0);
-}
 
 /* The stage VJPs of one step, v^T df/dY at each stage input Y, in two parts. With u_i = v_i mult_i,
    Hbar = u_i g_i prod_(k' != k) H_k' (per slot), zbar = d/d(z^n) = -Hbar c1 s^2, m = zbar z^n:
@@ -518,125 +220,56 @@ static int all_zero(const real *a, int64_t n) {
     return 1;
 }
 
-/* The cotangents ybar of the saves one step wrote, (t, t1], added as the sweeps need them: a save at
-   t1 to yb1 (the state after the step), one inside through the dense output y + h sum_j w_j k_j to yb
-   and to the first `stages` stage cotangents kbar (S, G). *si_hi walks down the save indices; saves
-   after t1 (after a failure) were never written. wd: work (S). */
-static void step_save_cotangents(const ErkMethod *e, const real *t_save, const real *ybar, int64_t G, int64_t stages,
-                                 real t, real t1, real h, int64_t *si_hi, real *yb, real *yb1, real *kbar, real *wd) {
-    for (; *si_hi >= 1 && t_save[*si_hi] > t; --*si_hi) {
-        const int64_t si = *si_hi;
-        if (t_save[si] > t1) continue;
-        const real *ob = ybar + si * G;
-        if (t_save[si] == t1) {
-            for (int64_t i = 0; i < G; ++i) yb1[i] += ob[i];
-            continue;
-        }
-        real hd = h > 0 ? h : (real)1, th = (t_save[si] - t) / hd;
-        th = th < 0 ? 0 : (th > 1 ? 1 : th);
-        dense_weights(e->P, e->S, e->D, th, wd);
-        for (int64_t i = 0; i < G; ++i) yb[i] += ob[i];
-        for (int64_t j = 0; j < stages; ++j) {
-            if (wd[j] == 0) continue;
-            const real q = h * wd[j];
-            for (int64_t i = 0; i < G; ++i) kbar[j * G + i] += q * ob[i];
-        }
-    }
+/* The Hill model's hooks of adjoint.h: per step hill_vjp_prepare over its stages, per stage
+   hill_vjp_apply (each stage's H cotangents kept in H), after the step the slot parameters'
+   cotangents (slot_cotangents) */
+typedef struct {
+    real *P0, *xg, *lz, *zn, *H, *Ex, *sg, *wzn, *wl, *dxw, *dxs, *ug;
+    real *c0b, *c1b, *itb, *nb, *gb, *kb;
+    int want_hill;
+} VjpCtx;
+
+static void vjp_prepare(VjpCtx *c, const Row *r, int64_t NS, const real *Y) {
+    hill_vjp_prepare(NS, r->G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, c->want_hill, c->xg,
+                     c->lz, c->zn, c->H, c->Ex, c->sg, c->wzn, c->wl, c->dxw, c->P0);
 }
 
-/* Reverse sweep over one row's tape. ybar (T, G): the cotangent of the saved outputs; x0b (G): of
-   the initial state; ylast_bar (G): of the final state. Work: ADJOINT_WORK(S, G, K G) reals. */
-#define ADJOINT_WORK(S, G, KG) ((S + 4) * (G) + (S) + 2 * (KG) + 10 * (S) * (KG) + 3 * (S) * (G) + 64)
+static void vjp_stage(VjpCtx *c, const Row *r, int64_t s, const real *Ys, const real *ks, real *Yb) {
+    const int64_t o = s * r->K * r->G;
+    /* H (prepare's work) holds each stage's H cotangents from here on */
+    hill_vjp_apply(r->G, r->K, r->slot_src, Ys, ks, r->prod, r->deg, r->mult, r->clamp, c->Ex + o, c->dxw + o,
+                   c->P0 + s * r->G, Yb, c->c0b ? c->H + o : NULL, c->gb, c->kb, c->ug, c->dxs);
+}
+
+static void vjp_skip(VjpCtx *c, const Row *r, int64_t s, int64_t NS) {
+    const int64_t KG = r->K * r->G;
+    if (c->c0b && s < NS) memset(c->H + s * KG, 0, sizeof(real) * (size_t)KG);
+}
+
+static void vjp_step_done(VjpCtx *c, const Row *r, int64_t NS) {
+    if (c->c0b) slot_cotangents(NS, r->K * r->G, c->H, c->sg, c->wzn, c->wl, c->c0b, c->c1b, c->itb, c->nb);
+}
+
+#include "adjoint.h"
+
+/* Reverse sweep over one row's tape (adjoint.h) with the Hill model's cotangents: the slot arrays'
+   (c0b, c1b, itb, nb: K G each, NULL when not wanted) and gb, kb (G). Work: ADJOINT_WORK(S, G, K G). */
+#define ADJOINT_WORK(S, G, KG) (SWEEP_WORK(S, G) + ((S) + 1) * (G) + 2 * (KG) + 10 * (S) * (KG) + 64)
 static void erk_adjoint_row(const Row *r, const Tape *tp, const ErkMethod *e, const real *t_save, int64_t T,
-                            const real *ybar, const real *ylast_bar, real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb,
-                            real *kb, real *work) {
-    const int64_t G = r->G, S = e->S, D = e->D;
-    const int64_t KG = r->K * G;
-    real *kbar = work, *yb = kbar + S * G, *Yb = yb + G, *yb1 = Yb + G, *ug = yb1 + G, *wd = ug + G;
-    real *P0 = wd + S, *xg = P0 + S * G, *lz = xg + S * KG, *zn = lz + S * KG,
+                            const real *ybar, const real *ylast_bar, real *x0b, real *c0b, real *c1b, real *itb,
+                            real *nb, real *gb, real *kb, real *work) {
+    const int64_t G = r->G, S = e->S, KG = r->K * G;
+    real *sweep = work, *P0 = sweep + SWEEP_WORK(S, G), *xg = P0 + S * G, *lz = xg + S * KG, *zn = lz + S * KG,
          *H = zn + S * KG, *Ex = H + S * KG, *sg = Ex + S * KG, *wzn = sg + S * KG, *wl = wzn + S * KG,
          *dxw = wl + S * KG, *dxs = dxw + S * KG, *nb_sink = dxs + KG, /* nb_sink: hill's cotangent unwanted */
-         *Yw = nb_sink + KG; /* all S stage inputs of a step whose last stage's VJP is taken */
+         *ug = nb_sink + KG;
     const int want_hill = nb != NULL;
     if (c0b && !nb) {
         memset(nb_sink, 0, sizeof(real) * (size_t)KG);
         nb = nb_sink;
     }
-    memcpy(yb, ylast_bar, sizeof(real) * (size_t)G); /* the final state y_last */
-    for (int64_t si = tp->steady_from; si < T; ++si) /* copies of the final state */
-        for (int64_t i = 0; i < G; ++i) yb[i] += ybar[si * G + i];
-    int64_t si_hi = tp->steady_from - 1; /* last save index written by a step */
-    const int64_t rec = TAPE_HEAD + (S - 1) * G;
-    int carried = 0; /* this step's last stage's cotangent went to the next step's first stage */
-    const real *y1 = tp->y_end; /* the step's last stage input: the newer step's first (FSAL) */
-    for (const TapeBlock *blk = tp->last; blk; blk = blk->prev)
-    for (int64_t q = blk->n - 1; q >= 0; --q) {
-        const real *stp = blk->data + q * rec, *Yrec = stp + TAPE_HEAD, *Y = Yrec; /* (S - 1, G) */
-        const real t = stp[0], t1 = stp[1], h = stp[2];
-        /* the step before this one (the sweep's next) */
-        const real *prv = q > 0 ? stp - rec : (blk->prev ? blk->prev->data + (blk->prev->n - 1) * rec : NULL);
-        /* the sweep reads the tape backward, which hardware prefetchers follow poorly: fetch the
-           next (older) record while this one is worked on */
-        if (prv)
-            for (int64_t o = 0; o < rec; o += (int64_t)(64 / sizeof(real))) __builtin_prefetch(prv + o, 0, 3);
-        memcpy(yb1, yb, sizeof(real) * (size_t)G); /* cotangent of y1, the state after the step */
-        memset(yb, 0, sizeof(real) * (size_t)G);
-        memset(kbar, 0, sizeof(real) * (size_t)(S * G));
-        step_save_cotangents(e, t_save, ybar, G, S - carried, t, t1, h, &si_hi, yb, yb1, kbar, wd);
-        /* FSAL: the step before ends at this one's start, its last stage is f(y) = this step's first,
-           at the same state, so the cotangent its dense output gives that stage joins this step's
-           first stage's (one VJP instead of two) */
-        carried = prv != NULL && prv[1] == t;
-        if (carried) {
-            const real tp0 = prv[0], hp = prv[2], hd = hp > 0 ? hp : (real)1;
-            for (int64_t sj = si_hi; sj >= 1 && t_save[sj] > tp0; --sj) {
-                if (t_save[sj] >= t) continue; /* at the step's end: no stage */
-                real th = (t_save[sj] - tp0) / hd;
-                th = th < 0 ? 0 : (th > 1 ? 1 : th);
-                dense_weights(e->P, S, D, th, wd);
-                real qs = hp * wd[S - 1];
-                if (qs == 0) continue;
-                const real *ob = ybar + sj * G;
-                for (int64_t i = 0; i < G; ++i) kbar[i] += qs * ob[i];
-            }
-        }
-        /* the last stage (f(y1)) only matters when a save used it */
-        int last = 0;
-        for (int64_t i = 0; i < G; ++i) last |= kbar[(S - 1) * G + i] != 0;
-        const int64_t NS = last ? S : S - 1;
-        if (last) { /* the record holds the first S - 1 stage inputs */
-            memcpy(Yw, Y, sizeof(real) * (size_t)((S - 1) * G));
-            memcpy(Yw + (S - 1) * G, y1, sizeof(real) * (size_t)G);
-            Y = Yw;
-        }
-        hill_vjp_prepare(NS, G, r->K, r->slot_src, Y, r->c0, r->c1, r->inv_thr, r->hill, r->nint, want_hill, xg,
-                         lz, zn, H, Ex, sg, wzn, wl, dxw, P0);
-        /* stages in reverse: Y_s = y + h sum_l a_sl k_l, k_s = f(Y_s); y1 = Y_{S-1} */
-        for (int64_t s = S - 1; s >= 0; --s) {
-            if (s == S - 1) memcpy(Yb, yb1, sizeof(real) * (size_t)G);
-            else memset(Yb, 0, sizeof(real) * (size_t)G);
-            real *ks = kbar + s * G;
-            int any = 0;
-            for (int64_t i = 0; i < G; ++i) any |= ks[i] != 0;
-            /* H (prepare's work) holds each stage's H cotangents from here on */
-            if (any) {
-                const int64_t o = s * KG;
-                hill_vjp_apply(G, r->K, r->slot_src, Y + s * G, ks, r->prod, r->deg, r->mult, r->clamp, Ex + o,
-                               dxw + o, P0 + s * G, Yb, c0b ? H + o : NULL, gb, kb, ug, dxs);
-            } else if (c0b && s < NS) {
-                memset(H + s * KG, 0, sizeof(real) * (size_t)KG);
-            }
-            for (int64_t i = 0; i < G; ++i) yb[i] += Yb[i];
-            for (int64_t l = 0; l < s; ++l) {
-                real q = h * e->a[s * S + l];
-                if (q == 0) continue;
-                for (int64_t i = 0; i < G; ++i) kbar[l * G + i] += q * Yb[i];
-            }
-        }
-        if (c0b) slot_cotangents(NS, KG, H, sg, wzn, wl, c0b, c1b, itb, nb);
-        y1 = Yrec;
-    }
-    for (int64_t i = 0; i < G; ++i) x0b[i] = yb[i] + (tp->first_saved ? ybar[i] : (real)0);
+    VjpCtx c = {P0, xg, lz, zn, H, Ex, sg, wzn, wl, dxw, dxs, ug, c0b, c1b, itb, nb, gb, kb, want_hill};
+    erk_adjoint_sweep(r, tp, e, t_save, T, ybar, ylast_bar, x0b, &c, sweep);
     if (itb) threshold_cotangent(KG, r->inv_thr, r->hill, itb);
 }
 
@@ -785,42 +418,14 @@ int genenet_erk_hill_hvp(int64_t B, int64_t G, int64_t K, int64_t T, const real 
 
 /* ------------------------------------------------------------------ steady states (roots.h) */
 
-/* Every active row's iteration from x (B, G), updated in place; converged (B), iters (B). Rows not
-   active (active[b] == 0) only have their convergence checked. mode 0: Newton, 1: continuation. */
 int genenet_roots_hill(int64_t B, int64_t G, int64_t K, const int32_t *slot_src, const real *c0, const real *c1,
                        const real *inv_thr, const real *hill, const real *prod, const real *deg, const real *mult,
                        const real *add, const uint8_t *clamp, real *x, const uint8_t *active, int64_t mode,
                        double tol, int64_t max_iter, int64_t give_up, double dt0, uint8_t *converged,
                        int64_t *iters, int64_t nthreads) {
-    if (mode != 0 && mode != 1) return -1;
     Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  NULL, NULL, NULL, NULL, NULL, NULL};
-    const RootSettings c = {mode, (real)tol, (real)dt0, max_iter, give_up};
-    const int64_t KG = K * G;
-#pragma omp parallel num_threads((int)nthreads)
-    {
-        real *work = (real *)malloc(sizeof(real) * (size_t)(2 * G * G + 6 * G + 6 * KG + 64));
-        int64_t *piv = (int64_t *)malloc(sizeof(int64_t) * (size_t)G);
-        int *nint_w = (int *)malloc(sizeof(int) * (size_t)(KG + 1));
-        RootWork w = {work, work + G, work + 2 * G, work + 3 * G, work + 4 * G, work + 4 * G + G * G, piv};
-        real *H = work + 4 * G + 2 * G * G, *tw = H + KG;
-#pragma omp for schedule(dynamic, 1)
-        for (int64_t b = 0; b < B; ++b) {
-            Row r = row_of(&p, b, H, integer_hill(hill + b * KG, KG, nint_w), tw);
-            real *xb = x + b * G;
-            if (active && !active[b]) {
-                rhs_state(&r, xb, w.F);
-                converged[b] = (uint8_t)root_converged(w.F, xb, G, c.tol);
-                iters[b] = 0;
-                continue;
-            }
-            converged[b] = (uint8_t)root_row(&r, &c, xb, &w, iters + b);
-        }
-        free(work);
-        free(piv);
-        free(nint_w);
-    }
-    return 0;
+    return roots_solve(&p, x, active, mode, tol, max_iter, give_up, dt0, converged, iters, nthreads);
 }
 
 /* ------------------------------------------------------------------ continuous adjoint (genenet.fit.adjoint) */

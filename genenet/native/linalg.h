@@ -4,7 +4,7 @@
 #ifndef GENENET_LINALG_H
 #define GENENET_LINALG_H
 
-#include "hill.h"
+#include "common.h"
 
 /* LU with partial pivoting of the (G, G) row-major A in place (LAPACK getrf's algorithm, pivots as
    row swaps); 1 when a pivot is exactly zero (torch.linalg.lu_factor_ex's info != 0) */

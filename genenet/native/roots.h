@@ -20,6 +20,7 @@
 #ifndef GENENET_ROOTS_H
 #define GENENET_ROOTS_H
 
+#include "driver.h"
 #include "linalg.h"
 
 #define ROOT_MIN_STEP ((real)1 / 2048) /* steady._MIN_STEP */
@@ -160,6 +161,39 @@ static int root_row(const Row *r, const RootSettings *c, real *x, RootWork *w, i
         if (root_converged(w->F, x, G, c->tol)) return 1;
         if (c->mode == 0 && (!move || stuck >= give_up)) return 0;
         if (c->mode == 1 && !(d > (real)1e-12)) return 0;
+    }
+    return 0;
+}
+
+/* Every active row's iteration from x (B, G), updated in place; converged (B), iters (B). Rows not
+   active (active[b] == 0) only have their convergence checked. mode 0: Newton, 1: continuation. */
+static int roots_solve(const Problem *p, real *x, const uint8_t *active, int64_t mode, double tol, int64_t max_iter,
+                       int64_t give_up, double dt0, uint8_t *converged, int64_t *iters, int64_t nthreads) {
+    if (mode != 0 && mode != 1) return -1;
+    const RootSettings c = {mode, (real)tol, (real)dt0, max_iter, give_up};
+    const int64_t B = p->B, G = p->G, MW = model_work(p);
+#pragma omp parallel num_threads((int)nthreads)
+    {
+        real *work = (real *)malloc(sizeof(real) * (size_t)(2 * G * G + 4 * G + MW + 64));
+        int64_t *piv = (int64_t *)malloc(sizeof(int64_t) * (size_t)G);
+        int *iw = (int *)malloc(sizeof(int) * (size_t)(model_iwork(p) + 1));
+        RootWork w = {work, work + G, work + 2 * G, work + 3 * G, work + 4 * G, work + 4 * G + G * G, piv};
+        real *rw = work + 4 * G + 2 * G * G;
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t b = 0; b < B; ++b) {
+            Row r = model_row(p, b, rw, iw);
+            real *xb = x + b * G;
+            if (active && !active[b]) {
+                rhs_state(&r, xb, w.F);
+                converged[b] = (uint8_t)root_converged(w.F, xb, G, c.tol);
+                iters[b] = 0;
+                continue;
+            }
+            converged[b] = (uint8_t)root_row(&r, &c, xb, &w, iters + b);
+        }
+        free(work);
+        free(piv);
+        free(iw);
     }
     return 0;
 }

@@ -483,7 +483,7 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
     if not native_mod.available(y0.dtype):
         return None
     spec = native(args)
-    if spec is None or spec["production"].shape[-1] != n_primal or ("tangents" in spec) != (n_primal < y0.shape[1]):
+    if spec is None or native_mod.spec_width(spec) != n_primal or ("tangents" in spec) != (n_primal < y0.shape[1]):
         return None
     if implicit and "tangents" in spec:
         return None  # the Rosenbrock kernel carries no tangents
@@ -491,10 +491,12 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None  # the native adjoint differentiates x0 and the model parameters only
     if stiff_after is not None and "tangents" in spec:
         return None  # stiffness detection runs without tangents
+    if grad and "model" in spec and native_mod.wants_second_order():
+        return None  # the compiled adjoint is first order: a solve differentiated twice takes the torch loop
     if grad:
-        kernel = native_mod.integrate_hill_erk_grad
+        kernel = native_mod.integrate_erk_grad
     else:
-        kernel = native_mod.integrate_hill_rodas if implicit else native_mod.integrate_hill_erk
+        kernel = native_mod.integrate_rodas if implicit else native_mod.integrate_erk
     extra = {} if stiff_after is None else {"stiff_after": stiff_after, "check_every": check_every,
                                             "use_rho": use_rho}
     y, status, counters, t_last, y_last = kernel(
