@@ -38,8 +38,15 @@ class ConservedTerm:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.unreduced, name)
 
-    def native_spec(self, args: dict) -> None:
-        return None  # the native roots solve the unreduced system
+    def native_spec(self, args: dict) -> dict | None:
+        """The wrapped term's native spec with the laws (``spec["laws"]``) for the steady-state
+        iterations of a compiled model (:func:`genenet.native.compiled.roots`); None for other
+        models (their kernels have no laws) or without a spec. The integrators refuse a spec with
+        laws: integration follows the unreduced dynamics."""
+        spec = self.unreduced.native_spec(args)
+        if spec is None or "model" not in spec:
+            return None
+        return {**spec, "laws": (self.L, self.pivots, args["conserved_totals"], args["conserved_on"])}
 
     def vf(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
         F = self.unreduced.vf(t, x, args).clone()

@@ -307,9 +307,11 @@ class SymbolicModel(Model):
     def rate_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``dv/dx`` (B, R, S) from the rates' symbolic derivatives (compiled on first use, cached
         per structure; the same sparse entries as the C backend's, :mod:`genenet.kinetics.codegen`)."""
-        key = (id(x), x._version, id(t), id(p))
-        if self._jac_memo is not None and self._jac_memo[0] == key:  # production's, then degradation's
-            return self._jac_memo[1]
+        # production's, then degradation's at the same point; the memo holds its inputs (not their ids,
+        # which a new tensor reuses once the old one is freed: a stale Jacobian)
+        memo = self._jac_memo
+        if memo is not None and memo[0] is x and memo[1] == x._version and memo[2] is t and memo[3] is p:
+            return memo[4]
         fn, rows, cols = self._derivative_function()
         B, R, S = x.shape[0], len(self.reactions), len(self.genes)
         J = x.new_zeros(B, R * S)
@@ -318,7 +320,7 @@ class SymbolicModel(Model):
         J = J.view(B, R, S)
         if self._targets:
             J = J * p["reaction_scale"][:, :, None]
-        self._jac_memo = (key, J)
+        self._jac_memo = (x, x._version, t, p, J)
         return J
 
     def _derivative_function(self, wrt: str = "x") -> tuple[Any, np.ndarray, np.ndarray]:

@@ -26,27 +26,30 @@ const char *genenet_source_hash(void) { return GENENET_SOURCE_HASH; }
 int genenet_model_erk(MODEL_ARGS, int64_t Q, const real *pd, const real *scaled, SOLVE_ARGS, int64_t S,
                       const double *A, const double *E, int64_t D, const double *P, int64_t error_order, LOOP_ARGS,
                       Tape *tapes) {
-    Problem p = {B, G, Q, m, MODEL_PASS, pd, scaled};
+    Problem p = {B, G, Q, m, MODEL_PASS, pd, scaled, 0, NULL, NULL, NULL, NULL};
     return erk_solve(&p, T, t_save, t_start, x0, rtol, atol, S, A, E, D, P, error_order, LOOP_PASS, tapes);
 }
 
 int genenet_model_rodas(MODEL_ARGS, SOLVE_ARGS, int64_t S, double gamma, const double *A, const double *Cm,
                         const double *Bv, const double *E, int64_t M, const double *H, int64_t error_order,
                         LOOP_ARGS) {
-    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL};
+    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, 0, NULL, NULL, NULL, NULL};
     return rodas_solve(&p, T, t_save, t_start, x0, rtol, atol, S, gamma, A, Cm, Bv, E, M, H, error_order,
                        LOOP_PASS);
 }
 
-int genenet_model_roots(MODEL_ARGS, real *x, const uint8_t *active, int64_t mode, double tol, int64_t max_iter,
+int genenet_model_roots(MODEL_ARGS, int64_t nlaw, const real *L, const int32_t *law_pivot, const real *totals,
+                        const uint8_t *law_on, real *x, const uint8_t *active, int64_t mode, double tol, int64_t max_iter,
                         int64_t give_up, double dt0, uint8_t *converged, int64_t *iters, int64_t nthreads) {
-    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL};
+    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, nlaw, L, law_pivot, totals, law_on};
     return roots_solve(&p, x, active, mode, tol, max_iter, give_up, dt0, converged, iters, nthreads);
 }
 
-/* f (B, G) and, when J is not NULL, the Jacobian (B, G, G) at x (B, G): for the tests */
-int genenet_model_rhs(MODEL_ARGS, const real *x, real *f, real *J) {
-    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL};
+/* f (B, G) and, when J is not NULL, the Jacobian (B, G, G) at x (B, G), of the reduced system where
+   nlaw > 0: for the tests */
+int genenet_model_rhs(MODEL_ARGS, int64_t nlaw, const real *L, const int32_t *law_pivot, const real *totals,
+                      const uint8_t *law_on, const real *x, real *f, real *J) {
+    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, nlaw, L, law_pivot, totals, law_on};
     real *work = (real *)malloc(sizeof(real) * (size_t)(model_work(&p) + 1));
     for (int64_t b = 0; b < B; ++b) {
         Row r = model_row(&p, b, work, NULL);
@@ -67,7 +70,7 @@ int genenet_model_erk_adjoint(MODEL_ARGS, int64_t T, const real *t_save, int64_t
     ErkMethod e = {S, D, {0}, {0}, {0}};
     for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
     for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
-    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL};
+    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, 0, NULL, NULL, NULL, NULL};
     memset(pb, 0, sizeof(real) * (size_t)(B * (m->P > 0 ? m->P : 1)));
     if (sb) memset(sb, 0, sizeof(real) * (size_t)(B * m->R));
 #pragma omp parallel num_threads((int)nthreads)

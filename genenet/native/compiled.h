@@ -37,6 +37,13 @@ typedef struct Problem {
     const uint8_t *syn;      /* (R) 1: a synthesis reaction */
     const real *pd;          /* (B, Q, P) parameter tangents, or NULL */
     const real *scaled;      /* (B, Q, R) reaction_scale tangents, or NULL */
+    /* conservation laws for the steady-state iterations (genenet.conservation): law k's pivot
+       equation becomes T_k - L_k x where law_on; nlaw = 0 for the integrators */
+    int64_t nlaw;
+    const real *L;           /* (nlaw, G) */
+    const int32_t *law_pivot; /* (nlaw) */
+    const real *totals;      /* (B, nlaw) */
+    const uint8_t *law_on;   /* (B, nlaw) */
 } Problem;
 
 typedef struct Row {
@@ -46,6 +53,8 @@ typedef struct Row {
     const real *p, *scale, *mult, *add;
     const uint8_t *clamp;
     const real *pd, *scaled;
+    const real *totals;
+    const uint8_t *law_on;
     real *v, *vx, *vp, *vd, *P, *D; /* work: R, NX, NP, R, G, G */
     /* the system hook of driver.h (unused by this model's kernels) */
     void (*system)(const struct Row *r, const real *y, real *dy);
@@ -72,6 +81,8 @@ static Row model_row(const Problem *p, int64_t b, real *work, int *iwork) {
     r.clamp = p->clamp ? p->clamp + b * G : NULL;
     r.pd = p->pd ? p->pd + b * Q * P : NULL;
     r.scaled = p->scaled ? p->scaled + b * Q * R : NULL;
+    r.totals = p->nlaw ? p->totals + b * p->nlaw : NULL;
+    r.law_on = p->nlaw ? p->law_on + b * p->nlaw : NULL;
     r.v = work;
     r.vx = r.v + R;
     r.vp = r.vx + p->m->NX + 1;
@@ -109,6 +120,13 @@ static void rhs_state(const Row *r, const real *x, real *dx) {
     if (r->scale)
         for (int64_t k = 0; k < r->m->R; ++k) r->v[k] *= r->scale[k];
     stoich_apply(r, r->v, 1, dx);
+    const Problem *p = r->pr;
+    for (int64_t k = 0; k < p->nlaw; ++k) { /* the moiety-reduced system: T_k - L_k x */
+        if (!r->law_on[k]) continue;
+        real acc = r->totals[k];
+        for (int64_t j = 0; j < r->G; ++j) acc -= p->L[k * r->G + j] * x[j];
+        dx[p->law_pivot[k]] = acc;
+    }
 }
 
 static void rhs_tangents(const Row *r, const real *x, real *dx) {
@@ -150,6 +168,9 @@ static void jacobian(const Row *r, const real *x, real *J) {
     if (r->clamp)
         for (int64_t i = 0; i < G; ++i)
             if (r->clamp[i]) memset(J + i * G, 0, sizeof(real) * (size_t)G);
+    for (int64_t k = 0; k < p->nlaw; ++k)
+        if (r->law_on[k])
+            for (int64_t j = 0; j < G; ++j) J[p->law_pivot[k] * G + j] = -p->L[k * G + j];
 }
 
 /* The hooks of adjoint.h: per stage, with the stage cotangent a (clamped species pass nothing),

@@ -262,18 +262,32 @@ def integrate_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rto
     return tuple(o.to(x0.device) for o in outs)
 
 
+def _law_args(spec: dict, B: int, dtype: torch.dtype) -> tuple[list, list]:
+    """The conservation laws' arguments (nlaw, L, pivots, totals, on) of the reduced system, from
+    ``spec["laws"] = (L (m, S), pivots (m,), totals (B, m), on (B, m))``; none without."""
+    if spec.get("laws") is None:
+        return [_i64(0), *[ctypes.c_void_p(None)] * 4], []
+    L, piv, tot, on = spec["laws"]
+    keep = [L.detach().to("cpu", dtype).contiguous(), piv.detach().to("cpu", torch.int32).contiguous(),
+            tot.detach().to("cpu", dtype).expand(B, -1).contiguous(),
+            on.detach().to("cpu", torch.uint8).expand(B, -1).contiguous()]
+    return [_i64(L.shape[0]), *map(_ptr, keep)], keep
+
+
 def roots(spec: dict, x: Tensor, *, mode: str, tol: float, max_iter: int, give_up: int | None = None,
           active: Tensor | None = None, dt0: float = 0.1) -> tuple[Tensor, Tensor, Tensor]:
     """Newton (``mode="newton"``) or pseudo-transient continuation (``"ptc"``) on every row of a
-    compiled model, as :func:`genenet.native.roots_hill`. Returns ``(x, converged, iterations)``."""
+    compiled model, as :func:`genenet.native.roots_hill`; with ``spec["laws"]`` on the moiety-reduced
+    system (:mod:`genenet.conservation`). Returns ``(x, converged, iterations)``."""
     dtype = x.dtype
     lib = _require(spec, dtype)
     B, S = x.shape
     margs, mkeep = _model_args(spec, B, dtype)
+    largs, lkeep = _law_args(spec, B, dtype)
     xs = x.detach().to("cpu", dtype).clone().contiguous()
     act = None if active is None else active.detach().to("cpu", torch.uint8).contiguous()
     conv, iters = torch.empty(B, dtype=torch.uint8), torch.empty(B, dtype=torch.int64)
-    rc = lib.genenet_model_roots(*margs, _ptr(xs), _ptr(act), _i64(0 if mode == "newton" else 1), _dbl(tol),
+    rc = lib.genenet_model_roots(*margs, *largs, _ptr(xs), _ptr(act), _i64(0 if mode == "newton" else 1), _dbl(tol),
                                  _i64(max_iter), _i64(give_up or 0), _dbl(dt0), _ptr(conv), _ptr(iters),
                                  _i64(torch.get_num_threads()))
     if rc != 0:
@@ -283,16 +297,17 @@ def roots(spec: dict, x: Tensor, *, mode: str, tol: float, max_iter: int, give_u
 
 
 def rhs(spec: dict, x: Tensor, jacobian: bool = False) -> tuple[Tensor, Tensor | None]:
-    """The compiled right-hand side (B, S) at ``x`` (B, S) under the spec, and its Jacobian
-    (B, S, S) with ``jacobian=True`` (for tests and checks)."""
+    """The compiled right-hand side (B, S) at ``x`` (B, S) under the spec (the reduced system's with
+    ``spec["laws"]``), and its Jacobian (B, S, S) with ``jacobian=True`` (for tests and checks)."""
     dtype = x.dtype
     lib = _require(spec, dtype)
     B, S = x.shape
     margs, mkeep = _model_args(spec, B, dtype)
+    largs, lkeep = _law_args(spec, B, dtype)
     xc = x.detach().to("cpu", dtype).contiguous()
     f = torch.empty(B, S, dtype=dtype)
     J = torch.empty(B, S, S, dtype=dtype) if jacobian else None
-    rc = lib.genenet_model_rhs(*margs, _ptr(xc), _ptr(f), _ptr(J))
+    rc = lib.genenet_model_rhs(*margs, *largs, _ptr(xc), _ptr(f), _ptr(J))
     if rc != 0:
         raise RuntimeError(f"native model kernel refused the call (code {rc})")
     return f, J

@@ -1,0 +1,183 @@
+"""Compiled symbolic models in the native kernels (genenet.native.compiled): every native path equals
+the torch loop to rounding (which test_kinetics checks against scipy Radau), gradients match central
+finite differences, and the native path is the one that ran."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import genenet as gn
+from genenet import native
+from genenet.fit import FitProblem
+from genenet.native import compiled
+
+pytestmark = pytest.mark.native
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _needs_kernel():
+    if not native.available(torch.float64):
+        pytest.skip(f"no native kernel here: {native.reason(torch.float64)}")
+
+
+def _network(**kw):
+    # synthesis under feedback, Michaelis-Menten conversion, binding (a conservation law) and decay
+    return gn.ReactionNetwork(
+        [("syn", "-> S", "ks * hill_rep(P, K, n)"), ("conv", "S -> P", "kcat * S / (Km + S)"), ("P ->", "kd * P"),
+         ("bind", "P + B -> PB", "kon * P * B"), ("unbind", "PB -> P + B", "koff * PB")],
+        params={"ks": 2.0, "K": 0.7, "n": 2.5, "kcat": 2.0, "Km": 0.5, "kd": 0.3, "kon": 1.2, "koff": 0.4},
+        initial={"S": 0.3, "P": 0.1, "B": 1.0, "PB": 0.2}, **kw)
+
+
+class _Spy:
+    """Counts calls of a genenet.native.compiled entry point."""
+
+    def __init__(self, monkeypatch, name):
+        self.calls, fn = 0, getattr(compiled, name)
+
+        def wrapped(*a, **k):
+            self.calls += 1
+            return fn(*a, **k)
+        monkeypatch.setattr(compiled, name, wrapped)
+
+
+CONDITIONS = [gn.Condition([]), gn.Knockout("S"), gn.Knockdown("E", 0.6), gn.Overexpress("P", rate=0.5),
+              gn.Clamp("B", 0.4), gn.Knockdown("E", 0.5) + gn.Overexpress("S", fold=2.0)]
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "rodas5", "rodas4"])
+def test_native_solve_equals_the_torch_loop_under_perturbations(method, monkeypatch):
+    m = _network(targets={"E": ["conv"]})
+    t = np.linspace(0, 12, 13)
+    spy = _Spy(monkeypatch, "integrate_rodas" if method.startswith("rodas") else "integrate_erk")
+    with torch.no_grad():
+        got = gn.simulate(m, t, perturbations=CONDITIONS, method=method, rtol=1e-9, atol=1e-11)
+        with native.torch_path():
+            ref = gn.simulate(m, t, perturbations=CONDITIONS, method=method, rtol=1e-9, atol=1e-11)
+    assert spy.calls >= 1
+    assert bool((got.status == 0).all())
+    torch.testing.assert_close(got.y, ref.y, rtol=1e-9, atol=1e-11)
+    # the clamp holds B; binding conserves B + PB elsewhere
+    np.testing.assert_allclose(got.y[4, :, 2].numpy(), 0.4, atol=1e-12)
+    tot = (got.y[0, :, 2] + got.y[0, :, 3]).numpy()
+    np.testing.assert_allclose(tot, 1.2, rtol=1e-8)
+
+
+def test_native_gradient_matches_the_torch_loop_and_finite_differences(monkeypatch):
+    m = _network(targets={"E": ["conv"]})
+    t = np.linspace(0, 6, 7)
+    conds = [gn.Condition([]), gn.Knockdown("E", 0.5)]
+    spy = _Spy(monkeypatch, "integrate_erk_grad")
+    names = ["ks", "n", "Km", "kon"]
+
+    def loss(values, torch_loop=False):
+        params = {k: v for k, v in zip(names, values)}
+        if torch_loop:
+            with native.torch_path():
+                y = gn.simulate(m, t, perturbations=conds, params=params, rtol=1e-10, atol=1e-12).y
+        else:
+            y = gn.simulate(m, t, perturbations=conds, params=params, rtol=1e-10, atol=1e-12).y
+        return (y ** 2 * torch.arange(1, 5, dtype=y.dtype)).sum()
+
+    base = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (2.0, 2.5, 0.5, 1.2)]
+    g = torch.autograd.grad(loss(base), base)
+    assert spy.calls >= 1
+    g_ref = torch.autograd.grad(loss(base, torch_loop=True), base)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    with torch.no_grad():
+        for i, gi in enumerate(g):
+            h = 1e-5 * float(base[i])
+            up = [b.detach().clone() for b in base]
+            dn = [b.detach().clone() for b in base]
+            up[i] += h
+            dn[i] -= h
+            fd = (loss(up) - loss(dn)) / (2 * h)
+            assert abs(float(gi) - float(fd)) <= 1e-5 * max(1.0, abs(float(fd))), (names[i], float(gi), float(fd))
+
+
+def test_native_forward_sensitivities_match_the_torch_loop(monkeypatch):
+    m = _network(targets={"E": ["conv"]})
+    t = np.linspace(0, 8, 9)
+    spy = _Spy(monkeypatch, "integrate_erk")
+    got = gn.sensitivities(m, t, perturbations=[gn.Condition([]), gn.Knockdown("E", 0.5)],
+                           wrt=["kcat", "n", "reaction_scale", "x0"], rtol=1e-10, atol=1e-12)
+    assert spy.calls >= 1
+    with native.torch_path():
+        ref = gn.sensitivities(m, t, perturbations=[gn.Condition([]), gn.Knockdown("E", 0.5)],
+                               wrt=["kcat", "n", "reaction_scale", "x0"], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got.dy, ref.dy, rtol=1e-8, atol=1e-10)
+
+
+def test_native_steady_states_match_the_torch_loop(monkeypatch):
+    m = _network(targets={"E": ["conv"]})
+    conds = [gn.Condition([]), gn.Knockdown("E", 0.5), gn.Overexpress("S", fold=3.0)]
+    spy = _Spy(monkeypatch, "roots")
+    got = gn.steady_state(m, conds)
+    assert spy.calls >= 1
+    with native.torch_path():
+        ref = gn.steady_state(m, conds)
+    assert bool(got.converged.all()) and bool(ref.converged.all())
+    torch.testing.assert_close(got.x, ref.x, rtol=1e-8, atol=1e-10)
+    # at a steady state: f = 0, and B + PB kept at its start's total
+    f, _ = compiled.rhs(m.native_spec(m.row_params(None, 1, device="cpu", dtype=torch.float64)), got.x[:1])
+    assert float(f.abs().max()) < 1e-9
+    np.testing.assert_allclose((got.x[:, 2] + got.x[:, 3]).numpy(), 1.2, rtol=1e-8)
+
+
+def test_compiled_jacobian_matches_autodiff():
+    m = _network(targets={"E": ["conv"]})
+    rng = np.random.default_rng(1)
+    x = torch.as_tensor(rng.uniform(0.0, 2.0, (5, 4)))
+    x[0, 1] = 0.0  # hill_rep at P = 0
+    p = m.row_params(None, 5, device="cpu", dtype=torch.float64)
+    p["reaction_scale"] = torch.as_tensor(rng.uniform(0.5, 1.5, (5, 5)))
+    f, J = compiled.rhs(m.native_spec(p), x, jacobian=True)
+    t = torch.zeros(5, dtype=x.dtype)
+    torch.testing.assert_close(f, m.rhs(t, x, p), rtol=1e-13, atol=1e-13)
+    J_ref = torch.func.vmap(torch.func.jacrev(lambda xi, pi: m.rhs(t[:1], xi[None], {k: v[None] for k, v in
+                                                                                    pi.items()})[0]))(x, p)
+    torch.testing.assert_close(J, J_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_imported_repressilator_runs_natively_and_equals_the_torch_loop(monkeypatch):
+    pytest.importorskip("libsbml")
+    m = gn.read_sbml(DATA / "BIOMD0000000012.xml")
+    spy = _Spy(monkeypatch, "integrate_erk")
+    t = np.linspace(0, 200, 101)
+    with torch.no_grad():
+        got = gn.simulate(m, t, rtol=1e-9, atol=1e-11)
+        with native.torch_path():
+            ref = gn.simulate(m, t, rtol=1e-9, atol=1e-11)
+    assert spy.calls == 1
+    torch.testing.assert_close(got.y, ref.y, rtol=1e-8, atol=1e-9)
+
+
+def test_time_dependent_rates_stay_on_the_torch_loop():
+    m = gn.ReactionNetwork([("-> S", "k * (1 + exp(-t))"), ("S ->", "d * S")], params={"k": 1.0, "d": 0.5})
+    assert m.native_spec(m.row_params(None, 1, device="cpu", dtype=torch.float64)) is None
+    y = gn.simulate(m, np.linspace(0, 5, 6)).y
+    assert bool(torch.isfinite(y).all())
+
+
+def test_second_derivatives_take_the_torch_loop_and_match_finite_differences():
+    m = _network()
+    t = np.linspace(0, 4, 9)
+    data = gn.ExpressionData.from_trajectory(gn.simulate(m, t, params={"ks": 2.3, "kcat": 1.7}, rtol=1e-11,
+                                                         atol=1e-12))
+    prob = FitProblem(m, data, free=["ks", "kcat"], rtol=1e-10, atol=1e-12)
+    theta = prob.theta0[None]
+    v = torch.tensor([[1.0, -0.5]], dtype=theta.dtype)
+    hv = prob.hvp(theta, v)
+    h = 1e-5
+    fd = (prob.gradient(theta + h * v)[1] - prob.gradient(theta - h * v)[1]) / (2 * h)
+    torch.testing.assert_close(hv, fd, rtol=1e-5, atol=1e-7)
+    # a second derivative through the native (first-order) adjoint outside second_order() says what to do
+    y = gn.simulate(m, t).y
+    (g,) = torch.autograd.grad(y.sum(), m.params["ks"], create_graph=True) if False else (None,)
+    with pytest.raises(RuntimeError, match="second_order"):
+        torch.autograd.grad((y ** 2).sum(), list(m.parameters()), create_graph=True)
