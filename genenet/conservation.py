@@ -15,7 +15,8 @@ is converged only when both the dynamics and the totals are met. Stability is ju
 directions the dynamics can move in (the null space of L): the conserved directions' zero
 eigenvalues are reported as 0 and ignored. A law does not hold on a row whose condition adds an
 input it does not balance (``Overexpress(rate=)``) or clamps one of its species: it is dropped
-there. Integration (a fallback) follows the true dynamics, which conserve the totals by themselves.
+there; an unbalanced input also means that row has no steady state at all (``d(L x)/dt = L u ≠ 0``
+everywhere), which the steady-state solvers report as not converged. Integration (a fallback) follows the true dynamics, which conserve the totals by themselves.
 """
 
 from __future__ import annotations
@@ -95,12 +96,17 @@ def with_conservation(term: Any, args: dict, x: Tensor) -> tuple[Any, dict]:
     L = torch.as_tensor(laws[0], dtype=x.dtype, device=x.device)
     pivots = torch.as_tensor(laws[1], dtype=torch.long, device=x.device)
     on = torch.ones(x.shape[0], L.shape[0], dtype=torch.bool, device=x.device)
+    none = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     if getattr(term, "use_add", False):  # an input the law does not balance breaks it
         net = args["add"] @ L.T
-        on &= net.abs() <= 1e-12 * (args["add"].abs() @ L.abs().T).clamp_min(1e-300)
+        balanced = net.abs() <= 1e-12 * (args["add"].abs() @ L.abs().T).clamp_min(1e-300)
+        on &= balanced
+        # and then d(L x)/dt = L add != 0 everywhere: no steady state at all (the total grows or
+        # shrinks for ever), whatever a solver's residual says at a huge state
+        none = none | ~balanced.all(dim=1)
     if getattr(term, "use_clamp", False):  # a clamped species is held from outside
         on &= (args["clamp"].to(x.dtype) @ (L != 0).to(x.dtype).T) == 0
-    args = dict(args, conserved_on=on, conserved_totals=x @ L.T)
+    args = dict(args, conserved_on=on, conserved_totals=x @ L.T, no_steady_state=none)
     return ConservedTerm(term, L, pivots), args
 
 

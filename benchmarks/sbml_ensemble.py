@@ -1,0 +1,181 @@
+"""SBML models from BioModels: an ensemble of parameter sets, genenet vs libroadrunner, torch loop, torchdiffeq.
+
+Problem (issue 21): a BioModels file read by ``gn.read_sbml``, 1000 parameter sets (every
+parameter of the model times an independent log-uniform factor in [1/1.25, 1.25], seed 0), each
+simulated from the model's initial state over ``--t-end`` with ``--points`` save times, rtol 1e-6,
+atol 1e-9, float64 on the CPU:
+
+- genenet native: one ``gn.simulate`` call of all rows (the model compiled to C, each row's whole
+  step loop in the kernel, OpenMP over rows), dopri5 and rodas5;
+- libroadrunner: its usual use, a loop of ``reset`` + set the parameters + ``simulate`` per set
+  (CVODE, same rtol/atol);
+- genenet's torch loop (``genenet.native.torch_path()``) and torchdiffeq (dopri5 over the rows as
+  one system, the model's torch right-hand side): timed on the first ``--slow-rows`` sets and scaled
+  to 1000 (their cost is about linear in the rows).
+
+Errors: max over the first 10 sets, times and species of |x - x_ref| / max_t |x_ref| (per species),
+the reference libroadrunner at rtol 1e-12, atol 1e-14. Single-run latency: one set, median of 20
+calls (``gn.simulate`` of one row vs roadrunner's reset + simulate).
+
+    python benchmarks/sbml_ensemble.py [--model BIOMD0000000012] [--t-end 1000] [--points 1001]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from solve_screen import machine, versions, write_results
+
+import genenet as gn
+from genenet import native
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent / "tests" / "data"
+SHARED = HERE.parent.parent / "shared" / "data" / "biomodels"
+RTOL, ATOL, ROWS = 1e-6, 1e-9, 1000
+
+
+def model_path(name: str) -> Path:
+    for root in (DATA, SHARED):
+        if (root / f"{name}.xml").exists():
+            return root / f"{name}.xml"
+    raise FileNotFoundError(f"{name}.xml in neither {DATA} nor {SHARED}")
+
+
+def parameter_sets(model, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = {k: float(v.detach().reshape(-1)[0]) for k, v in model.params.items() if k in model.param_names}
+    return {k: v * np.exp(rng.uniform(-np.log(1.25), np.log(1.25), rows)) for k, v in base.items()}
+
+
+def roadrunner_loop(path: Path, sets: dict, rows: int, t: np.ndarray, species: list[str], rtol: float,
+                    atol: float) -> tuple[float, np.ndarray]:
+    import roadrunner
+
+    rr = roadrunner.RoadRunner(str(path))
+    rr.integrator.relative_tolerance, rr.integrator.absolute_tolerance = rtol, atol
+    rr.timeCourseSelections = ["time", *[f"[{s}]" for s in species]]
+    out = np.empty((rows, len(t), len(species)))
+    start = time.perf_counter()
+    for b in range(rows):
+        rr.reset()
+        for k, v in sets.items():
+            rr[k] = v[b]
+        res = rr.simulate(float(t[0]), float(t[-1]), len(t))
+        out[b] = np.asarray(res)[:, 1:]
+    return time.perf_counter() - start, out
+
+
+def genenet_run(model, sets: dict, rows: int, t: np.ndarray, method: str, rtol: float = RTOL, atol: float = ATOL
+                ) -> tuple[float, np.ndarray, int]:
+    params = {k: torch.as_tensor(v[:rows])[:, None] for k, v in sets.items()}
+    with torch.no_grad():
+        start = time.perf_counter()
+        traj = gn.simulate(model, t, params=params, method=method, rtol=rtol, atol=atol, max_steps=200_000)
+        wall = time.perf_counter() - start
+    return wall, traj.y.numpy(), int((traj.status != 0).sum())
+
+
+def torchdiffeq_run(model, sets: dict, rows: int, t: np.ndarray) -> tuple[float, np.ndarray]:
+    from torchdiffeq import odeint
+
+    p = model.row_params({k: torch.as_tensor(v[:rows])[:, None] for k, v in sets.items()}, rows, device="cpu",
+                         dtype=torch.float64)
+    x0 = model.default_x0(rows, device=torch.device("cpu"), dtype=torch.float64)
+    tt = torch.as_tensor(t)
+    with torch.no_grad():
+        start = time.perf_counter()
+        y = odeint(lambda s, x: model.rhs(s.expand(rows), x, p), x0, tt, rtol=RTOL, atol=ATOL, method="dopri5")
+        wall = time.perf_counter() - start
+    return wall, y.transpose(0, 1).numpy()
+
+
+def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
+    scale = np.abs(ref).max(axis=1, keepdims=True)
+    return float((np.abs(y - ref) / np.maximum(scale, 1e-300)).max())
+
+
+def latency(fn, n: int = 20) -> float:
+    fn()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="BIOMD0000000012")
+    ap.add_argument("--t-end", type=float, default=1000.0)
+    ap.add_argument("--points", type=int, default=1001)
+    ap.add_argument("--slow-rows", type=int, default=100)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    path = model_path(args.model)
+    model = gn.read_sbml(path)
+    species = list(model.genes)
+    t = np.linspace(0.0, args.t_end, args.points)
+    sets = parameter_sets(model, ROWS)
+    vals = {k: v[:1] for k, v in sets.items()}
+    # first use compiles the model's rates (not timed; cached on disk afterwards)
+    genenet_run(model, vals, 1, t, "dopri5")
+    results = {}
+    print("roadrunner reference (rtol 1e-12) ...")
+    _, ref = roadrunner_loop(path, sets, 10, t, species, 1e-12, 1e-14)
+    wall, y = roadrunner_loop(path, sets, ROWS, t, species, RTOL, ATOL)
+    results["libroadrunner loop (CVODE)"] = (wall, rel_error(y[:10], ref), 0, ROWS)
+    for method in ("dopri5", "rodas5"):
+        wall, y, failed = genenet_run(model, sets, ROWS, t, method)
+        results[f"genenet native {method}"] = (wall, rel_error(y[:10], ref), failed, ROWS)
+    n = args.slow_rows
+    with native.torch_path():
+        wall, y, failed = genenet_run(model, sets, n, t, "dopri5")
+    results["genenet torch loop dopri5"] = (wall * ROWS / n, rel_error(y[:10], ref), failed, n)
+    try:
+        wall, y = torchdiffeq_run(model, sets, n, t)
+        results["torchdiffeq dopri5"] = (wall * ROWS / n, rel_error(y[:10], ref), 0, n)
+    except ImportError:
+        print("torchdiffeq not installed: skipped")
+    import roadrunner
+
+    rr = roadrunner.RoadRunner(str(path))
+    rr.integrator.relative_tolerance, rr.integrator.absolute_tolerance = RTOL, ATOL
+
+    def rr_one() -> None:
+        rr.reset()
+        rr.simulate(float(t[0]), float(t[-1]), len(t))
+
+    single = {"libroadrunner reset + simulate": latency(rr_one),
+              "genenet simulate, native dopri5": latency(lambda: genenet_run(model, vals, 1, t, "dopri5")),
+              "genenet simulate, native rodas5": latency(lambda: genenet_run(model, vals, 1, t, "rodas5"))}
+    rr_wall = results["libroadrunner loop (CVODE)"][0]
+    lines = [f"# SBML ensemble: {args.model} ({len(species)} species, {len(model.reactions)} reactions), "
+             f"{ROWS} parameter sets", "",
+             f"- date: {dt.date.today()}; machine: {machine(torch.device('cpu'))}",
+             f"- versions: {versions()}, libroadrunner {roadrunner.__version__}",
+             f"- settings: t = 0..{args.t_end:g}, {args.points} save times, rtol {RTOL}, atol {ATOL}, float64; "
+             "parameters x log-uniform [1/1.25, 1.25] (seed 0); torch loop and torchdiffeq timed on "
+             f"{n} sets and scaled to {ROWS}", "- command: `python benchmarks/sbml_ensemble.py --model "
+             f"{args.model} --t-end {args.t_end:g} --points {args.points}`", "",
+             "| tool | time for 1000 sets (s) | vs roadrunner | max rel. error (10 sets) | failed rows | rows timed |",
+             "|---|---|---|---|---|---|"]
+    for name, (wall, err, failed, rows) in results.items():
+        lines.append(f"| {name} | {wall:.3f} | {rr_wall / wall:.2f}x | {err:.1e} | {failed} | {rows} |")
+    lines += ["", "Single run (one parameter set, median of 20 calls):", "", "| call | seconds | vs roadrunner |",
+              "|---|---|---|"]
+    for name, sec in single.items():
+        lines.append(f"| {name} | {sec * 1e3:.2f} ms | {single['libroadrunner reset + simulate'] / sec:.2f}x |")
+    print("\n".join(lines))
+    out = args.out or HERE / "results" / f"sbml_{args.model}_cpu_{dt.date.today()}.md"
+    write_results(out, lines)
+
+
+if __name__ == "__main__":
+    main()
