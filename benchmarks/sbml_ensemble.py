@@ -84,8 +84,8 @@ def genenet_run(model, sets: dict, rows: int, t: np.ndarray, method: str, rtol: 
 def torchdiffeq_run(model, sets: dict, rows: int, t: np.ndarray) -> tuple[float, np.ndarray]:
     from torchdiffeq import odeint
 
-    p = model.row_params({k: torch.as_tensor(v[:rows])[:, None] for k, v in sets.items()}, rows, device="cpu",
-                         dtype=torch.float64)
+    p = model.row_params(None, rows, device=torch.device("cpu"), dtype=torch.float64,
+                         overrides={k: torch.as_tensor(v[:rows])[:, None] for k, v in sets.items()})
     x0 = model.default_x0(rows, device=torch.device("cpu"), dtype=torch.float64)
     tt = torch.as_tensor(t)
     with torch.no_grad():

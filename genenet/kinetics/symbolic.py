@@ -418,9 +418,10 @@ class SymbolicModel(Model):
         if not self.autonomous:
             return None
         like = next(iter(p.values())) if p else torch.zeros(1, dtype=torch.float64)
+        from .. import native
         from ..native import compiled
 
-        if compiled.library(self, like.dtype) is None:
+        if not native.available(like.dtype) or compiled.library(self, like.dtype) is None:
             return None
         B = max([v.shape[0] for v in p.values() if v.ndim > 0] or [1])
         params = (torch.cat([p[n].reshape(-1, 1).expand(B, 1) for n in self.param_names], dim=1)
