@@ -16,7 +16,8 @@ directions the dynamics can move in (the null space of L): the conserved directi
 eigenvalues are reported as 0 and ignored. A law does not hold on a row whose condition adds an
 input it does not balance (``Overexpress(rate=)``) or clamps one of its species: it is dropped
 there; an unbalanced input also means that row has no steady state at all (``d(L x)/dt = L u ≠ 0``
-everywhere), which the steady-state solvers report as not converged. Integration (a fallback) follows the true dynamics, which conserve the totals by themselves.
+everywhere), which the steady-state solvers report as not converged. Integration (a fallback)
+follows the true dynamics, which conserve the totals by themselves.
 """
 
 from __future__ import annotations

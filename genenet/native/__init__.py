@@ -285,6 +285,22 @@ def _erk_arrays(tableau: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             np.ascontiguousarray(tableau.dense_matrix(), dtype=np.float64))
 
 
+def tangent_layout(spec: dict, W: int, G: int, what: str, allowed: tuple[str, ...]) -> tuple[int, dict]:
+    """The number of tangent directions q in a state of width ``W = (1 + q) G`` and the spec's
+    tangents (``{}`` for x0's only); ValueError when the width does not fit, KeyError for a tangent
+    of an array the kernel does not follow (``allowed``)."""
+    tangents = spec.get("tangents")
+    Q = W // G - 1
+    if W % G or (Q > 0) != (tangents is not None):
+        raise ValueError(f"state width {W} does not fit {G} {what} {'with' if tangents is not None else 'without'}"
+                         " tangents")
+    tangents = tangents or {}
+    unknown = set(tangents) - set(allowed)
+    if unknown:
+        raise KeyError(f"no native tangent for {sorted(unknown)}; allowed: {list(allowed)}")
+    return Q, tangents
+
+
 def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
                        first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
                        controller: Any, t_start: Tensor | None = None, tape: int | None = None,
@@ -311,15 +327,7 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     lib = _require_lib(dtype)
     B, W = x0.shape
     G = spec["production"].shape[-1]
-    tangents = spec.get("tangents")
-    Q = W // G - 1
-    if W % G or (Q > 0) != (tangents is not None):
-        raise ValueError(f"state width {W} does not fit {G} genes {'with' if tangents is not None else 'without'}"
-                         " tangents")
-    tangents = tangents or {}
-    unknown = set(tangents) - set(TANGENT_KEYS)
-    if unknown:
-        raise KeyError(f"no native tangent for {sorted(unknown)}; allowed: {list(TANGENT_KEYS)}")
+    Q, tangents = tangent_layout(spec, W, G, "genes", TANGENT_KEYS)
     tan = {k: v.detach().to("cpu", dtype).expand(B, Q, -1).contiguous() for k, v in tangents.items()}
     prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
     S = tableau.stages

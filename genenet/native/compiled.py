@@ -207,22 +207,14 @@ def integrate_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol:
     ``spec["tangents"] = {"params": (B, q, P), "reaction_scale": (B, q, R)}`` (absent: constant)
     and ``x0 = [x, ẋ_1, ..., ẋ_q]`` (B, (1 + q) S). Returns ``y`` (B, T, W), ``status`` (B,),
     counters (4, B), ``t_last`` (B,), ``y_last`` (B, W)."""
-    from . import _erk_arrays, _loop
+    from . import _erk_arrays, _loop, tangent_layout
 
     dtype = x0.dtype
     lib = _require(spec, dtype)
     model = spec["model"]
     B, W = x0.shape
     S = len(model.genes)
-    tangents = spec.get("tangents")
-    Q = W // S - 1
-    if W % S or (Q > 0) != (tangents is not None):
-        raise ValueError(f"state width {W} does not fit {S} species {'with' if tangents is not None else 'without'}"
-                         " tangents")
-    tangents = tangents or {}
-    unknown = set(tangents) - set(SPEC_KEYS)
-    if unknown:
-        raise KeyError(f"no native tangent for {sorted(unknown)}; allowed: {list(SPEC_KEYS)}")
+    Q, tangents = tangent_layout(spec, W, S, "species", SPEC_KEYS)
     widths = {"params": len(model.param_names), "reaction_scale": len(model.reactions)}
     tan = {k: v.detach().to("cpu", dtype).expand(B, Q, widths[k]).contiguous() for k, v in tangents.items()}
     margs, mkeep = _model_args(spec, B, dtype)

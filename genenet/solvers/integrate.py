@@ -483,7 +483,9 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
     if not native_mod.available(y0.dtype):
         return None
     spec = native(args)
-    if spec is None or "laws" in spec or native_mod.spec_width(spec) != n_primal or ("tangents" in spec) != (n_primal < y0.shape[1]):
+    if spec is None or "laws" in spec or native_mod.spec_width(spec) != n_primal:
+        return None  # laws: the reduced system of the steady-state solvers, not a dynamics
+    if ("tangents" in spec) != (n_primal < y0.shape[1]):
         return None
     if implicit and "tangents" in spec:
         return None  # the Rosenbrock kernel carries no tangents
