@@ -29,27 +29,81 @@ __all__ = ["RateDerivatives", "c_header"]
 
 @dataclass(frozen=True)
 class RateDerivatives:
-    """The sparse first derivatives of a program's outputs (the rates): ``(r, j, expression)`` for
-    every structurally nonzero ``dv_r / dx_j`` (``vx``) and ``dv_r / dp_k`` (``vp``)."""
+    """The sparse first derivatives of a program's outputs (the rates) as a straight-line program:
+    ``temporaries`` (the program's, then the derivative temporaries), and ``(r, j, expression)``
+    for every structurally nonzero ``dv_r / dx_j`` (``vx``) and ``dv_r / dp_k`` (``vp``), the
+    expressions over the states, parameters, ``t`` and those temporaries.
 
+    Forward mode over the program: each temporary ``c = e(a, ...)`` gets, per input it depends on,
+    ``dc/dj = sum_a de/da da/dj`` from the local derivatives of its own (small) expression, so the
+    cost grows with the program's size rather than with the size of the inlined rates (sympy's
+    derivative of a 100-gene network's inlined rate laws and their simplification took minutes).
+    Powers with a symbolic exponent differentiate as ``e b^(e-1) b'`` and ``b^e log(b) e'``
+    (:class:`_Power`, :class:`PowLog`): finite where a species is 0 (a knockout), where sympy's
+    ``e b^e / b`` is 0/0."""
+
+    temporaries: tuple[tuple[sympy.Symbol, sympy.Expr], ...]
     vx: tuple[tuple[int, int, sympy.Expr], ...]
     vp: tuple[tuple[int, int, sympy.Expr], ...]
 
     @classmethod
     def of(cls, program: Program) -> RateDerivatives:
-        # differentiate the outputs with their temporaries substituted back: CSE runs again over all
-        # of them together when the C is printed
-        # powers with a symbolic exponent differentiate as e b^(e-1) b' + b^e log(b) e' (_Power): sympy writes
-        # e (x/c)^e / x, which is 0/0 at x = 0 (a knocked-out species) where the limit is finite
-        full = [_inline(program, e).replace(lambda a: a.is_Pow and not a.exp.is_number,
-                                            lambda a: _Power(a.base, a.exp)) for e in program.outputs]
+        inputs = {s: ("x", i) for i, s in enumerate(program.states)} | {s: ("p", k) for k, s in
+                                                                          enumerate(program.params)}
+        deps: dict[sympy.Symbol, set] = {}
+        D: dict[tuple[sympy.Symbol, sympy.Symbol], sympy.Expr] = {}
+        extra: list[tuple[sympy.Symbol, sympy.Expr]] = []
+        names = sympy.numbered_symbols("_d", real=True)
+
+        def depends(expr: sympy.Expr) -> set:
+            out: set = set()
+            for a in expr.free_symbols:
+                if a in inputs:
+                    out.add(a)
+                elif a in deps:
+                    out |= deps[a]
+            return out
+
+        def derivative(expr: sympy.Expr, j: sympy.Symbol) -> sympy.Expr:
+            terms = []
+            for a in expr.free_symbols:
+                da = 1 if a == j else D.get((a, j), 0)
+                if da != 0:
+                    terms.append(_local_diff(expr, a) * da)
+            return sympy.Add(*terms)
+
+        order = {s: n for n, s in enumerate(inputs)}
+        for sym, expr in program.temporaries:
+            deps[sym] = depends(expr)
+            for j in sorted(deps[sym], key=order.__getitem__):
+                d = derivative(expr, j)
+                if d == 0:
+                    continue
+                if d.is_Atom:
+                    D[(sym, j)] = d
+                else:
+                    name = next(names)
+                    extra.append((name, d))
+                    D[(sym, j)] = name
         vx, vp = [], []
-        for r, e in enumerate(full):
-            syms = e.free_symbols
-            vx += [(r, j, sympy.diff(e, s)) for j, s in enumerate(program.states) if s in syms]
-            vp += [(r, k, sympy.diff(e, s)) for k, s in enumerate(program.params) if s in syms]
-        return cls(tuple((r, j, _at_zero(_powers(d))) for r, j, d in vx if d != 0),
-                   tuple((r, k, _at_zero(_powers(d))) for r, k, d in vp if d != 0))
+        for r, expr in enumerate(program.outputs):
+            for j in sorted(depends(expr), key=order.__getitem__):
+                d = derivative(expr, j)
+                if d != 0:
+                    kind, idx = inputs[j]
+                    (vx if kind == "x" else vp).append((r, idx, d))
+        return cls(tuple(program.temporaries) + tuple(extra), tuple(vx), tuple(vp))
+
+    def program(self, program: Program, wrt: str) -> Program:
+        """A program whose outputs are the ``vx`` (``wrt="x"``) or ``vp`` (``"p"``) entries."""
+        entries = self.vx if wrt == "x" else self.vp
+        return Program(program.states, program.params, self.temporaries, tuple(e for _, _, e in entries))
+
+
+def _local_diff(expr: sympy.Expr, a: sympy.Symbol) -> sympy.Expr:
+    """d expr / d a for one program line, powers with a symbolic exponent as :class:`_Power`."""
+    e = expr.replace(lambda q: q.is_Pow and not q.exp.is_number, lambda q: _Power(q.base, q.exp))
+    return _powers(sympy.diff(e, a))
 
 
 class _Power(sympy.Function):
@@ -71,32 +125,6 @@ class PowLog(sympy.Function):
     e > 0), printed as ``gm_powlog``: written out it is 0 * -inf = NaN for a knocked-out species."""
 
     nargs = 2
-
-
-def _at_zero(d: sympy.Expr) -> sympy.Expr:
-    """A derivative printed so that it is finite where a species is 0: ``n x^n / x`` (sympy's
-    d(x^n)/dx) as ``n x^(n-1)`` (powsimp), ``x^n log(x)`` (d(x^n)/dn) as :class:`PowLog`."""
-    d = sympy.powsimp(d)
-
-    def has_powlog(m: sympy.Expr) -> bool:
-        return m.is_Mul and any(isinstance(a, sympy.log) for a in m.args)
-
-    def powlog(m: sympy.Expr) -> sympy.Expr:
-        args = list(m.args)
-        for L in [a for a in args if isinstance(a, sympy.log)]:
-            for a in args:
-                if a.is_Pow and a.base == L.args[0] and not a.exp.is_number:
-                    args.remove(L)
-                    args.remove(a)
-                    return sympy.Mul(*args, PowLog(a.base, a.exp))
-        return m
-    return d.replace(has_powlog, powlog)
-
-
-def _inline(program: Program, expr: sympy.Expr) -> sympy.Expr:
-    for sym, sub in reversed(program.temporaries):
-        expr = expr.xreplace({sym: sub})
-    return expr
 
 
 class _CPrinter(C99CodePrinter):
@@ -141,17 +169,23 @@ class _CPrinter(C99CodePrinter):
         return f"fabs({self._print(expr.args[0])})"
 
 
-def _body(program: Program, outputs: list[tuple[str, sympy.Expr]]) -> list[str]:
-    """Straight-line C: the inputs named, CSE temporaries, then ``target = value;`` per output."""
+def _straight(program: Program, temporaries, outputs: list[tuple[str, sympy.Expr]]) -> list[str]:
+    """Straight-line C from a program's own temporaries (no new CSE): the inputs named, the
+    temporaries the outputs need, then ``target = value;`` per output."""
     printer = _CPrinter()
-    temps, reduced = sympy.cse([e for _, e in outputs], symbols=sympy.numbered_symbols("c"), optimizations="basic")
-    lines = [f"    const real {s.name} = x[{i}];" for i, s in enumerate(program.states)]
-    lines += [f"    const real {s.name} = p[{k}];" for k, s in enumerate(program.params)]
+    need: set = set()
+    for _, e in outputs:
+        need |= e.free_symbols
+    lines_t = []
+    for sym, e in reversed(temporaries):  # only what the outputs use, in program order
+        if sym in need:
+            need |= e.free_symbols
+            lines_t.append(f"    const real {sym.name} = {printer.doprint(e)};")
+    lines = [f"    const real {s.name} = x[{i}];" for i, s in enumerate(program.states) if s in need]
+    lines += [f"    const real {s.name} = p[{k}];" for k, s in enumerate(program.params) if s in need]
     lines.append("    (void)t;")
-    used = set().union(*(e.free_symbols for _, e in temps), *(e.free_symbols for e in reduced)) if outputs else set()
-    lines = [ln for ln in lines if ln.startswith("    (void)") or ln.split()[2] in {s.name for s in used}]
-    lines += [f"    const real {s.name} = {printer.doprint(e)};" for s, e in temps]
-    lines += [f"    {target} = {printer.doprint(e)};" for (target, _), e in zip(outputs, reduced)]
+    lines += reversed(lines_t)
+    lines += [f"    {target} = {printer.doprint(e)};" for target, e in outputs]
     return lines
 
 
@@ -160,13 +194,42 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
     names its functions and arrays. The inputs are ``t``, ``x`` (S) and ``p`` (P) of one row."""
     d = derivatives or RateDerivatives.of(program)
     S, R, P = len(program.states), len(program.outputs), len(program.params)
-    rates = [(f"v[{r}]", _inline(program, e)) for r, e in enumerate(program.outputs)]
+    rates = [(f"v[{r}]", e) for r, e in enumerate(program.outputs)]
     vx = [(f"vx[{e}]", expr) for e, (_, _, expr) in enumerate(d.vx)]
     vp = [(f"vp[{e}]", expr) for e, (_, _, expr) in enumerate(d.vp)]
 
     def arr(name: str, values: list[int]) -> str:
         return f"static const int32_t {name}[{max(len(values), 1)}] = {{{', '.join(map(str, values)) or '0'}}};"
 
+    # in blocks of reactions, each its own function with the temporaries it needs (shared ones are
+    # recomputed per block): one straight-line function of a large network's thousands of lines
+    # took GCC 30 s (its optimizer is superlinear in a function's size), blocks compile in linear time
+    def blocks(name: str, temporaries, per_reaction: list[list[tuple[str, sympy.Expr]]],
+               signature: str, call: str) -> list[str]:
+        out, calls, chunk, size = [], [], [], 0
+        groups = [g for g in per_reaction if g]
+        for k, group in enumerate(groups):
+            chunk += group
+            size += sum(len(str(e)) for _, e in group)
+            if size > 20_000 or k == len(groups) - 1:
+                fn = f"{prefix}_{name}_{len(calls)}"
+                out += [f"static void {fn}({signature}) {{", *_straight(program, temporaries, chunk), "}"]
+                calls.append(f"    {fn}({call});")
+                chunk, size = [], 0
+        return out, calls
+
+    per_r = [[rates[r]] for r in range(R)]
+    rate_blocks, rate_calls = blocks("rates_part", program.temporaries, per_r,
+                                     "real t, const real *restrict x, const real *restrict p, real *restrict v",
+                                     "t, x, p, v")
+    per_rd = [[rates[r]] for r in range(R)]
+    for e, (r, _, _) in enumerate(d.vx):
+        per_rd[r].append(vx[e])
+    for e, (r, _, _) in enumerate(d.vp):
+        per_rd[r].append(vp[e])
+    d_blocks, d_calls = blocks("rates_d_part", d.temporaries, per_rd,
+                               "real t, const real *restrict x, const real *restrict p, real *restrict v, "
+                               "real *restrict vx, real *restrict vp", "t, x, p, v, vx, vp")
     lines = [f"/* generated by genenet.kinetics.codegen: program {program.key()} */",
              f"#define {prefix.upper()}_S {S}", f"#define {prefix.upper()}_R {R}", f"#define {prefix.upper()}_P {P}",
              f"#define {prefix.upper()}_NX {len(d.vx)}", f"#define {prefix.upper()}_NP {len(d.vp)}",
@@ -175,8 +238,9 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
              "#endif",
              arr(f"{prefix}_vx_r", [r for r, _, _ in d.vx]), arr(f"{prefix}_vx_s", [j for _, j, _ in d.vx]),
              arr(f"{prefix}_vp_r", [r for r, _, _ in d.vp]), arr(f"{prefix}_vp_p", [k for _, k, _ in d.vp]),
+             *rate_blocks, *d_blocks,
              f"static inline void {prefix}_rates(real t, const real *restrict x, const real *restrict p, "
-             "real *restrict v) {", *_body(program, rates), "}",
+             "real *restrict v) {", "    (void)t;", *rate_calls, "}",
              f"static inline void {prefix}_rates_d(real t, const real *restrict x, const real *restrict p, "
-             "real *restrict v, real *restrict vx, real *restrict vp) {", *_body(program, rates + vx + vp), "}"]
+             "real *restrict v, real *restrict vx, real *restrict vp) {", "    (void)t;", *d_calls, "}"]
     return "\n".join(lines) + "\n"

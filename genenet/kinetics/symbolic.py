@@ -26,6 +26,7 @@ torch function of batched columns: autograd, any device; parameter values are da
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..models.base import Model, ParameterSpec, Params
-from .expressions import FUNCTIONS, parse_rate
+from .expressions import FUNCTIONS, TIME, parse_rate
 from .program import Program, torch_function
 
 __all__ = ["Reaction", "SymbolicModel", "ReactionNetwork", "from_equations"]
@@ -175,13 +176,11 @@ class SymbolicModel(Model):
         # a synthesis consumes nothing that changes: a reaction from a fixed (boundary) species is one too
         self._synthesis = torch.as_tensor((N >= 0).all(axis=0) & (N > 0).any(axis=0), dtype=torch.bool)
         syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
-        self.program = Program.build([r.rate for r in reactions], [syms[s] for s in species],
-                                     [syms[p] for p in params])
-        key = self.program.key()
-        if key not in _CACHE:
-            _CACHE[key] = torch_function(self.program)
-        self._rates_fn = _CACHE[key]
-        self.autonomous = not self.program.uses_time
+        # the program (CSE) and its torch function are built on first use: a model whose native
+        # library is already in the cache never needs them (for a 100-gene network they take seconds)
+        self._symbols = ([syms[s] for s in species], [syms[p] for p in params])
+        self._program: Program | None = None
+        self.autonomous = not any(r.rate.has(TIME) for r in reactions)
         self._initial = self._initial_state(initial or {})
         specs = []
         for name, value in params.items():
@@ -209,6 +208,32 @@ class SymbolicModel(Model):
         self._laws: tuple | None = None
         self._deriv: tuple | None = None
         self._jac_memo: tuple | None = None
+
+    @property
+    def program(self) -> Program:
+        """The rates as a straight-line program (:mod:`genenet.kinetics.program`), built on first use."""
+        if self._program is None:
+            self._program = Program.build([r.rate for r in self.reactions], *self._symbols)
+        return self._program
+
+    @property
+    def _rates_fn(self) -> Any:
+        key = self.program.key()
+        if key not in _CACHE:
+            _CACHE[key] = torch_function(self.program)
+        return _CACHE[key]
+
+    def structure_key(self) -> str:
+        """A hash of what the compiled code depends on: the rate laws over positional species and
+        parameters (values, names, stoichiometry are data). Cheap: no CSE, so a model whose native
+        library is cached loads it without building its program."""
+        if getattr(self, "_structure_key", None) is None:
+            states, params = self._symbols
+            rename = {s: sympy.Symbol(f"_x{i}", real=True) for i, s in enumerate(states)}
+            rename |= {q: sympy.Symbol(f"_p{j}", real=True) for j, q in enumerate(params)}
+            text = repr((len(states), len(params), [sympy.srepr(r.rate.xreplace(rename)) for r in self.reactions]))
+            self._structure_key = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._structure_key
 
     def _initial_state(self, initial: Mapping[str, float]) -> np.ndarray:
         x0 = np.zeros(len(self.genes))
@@ -332,7 +357,7 @@ class SymbolicModel(Model):
             d = RateDerivatives.of(self.program)
             self._deriv = {}
             for name, entries in (("x", d.vx), ("p", d.vp)):
-                prog = Program.build([e for _, _, e in entries], self.program.states, self.program.params)
+                prog = d.program(self.program, name)
                 key = f"d{name}" + prog.key()
                 if key not in _CACHE:
                     _CACHE[key] = torch_function(prog)
@@ -430,6 +455,17 @@ class SymbolicModel(Model):
         if self._targets:
             spec["reaction_scale"] = p["reaction_scale"]
         return spec
+
+    def native_spec_from(self, params: Tensor, dtype: torch.dtype) -> dict | None:
+        """The native spec from a ready parameter matrix (B, P) in :attr:`param_names` order, for
+        models that run through this one's compiled form (:class:`genenet.TwoStage`); None where
+        the kernels do not run (as :meth:`native_spec`). No perturbation targets."""
+        from .. import native
+        from ..native import compiled
+
+        if not self.autonomous or not native.available(dtype) or compiled.library(self, dtype) is None:
+            return None
+        return {"model": self, "params": params}
 
     def extra_repr(self) -> str:
         return (f"{len(self.genes)} species, {len(self.reactions)} reactions, {self.n_sets} parameter set(s), "
@@ -557,7 +593,7 @@ def _sid(name: str) -> str:
     return out if re.match(r"[A-Za-z_]", out) else f"_{out}"
 
 
-def symbolic_form(model: Model, parameter_set: int = 0) -> SymbolicModel:
+def symbolic_form(model: Model, parameter_set: int = 0, *, nonnegative: bool = False) -> SymbolicModel:
     """The same equations as a :class:`SymbolicModel` (parameter set ``parameter_set``): for writing
     SBML and for the compiled backends. :class:`genenet.Hill` -> per gene a synthesis
     ``g_i Π_e H_e(x_j)`` and a decay ``k_i x_i`` with, per edge ``e = (j -> i)`` and
@@ -565,7 +601,9 @@ def symbolic_form(model: Model, parameter_set: int = 0) -> SymbolicModel:
     (activation); :class:`genenet.TwoStage` -> transcription (the same product over the
     regulators' proteins), mRNA decay, translation ``mRNA -> mRNA + protein`` and protein decay.
     Parameters are scalars named ``production_A``, ``threshold_A_B`` (edge A -> B), ... (TwoStage:
-    ``transcription_A``, ...); species are the gene names (TwoStage: ``A_mRNA``, ``A_protein``)."""
+    ``transcription_A``, ...); species are the gene names (TwoStage: ``A_mRNA``, ``A_protein``).
+    ``nonnegative=True`` reads each regulator as ``max(x, 0)`` in its Hill factor, as the models'
+    own code does (a round-off negative level must not make ``x^n`` NaN): the native kernels' form."""
     from ..models.hill import Hill
     from ..models.two_stage import TwoStage
 
@@ -602,7 +640,8 @@ def symbolic_form(model: Model, parameter_set: int = 0) -> SymbolicModel:
         T = par(f"threshold_{a}_{b}", value("threshold", e))
         n = par(f"hill_{a}_{b}", value("hill", e))
         lam = par(f"fold_{a}_{b}", value("fold", e))
-        s = 1 / (1 + (x[regulator[genes.index(a)]] / T) ** n)
+        xr = x[regulator[genes.index(a)]]
+        s = 1 / (1 + ((sympy.Max(xr, 0) if nonnegative else xr) / T) ** n)
         H = 1 / lam + (1 - 1 / lam) * s if sign < 0 else 1 + (1 / lam - 1) * s
         synth[b] = synth[b] * H
     reactions = []

@@ -117,9 +117,9 @@ def library(model: Any, dtype: torch.dtype) -> Compiled | None:
     driver = _driver(real)
     if driver is None:
         return None
-    header = _header(model)
     cc = build.compiler()
-    digest = hashlib.sha256("\0".join([header, build.source_hash(), cc, *build.flags(real)]).encode()).hexdigest()
+    digest = hashlib.sha256("\0".join([model.structure_key(), build.source_hash(), cc,
+                                       *build.flags(real)]).encode()).hexdigest()
     key = f"{real}_{digest[:16]}"
     if key in _RATES:
         return _RATES[key]
@@ -128,14 +128,20 @@ def library(model: Any, dtype: torch.dtype) -> Compiled | None:
     with _LOCK:
         if key not in _RATES and key not in _FAILED:
             try:
-                _RATES[key] = Compiled(driver, ctypes.CDLL(str(_build_rates(key, header, real, cc))))
+                lib = Compiled(driver, ctypes.CDLL(str(_build_rates(key, model, real, cc))))
+                want = (len(model.genes), len(model.reactions), len(model.param_names))
+                if lib.sizes[:3] != want:  # a cached library of another structure must never run
+                    raise RuntimeError(f"the cached rate library {key} has (species, reactions, parameters) "
+                                       f"{lib.sizes[:3]}, this model {want}")
+                _RATES[key] = lib
             except Exception as err:  # noqa: BLE001
                 _FAILED[key] = f"{type(err).__name__}: {err}"
                 _warn("this compiled model", _FAILED[key])
     return _RATES.get(key)
 
 
-def _build_rates(key: str, header: str, real: str, cc: str) -> Any:
+def _build_rates(key: str, model: Any, real: str, cc: str) -> Any:
+    """The rate library's path, built (header printed, then compiled) only when the cache lacks it."""
     root = build.cache_dir()
     lib_path = root / f"genenet_rates_{key}{build._suffix()}"
     if lib_path.exists():
@@ -144,7 +150,7 @@ def _build_rates(key: str, header: str, real: str, cc: str) -> Any:
         if not lib_path.exists():
             h_path = root / f"genenet_rates_{key}.h"
             tmp = h_path.with_suffix(".h.tmp")
-            tmp.write_text(header)
+            tmp.write_text(_header(model))
             tmp.replace(h_path)
             build.compile_library(real, lib_path, cc=cc, source=build.DIR / "rates.c",
                                   defines=(f'GM_HEADER="{h_path}"',))
