@@ -139,6 +139,8 @@ class _CPrinter(C99CodePrinter):
             return f"({prod})" if exp > 0 else f"((real)1 / ({prod}))"
         if exp == sympy.Rational(1, 2):
             return f"sqrt({self._print(base)})"
+        if not exp.is_number:  # a parameter exponent (a Hill coefficient): integers by multiplication
+            return f"gm_pow({self._print(base)}, {self._print(exp)})"
         return f"pow({self._print(base)}, {self._print(exp)})"
 
     def _print_Float(self, expr: sympy.Float) -> str:
@@ -169,7 +171,54 @@ class _CPrinter(C99CodePrinter):
         return f"fabs({self._print(expr.args[0])})"
 
 
-def _straight(program: Program, temporaries, outputs: list[tuple[str, sympy.Expr]]) -> list[str]:
+def hoist_parameters(program: Program) -> tuple[list[tuple[sympy.Symbol, sympy.Expr]],
+                                                  list[tuple[sympy.Symbol, sympy.Expr]], list[sympy.Expr]]:
+    """The rates with their parameter-only parts taken out: ``(hoisted, temporaries, outputs)``,
+    ``hoisted`` the ``(q_k, expression over parameters)`` a solve computes once per row
+    (``gm_prepare``: ``1/T``, ``1/λ``, ``1 - 1/λ`` of a Hill factor), the temporaries and outputs
+    over states, ``t`` and those ``q_k``. Maximal parameter-only subexpressions are hoisted; a
+    product or sum with mixed factors hoists its parameter-only factors together."""
+    params = set(program.params)
+    hoisted: list[tuple[sympy.Symbol, sympy.Expr]] = []
+    seen: dict[sympy.Expr, sympy.Symbol] = {}
+    names = sympy.numbered_symbols("_q", real=True)
+    param_temps: dict[sympy.Symbol, sympy.Expr] = {}  # temporaries over parameters only, inlined
+
+    def only_params(e: sympy.Expr) -> bool:
+        return bool(e.free_symbols) and e.free_symbols <= params
+
+    def name_of(e: sympy.Expr) -> sympy.Expr:  # a parameter itself too: the rates read q only
+        if e not in seen:
+            seen[e] = next(names)
+            hoisted.append((seen[e], e))
+        return seen[e]
+
+    def walk(e: sympy.Expr) -> sympy.Expr:
+        e = e.xreplace(param_temps) if param_temps else e
+        if only_params(e):
+            return name_of(e)
+        if e.is_Atom or not e.args:
+            return e
+        if isinstance(e, (sympy.Mul, sympy.Add)):
+            fixed = [a for a in e.args if only_params(a)]
+            rest = [walk(a) for a in e.args if not only_params(a)]
+            if fixed:
+                return e.func(name_of(e.func(*fixed)), *rest)
+            return e.func(*rest)
+        return e.func(*[walk(a) for a in e.args])
+
+    temps = []
+    for sym, expr in program.temporaries:
+        full = expr.xreplace(param_temps) if param_temps else expr
+        if only_params(full):
+            param_temps[sym] = full
+            continue
+        temps.append((sym, walk(expr)))
+    outputs = [walk(e) for e in program.outputs]
+    return hoisted, temps, outputs
+
+
+def _straight(program: Program, temporaries, outputs: list[tuple[str, sympy.Expr]], hoisted=None) -> list[str]:
     """Straight-line C from a program's own temporaries (no new CSE): the inputs named, the
     temporaries the outputs need, then ``target = value;`` per output."""
     printer = _CPrinter()
@@ -183,6 +232,7 @@ def _straight(program: Program, temporaries, outputs: list[tuple[str, sympy.Expr
             lines_t.append(f"    const real {sym.name} = {printer.doprint(e)};")
     lines = [f"    const real {s.name} = x[{i}];" for i, s in enumerate(program.states) if s in need]
     lines += [f"    const real {s.name} = p[{k}];" for k, s in enumerate(program.params) if s in need]
+    lines += [f"    const real {s.name} = q[{k}];" for k, (s, _) in enumerate(hoisted or ()) if s in need]
     lines.append("    (void)t;")
     lines += reversed(lines_t)
     lines += [f"    {target} = {printer.doprint(e)};" for target, e in outputs]
@@ -205,7 +255,7 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
     # recomputed per block): one straight-line function of a large network's thousands of lines
     # took GCC 30 s (its optimizer is superlinear in a function's size), blocks compile in linear time
     def blocks(name: str, temporaries, per_reaction: list[list[tuple[str, sympy.Expr]]],
-               signature: str, call: str) -> list[str]:
+               signature: str, call: str, hoisted=None) -> tuple[list[str], list[str]]:
         out, calls, chunk, size = [], [], [], 0
         groups = [g for g in per_reaction if g]
         for k, group in enumerate(groups):
@@ -213,15 +263,19 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
             size += sum(len(str(e)) for _, e in group)
             if size > 20_000 or k == len(groups) - 1:
                 fn = f"{prefix}_{name}_{len(calls)}"
-                out += [f"static void {fn}({signature}) {{", *_straight(program, temporaries, chunk), "}"]
+                out += [f"static void {fn}({signature}) {{", *_straight(program, temporaries, chunk, hoisted), "}"]
                 calls.append(f"    {fn}({call});")
                 chunk, size = [], 0
         return out, calls
 
-    per_r = [[rates[r]] for r in range(R)]
-    rate_blocks, rate_calls = blocks("rates_part", program.temporaries, per_r,
-                                     "real t, const real *restrict x, const real *restrict p, real *restrict v",
-                                     "t, x, p, v")
+    hoisted, h_temps, h_outputs = hoist_parameters(program)
+    per_r = [[(f"v[{r}]", e)] for r, e in enumerate(h_outputs)]
+    rate_blocks, rate_calls = blocks("rates_part", h_temps, per_r,
+                                     "real t, const real *restrict x, const real *restrict q, real *restrict v",
+                                     "t, x, q, v", hoisted)
+    prepare = [f"    q[{k}] = {_CPrinter().doprint(e)};" for k, (_, e) in enumerate(hoisted)]
+    prepare = ([f"    const real {sym.name} = p[{k}];" for k, sym in enumerate(program.params)
+                if any(sym in e.free_symbols for _, e in hoisted)] + prepare)
     per_rd = [[rates[r]] for r in range(R)]
     for e, (r, _, _) in enumerate(d.vx):
         per_rd[r].append(vx[e])
@@ -233,14 +287,33 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
     lines = [f"/* generated by genenet.kinetics.codegen: program {program.key()} */",
              f"#define {prefix.upper()}_S {S}", f"#define {prefix.upper()}_R {R}", f"#define {prefix.upper()}_P {P}",
              f"#define {prefix.upper()}_NX {len(d.vx)}", f"#define {prefix.upper()}_NP {len(d.vp)}",
+             f"#define {prefix.upper()}_NQ {len(hoisted)}",
              "#ifndef GM_POWLOG", "#define GM_POWLOG",
              "static inline real gm_powlog(real b, real e) { return b == 0 ? (real)0 : pow(b, e) * log(b); }",
+             "/* b^e; an integer e in 0..15 (RACIPE's Hill coefficients) as a product of b, b^2, b^4, b^8 by",
+             "   the bits of e without branches (selects), several times cheaper than pow and within an ulp",
+             "   or two of it (as the Hill kernel's small_int_pow) */",
+             "static inline real gm_pow(real b, real e) {",
+             "    if (e >= 0 && e <= 15 && e == (real)(int)e) {",
+             "        const int k = (int)e;",
+             "        const real b2 = b * b, b4 = b2 * b2, b8 = b4 * b4;",
+             "        return (((k & 1) ? b : (real)1) * ((k & 2) ? b2 : (real)1)) * ((k & 4) ? b4 : (real)1)",
+             "               * ((k & 8) ? b8 : (real)1);",
+             "    }",
+             "    return pow(b, e);",
+             "}",
              "#endif",
              arr(f"{prefix}_vx_r", [r for r, _, _ in d.vx]), arr(f"{prefix}_vx_s", [j for _, j, _ in d.vx]),
              arr(f"{prefix}_vp_r", [r for r, _, _ in d.vp]), arr(f"{prefix}_vp_p", [k for _, k, _ in d.vp]),
              *rate_blocks, *d_blocks,
-             f"static inline void {prefix}_rates(real t, const real *restrict x, const real *restrict p, "
+             f"static inline void {prefix}_prepare(const real *restrict p, real *restrict q) {{",
+             "    (void)p; (void)q;", *prepare, "}",
+             f"static inline void {prefix}_rates_q(real t, const real *restrict x, const real *restrict q, "
              "real *restrict v) {", "    (void)t;", *rate_calls, "}",
+             f"static inline void {prefix}_rates(real t, const real *restrict x, const real *restrict p, "
+             "real *restrict v) {",
+             f"    real q[{prefix.upper()}_NQ > 0 ? {prefix.upper()}_NQ : 1];", f"    {prefix}_prepare(p, q);",
+             f"    {prefix}_rates_q(t, x, q, v);", "}",
              f"static inline void {prefix}_rates_d(real t, const real *restrict x, const real *restrict p, "
              "real *restrict v, real *restrict vx, real *restrict vp) {", "    (void)t;", *d_calls, "}"]
     return "\n".join(lines) + "\n"

@@ -436,6 +436,23 @@ class SymbolicModel(Model):
                          np.asarray(vals or [0.0], dtype=np.float64), self._synthesis.numpy().astype(np.uint8))
         return self._csc
 
+    def stoichiometry_csr(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """N by species for the native kernels: per species i its synthesis entries
+        ``ptr[2i]..ptr[2i+1]`` then its other entries up to ``ptr[2i+2]`` (2 S + 1 starts), the
+        reaction of each entry and its value N_ir (float64)."""
+        if getattr(self, "_csr", None) is None:
+            N, syn = self._N.numpy(), self._synthesis.numpy()
+            ptr, cols, vals = [0], [], []
+            for i in range(N.shape[0]):
+                for want in (True, False):
+                    nz = [k for k in np.flatnonzero(N[i]) if bool(syn[k]) == want]
+                    cols += nz
+                    vals += [float(N[i, k]) for k in nz]
+                    ptr.append(len(cols))
+            self._csr = (np.asarray(ptr, dtype=np.int32), np.asarray(cols or [0], dtype=np.int32),
+                         np.asarray(vals or [0.0], dtype=np.float64))
+        return self._csr
+
     def native_spec(self, p: Params) -> dict | None:
         """What the native kernels need (:mod:`genenet.native.compiled`): the parameter matrix
         ``params`` (B or 1, P) in :attr:`param_names` order and ``reaction_scale``; None for a model

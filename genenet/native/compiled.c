@@ -17,8 +17,9 @@ const char *genenet_source_hash(void) { return GENENET_SOURCE_HASH; }
 
 #define MODEL_ARGS                                                                                          \
     const Rates *m, int64_t B, int64_t G, const real *params, const real *scale, const real *mult, const real *add,          \
-        const uint8_t *clamp, const int32_t *n_ptr, const int32_t *n_row, const real *n_val, const uint8_t *syn
-#define MODEL_PASS params, scale, mult, add, clamp, n_ptr, n_row, n_val, syn
+        const uint8_t *clamp, const int32_t *n_ptr, const int32_t *n_row, const real *n_val, const uint8_t *syn, \
+        const int32_t *s_ptr, const int32_t *s_col, const real *s_val
+#define MODEL_PASS params, scale, mult, add, clamp, n_ptr, n_row, n_val, syn, s_ptr, s_col, s_val
 #define LOOP_PASS                                                                                           \
     first_step, max_steps, steady_tol, window, safety, beta, factor_min, factor_max, stiff_after, check_every, \
         use_rho, out, status_out, counters, t_last, y_last, nthreads

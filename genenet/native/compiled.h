@@ -35,6 +35,10 @@ typedef struct Problem {
     const int32_t *n_row;    /* (nnz) species of each entry */
     const real *n_val;       /* (nnz) N_ir */
     const uint8_t *syn;      /* (R) 1: a synthesis reaction */
+    /* N by species: row i's synthesis entries are s_ptr[2i]..s_ptr[2i+1], the others up to
+       s_ptr[2i+2]; s_col the reaction, s_val N_ir */
+    const int32_t *s_ptr, *s_col;
+    const real *s_val;
     const real *pd;          /* (B, Q, P) parameter tangents, or NULL */
     const real *scaled;      /* (B, Q, R) reaction_scale tangents, or NULL */
     /* conservation laws for the steady-state iterations (genenet.conservation): law k's pivot
@@ -56,13 +60,16 @@ typedef struct Row {
     const real *totals;
     const uint8_t *law_on;
     real *v, *vx, *vp, *vd, *P, *D; /* work: R, NX, NP, R, G, G */
+    real *q;                        /* the row's hoisted parameter expressions (NQ) */
     /* the system hook of driver.h (unused by this model's kernels) */
     void (*system)(const struct Row *r, const real *y, real *dy);
     int64_t E;
     real *sw;
 } Row;
 
-static int64_t model_work(const Problem *p) { return 2 * p->m->R + p->m->NX + p->m->NP + 2 * p->G + 8; }
+static int64_t model_work(const Problem *p) {
+    return 2 * p->m->R + p->m->NX + p->m->NP + p->m->NQ + 2 * p->G + 8;
+}
 static int64_t model_iwork(const Problem *p) { (void)p; return 0; }
 
 static Row model_row(const Problem *p, int64_t b, real *work, int *iwork) {
@@ -89,34 +96,34 @@ static Row model_row(const Problem *p, int64_t b, real *work, int *iwork) {
     r.vd = r.vp + p->m->NP + 1;
     r.P = r.vd + R;
     r.D = r.P + G;
+    r.q = r.D + G;
+    p->m->prepare(r.p, r.q);
     r.system = NULL;
     r.E = 0;
     r.sw = NULL;
     return r;
 }
 
-/* out = mult P(w) + add - D(w) for the rates w (R), 0 where clamped; with_add: add the inputs */
-static void stoich_apply(const Row *r, const real *w, int with_add, real *out) {
+/* out = mult P(w) + add - D(w) for the rates w (R), 0 where clamped; with_add: add the inputs.
+   By species (N's CSR, each row's synthesis entries first): two short sums per species */
+static void stoich_apply(const Row *r, const real *restrict w, int with_add, real *restrict out) {
     const Problem *p = r->pr;
     const int64_t G = r->G;
-    real *P = r->P, *D = r->D;
-    memset(P, 0, sizeof(real) * (size_t)G);
-    memset(D, 0, sizeof(real) * (size_t)G);
-    for (int64_t k = 0; k < r->m->R; ++k) {
-        const real wk = w[k];
-        real *acc = p->syn[k] ? P : D;
-        const real sign = p->syn[k] ? (real)1 : (real)-1;
-        for (int32_t e = p->n_ptr[k]; e < p->n_ptr[k + 1]; ++e) acc[p->n_row[e]] += sign * p->n_val[e] * wk;
-    }
+    const int32_t *restrict ptr = p->s_ptr, *restrict col = p->s_col;
+    const real *restrict val = p->s_val;
     for (int64_t i = 0; i < G; ++i) {
-        real Pi = r->mult ? P[i] * r->mult[i] : P[i];
-        if (with_add && r->add) Pi = Pi + r->add[i];
-        out[i] = (r->clamp && r->clamp[i]) ? (real)0 : Pi - D[i];
+        real P = 0, D = 0;
+        int32_t e = ptr[2 * i];
+        for (; e < ptr[2 * i + 1]; ++e) P += val[e] * w[col[e]];
+        for (; e < ptr[2 * i + 2]; ++e) D -= val[e] * w[col[e]];
+        if (r->mult) P = P * r->mult[i];
+        if (with_add && r->add) P = P + r->add[i];
+        out[i] = (r->clamp && r->clamp[i]) ? (real)0 : P - D;
     }
 }
 
 static void rhs_state(const Row *r, const real *x, real *dx) {
-    r->m->rates(0, x, r->p, r->v);
+    r->m->rates(0, x, r->q, r->v);
     if (r->scale)
         for (int64_t k = 0; k < r->m->R; ++k) r->v[k] *= r->scale[k];
     stoich_apply(r, r->v, 1, dx);

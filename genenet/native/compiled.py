@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import threading
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,7 +119,7 @@ def library(model: Any, dtype: torch.dtype) -> Compiled | None:
     if driver is None:
         return None
     cc = build.compiler()
-    digest = hashlib.sha256("\0".join([model.structure_key(), build.source_hash(), cc,
+    digest = hashlib.sha256("\0".join([model.structure_key(), _codegen_hash(), build.source_hash(), cc,
                                        *build.flags(real)]).encode()).hexdigest()
     key = f"{real}_{digest[:16]}"
     if key in _RATES:
@@ -138,6 +139,23 @@ def library(model: Any, dtype: torch.dtype) -> Compiled | None:
                 _FAILED[key] = f"{type(err).__name__}: {err}"
                 _warn("this compiled model", _FAILED[key])
     return _RATES.get(key)
+
+
+def _codegen_hash() -> str:
+    """The C generator's version (its source and the program builder's): a cached rate library
+    printed by another version is not reused."""
+    global _CODEGEN
+    if _CODEGEN is None:
+        from ..kinetics import codegen, program
+
+        h = hashlib.sha256()
+        for mod in (codegen, program):
+            h.update(Path(mod.__file__).read_bytes())
+        _CODEGEN = h.hexdigest()[:16]
+    return _CODEGEN
+
+
+_CODEGEN: str | None = None
 
 
 def _build_rates(key: str, model: Any, real: str, cc: str) -> Any:
@@ -176,12 +194,15 @@ def _model_args(spec: dict, B: int, dtype: torch.dtype) -> tuple[list, list]:
     model = spec["model"]
     S, R, P = len(model.genes), len(model.reactions), len(model.param_names)
     ptr_, row_, val_, syn_ = model.stoichiometry_csc()
+    s_ptr, s_col, s_val = model.stoichiometry_csr()
+    real_np = np.float32 if dtype == torch.float32 else np.float64
     clamp = spec.get("clamp")
     keep = [_rows(spec["params"], B, dtype, P) if P else torch.zeros(B, 1, dtype=dtype),
             _rows(spec.get("reaction_scale"), B, dtype, R), _rows(spec.get("mult"), B, dtype, S),
             _rows(spec.get("add"), B, dtype, S),
             None if clamp is None else clamp.detach().to("cpu", torch.uint8).expand(B, -1).contiguous(),
-            ptr_, row_, np.ascontiguousarray(val_, dtype=np.float32 if dtype == torch.float32 else np.float64), syn_]
+            ptr_, row_, np.ascontiguousarray(val_, dtype=real_np), syn_, s_ptr, s_col,
+            np.ascontiguousarray(s_val, dtype=real_np)]
     return [_i64(B), _i64(S), *map(_ptr, keep)], keep
 
 

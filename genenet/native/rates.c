@@ -11,7 +11,9 @@
 
 const char *genenet_source_hash(void) { return GENENET_SOURCE_HASH; }
 
-static void rates_fn(real t, const real *x, const real *p, real *v) { gm_rates(t, x, p, v); }
+static void rates_fn(real t, const real *x, const real *q, real *v) { gm_rates_q(t, x, q, v); }
+
+static void prepare_fn(const real *p, real *q) { gm_prepare(p, q); }
 
 static void rates_d_fn(real t, const real *x, const real *p, real *v, real *vx, real *vp) {
     gm_rates_d(t, x, p, v, vx, vp);
@@ -27,7 +29,8 @@ void genenet_rates_sizes(int64_t *out) {
 }
 
 void genenet_rates_fill(Rates *out) {
-    Rates m = {GM_R, GM_P, GM_NX, GM_NP, gm_vx_r, gm_vx_s, gm_vp_r, gm_vp_p, rates_fn, rates_d_fn};
+    Rates m = {GM_R, GM_P, GM_NX, GM_NP, GM_NQ, gm_vx_r, gm_vx_s, gm_vp_r, gm_vp_p, rates_fn, rates_d_fn,
+               prepare_fn};
     *out = m;
 }
 

@@ -9,14 +9,16 @@
 
 typedef void (*RatesFn)(real t, const real *x, const real *p, real *v);
 typedef void (*RatesDFn)(real t, const real *x, const real *p, real *v, real *vx, real *vp);
+typedef void (*PrepareFn)(const real *p, real *q);
 
 /* the generated rate library of one model structure */
 typedef struct {
-    int64_t R, P, NX, NP;              /* reactions, parameters, nonzeros of dv/dx and of dv/dp */
+    int64_t R, P, NX, NP, NQ;          /* reactions, parameters, nonzeros of dv/dx and of dv/dp, hoisted */
     const int32_t *vx_r, *vx_s;        /* (NX) entry e of vx is dv[vx_r[e]] / dx[vx_s[e]] */
     const int32_t *vp_r, *vp_p;        /* (NP) entry e of vp is dv[vp_r[e]] / dp[vp_p[e]] */
-    RatesFn rates;
-    RatesDFn rates_d;
+    RatesFn rates;          /* v from x and q: the rates with their parameter-only parts precomputed */
+    RatesDFn rates_d;       /* v, dv/dx, dv/dp from x and p */
+    PrepareFn prepare;      /* q (NQ) from p: once per row and solve */
 } Rates;
 
 #endif

@@ -1,0 +1,107 @@
+"""Compiled models in the native kernels: the cost of generality, and TwoStage before/after.
+
+Both on the standard network (``Network.random(100, regulators=3, seed=0)``), 200 rows (wild type,
+the 100 single and the first 99 double knockouts), t in [0, 20], 21 save times, dopri5, rtol 1e-6,
+atol 1e-8, float64, forward pass, CPU:
+
+A. ``gn.Hill.random(net, n=1, seed=0)`` (one RACIPE parameter set) in its hand-written native
+   kernel (``hill.h``) vs the same equations as a compiled symbolic model
+   (``symbolic_form(model, nonnegative=True)``: the generated C of ``genenet.kinetics.codegen``
+   under ``compiled.h``): time per right-hand-side evaluation (wall time / the RHS evaluations
+   the solves counted). Goal (issue 21): within 2x.
+B. ``gn.TwoStage(net)`` (100 genes' mRNA and protein, 200 species): its native run through the
+   compiled form vs the torch loop it ran on before (``genenet.native.torch_path()``).
+
+The first use of a network structure generates and compiles its C (tens of seconds for 100 genes,
+reported, then cached on disk); the timings are of later calls (best of ``--repeat``).
+
+    python benchmarks/compiled_models.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from solve_screen import machine, standard_network, versions, write_results
+
+import genenet as gn
+from genenet import native
+from genenet.kinetics.symbolic import symbolic_form
+
+HERE = Path(__file__).resolve().parent
+RTOL, ATOL, ROWS = 1e-6, 1e-8, 200
+
+
+def conditions(net: gn.Network) -> list:
+    return gn.knockout_screen(net, order=2)[:ROWS]
+
+
+def run(model, conds, t, repeat: int) -> tuple[float, int, torch.Tensor]:
+    best, rhs, y = float("inf"), 0, None
+    for _ in range(repeat):
+        with torch.no_grad():
+            start = time.perf_counter()
+            traj = gn.simulate(model, t, perturbations=conds, rtol=RTOL, atol=ATOL, dtype=torch.float64)
+            wall = time.perf_counter() - start
+        if wall < best:
+            best, rhs, y = wall, int(traj.stats["n_rhs"].sum()), traj.y
+    return best, rhs, y
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    net = standard_network()
+    conds = conditions(net)
+    t = np.linspace(0.0, 20.0, 21)
+
+    hill = gn.Hill.random(net, n=1, seed=0)
+    start = time.perf_counter()
+    form = symbolic_form(hill, nonnegative=True)
+    run(form, conds[:2], t, 1)  # generates and compiles the C (cached afterwards)
+    first_form = time.perf_counter() - start
+    run(hill, conds[:2], t, 1)
+    w_h, n_h, y_h = run(hill, conds, t, args.repeat)
+    w_c, n_c, y_c = run(form, conds, t, args.repeat)
+    diff_a = float((y_h - y_c).abs().max() / y_h.abs().max())
+
+    two = gn.TwoStage(net)
+    start = time.perf_counter()
+    run(two, conds[:2], t, 1)
+    first_two = time.perf_counter() - start
+    w_n, n_n, y_n = run(two, conds, t, args.repeat)
+    with native.torch_path():
+        w_t, n_t, y_t = run(two, conds, t, 1)
+    diff_b = float((y_n - y_t).abs().max() / y_t.abs().max())
+
+    lines = ["# Compiled models in the native kernels (issue 21)", "",
+             f"- date: {dt.date.today()}; machine: {machine(torch.device('cpu'))}", f"- versions: {versions()}",
+             f"- settings: standard network (100 genes, 300 edges), {ROWS} rows (wild type, single and double "
+             f"knockouts), t = 0..20, 21 save times, dopri5, rtol {RTOL}, atol {ATOL}, float64, best of {args.repeat}",
+             "- command: `python benchmarks/compiled_models.py`", "",
+             "## A. Hill: hand-written kernel vs the compiled symbolic form", "",
+             "| kernel | wall (s) | RHS evaluations | us per RHS (all rows) | ratio |", "|---|---|---|---|---|",
+             f"| hill.h (hand-written) | {w_h:.3f} | {n_h} | {1e6 * w_h / n_h:.2f} | 1.00 |",
+             f"| compiled symbolic form | {w_c:.3f} | {n_c} | {1e6 * w_c / n_c:.2f} | "
+             f"{(w_c / n_c) / (w_h / n_h):.2f} |", "",
+             f"Max difference of the trajectories: {diff_a:.1e} of the largest value. First use of the form "
+             f"(sympy program, derivatives, C, compile): {first_form:.1f} s, then cached.", "",
+             "## B. TwoStage (400 species): native (compiled form) vs the torch loop", "",
+             "| path | wall (s) | RHS evaluations | speed-up |", "|---|---|---|---|",
+             f"| torch loop (before) | {w_t:.3f} | {n_t} | 1.0x |",
+             f"| native, compiled form | {w_n:.3f} | {n_n} | {w_t / w_n:.1f}x |", "",
+             f"Max difference: {diff_b:.1e} of the largest value. First use (C generated and compiled): "
+             f"{first_two:.1f} s, then cached."]
+    print("\n".join(lines))
+    write_results(args.out or HERE / "results" / f"compiled_models_cpu_{dt.date.today()}.md", lines)
+
+
+if __name__ == "__main__":
+    main()
