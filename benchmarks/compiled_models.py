@@ -12,8 +12,9 @@ A. ``gn.Hill.random(net, n=1, seed=0)`` (one RACIPE parameter set) in its hand-w
 B. ``gn.TwoStage(net)`` (100 genes' mRNA and protein, 200 species): its native run through the
    compiled form vs the torch loop it ran on before (``genenet.native.torch_path()``).
 
-The first use of a network structure generates and compiles its C (tens of seconds for 100 genes,
-reported, then cached on disk); the timings are of later calls (best of ``--repeat``).
+The first use of a network structure generates and compiles its C (about 40 s for 100 genes, then
+cached on disk; a later process only rebuilds the symbolic form, 4-5 s); the timings are of later
+calls (best of ``--repeat``).
 
     python benchmarks/compiled_models.py [--repeat 3]
 """
@@ -87,18 +88,20 @@ def main() -> None:
              f"knockouts), t = 0..20, 21 save times, dopri5, rtol {RTOL}, atol {ATOL}, float64, best of {args.repeat}",
              "- command: `python benchmarks/compiled_models.py`", "",
              "## A. Hill: hand-written kernel vs the compiled symbolic form", "",
-             "| kernel | wall (s) | RHS evaluations | us per RHS (all rows) | ratio |", "|---|---|---|---|---|",
+             "| kernel | wall (s) | RHS evaluations (summed over rows) | us per evaluation of one row | ratio |",
+             "|---|---|---|---|---|",
              f"| hill.h (hand-written) | {w_h:.3f} | {n_h} | {1e6 * w_h / n_h:.2f} | 1.00 |",
              f"| compiled symbolic form | {w_c:.3f} | {n_c} | {1e6 * w_c / n_c:.2f} | "
              f"{(w_c / n_c) / (w_h / n_h):.2f} |", "",
-             f"Max difference of the trajectories: {diff_a:.1e} of the largest value. First use of the form "
-             f"(sympy program, derivatives, C, compile): {first_form:.1f} s, then cached.", "",
-             "## B. TwoStage (400 species): native (compiled form) vs the torch loop", "",
+             f"Max difference of the trajectories: {diff_a:.1e} of the largest value. First use in this process "
+             f"(the form built; its rate library generated and compiled unless the disk cache has it): "
+             f"{first_form:.1f} s.", "",
+             "## B. TwoStage (200 species): native (compiled form) vs the torch loop", "",
              "| path | wall (s) | RHS evaluations | speed-up |", "|---|---|---|---|",
              f"| torch loop (before) | {w_t:.3f} | {n_t} | 1.0x |",
              f"| native, compiled form | {w_n:.3f} | {n_n} | {w_t / w_n:.1f}x |", "",
-             f"Max difference: {diff_b:.1e} of the largest value. First use (C generated and compiled): "
-             f"{first_two:.1f} s, then cached."]
+             f"Max difference: {diff_b:.1e} of the largest value. First use in this process: {first_two:.1f} s "
+             "(as above)."]
     print("\n".join(lines))
     write_results(args.out or HERE / "results" / f"compiled_models_cpu_{dt.date.today()}.md", lines)
 

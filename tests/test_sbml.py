@@ -46,6 +46,8 @@ def run_case(case: str, file: str) -> str:
 SAMPLE = MANIFEST.iloc[::8]
 
 
+# a model that reads but fails to compile natively would only warn and run on the torch loop: an error here
+@pytest.mark.filterwarnings("error::genenet.native.NativeKernelWarning")
 @pytest.mark.parametrize("case, file", list(zip(SAMPLE.case, SAMPLE.file)))
 def test_suite_sample(case, file):
     out = run_case(case, file)
@@ -65,6 +67,7 @@ def test_suite_tier0_reactions_only_all_pass_but_named_refusals():
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("error::genenet.native.NativeKernelWarning")
 def test_whole_suite():
     outcomes = {c: run_case(c, f) for c, f in zip(MANIFEST.case, MANIFEST.file)}
     passed = sum(o == "pass" for o in outcomes.values())

@@ -185,6 +185,10 @@ def hoist_parameters(program: Program) -> tuple[list[tuple[sympy.Symbol, sympy.E
     param_temps: dict[sympy.Symbol, sympy.Expr] = {}  # temporaries over parameters only, inlined
 
     def only_params(e: sympy.Expr) -> bool:
+        # conditions and Piecewise branches stay in place: q holds numbers, not booleans
+        if isinstance(e, (sympy.logic.boolalg.BooleanFunction, sympy.logic.boolalg.BooleanAtom,
+                          sympy.core.relational.Relational, sympy.functions.elementary.piecewise.ExprCondPair)):
+            return False
         return bool(e.free_symbols) and e.free_symbols <= params
 
     def name_of(e: sympy.Expr) -> sympy.Expr:  # a parameter itself too: the rates read q only

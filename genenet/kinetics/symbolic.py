@@ -218,10 +218,13 @@ class SymbolicModel(Model):
 
     @property
     def _rates_fn(self) -> Any:
-        key = self.program.key()
-        if key not in _CACHE:
-            _CACHE[key] = torch_function(self.program)
-        return _CACHE[key]
+        fn = self.__dict__.get("_fn")
+        if fn is None:  # once per model: the key prints the whole program
+            key = self.program.key()
+            if key not in _CACHE:
+                _CACHE[key] = torch_function(self.program)
+            fn = self.__dict__["_fn"] = _CACHE[key]
+        return fn
 
     def structure_key(self) -> str:
         """A hash of what the compiled code depends on: the rate laws over positional species and
