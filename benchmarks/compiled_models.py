@@ -1,4 +1,4 @@
-"""Compiled models in the native kernels: the cost of generality, and TwoStage before/after.
+"""Compiled models in the native kernels: the cost of generality, and TwoStage/Sigmoid before/after.
 
 Both on the standard network (``Network.random(100, regulators=3, seed=0)``), 200 rows (wild type,
 the 100 single and the first 99 double knockouts), t in [0, 20], 21 save times, dopri5, rtol 1e-6,
@@ -9,8 +9,9 @@ A. ``gn.Hill.random(net, n=1, seed=0)`` (one RACIPE parameter set) in its hand-w
    (``symbolic_form(model, nonnegative=True)``: the generated C of ``genenet.kinetics.codegen``
    under ``compiled.h``): time per right-hand-side evaluation (wall time / the RHS evaluations
    the solves counted). Goal (issue 21): within 2x.
-B. ``gn.TwoStage(net)`` (100 genes' mRNA and protein, 200 species): its native run through the
-   compiled form vs the torch loop it ran on before (``genenet.native.torch_path()``).
+B. ``gn.TwoStage(net)`` (100 genes' mRNA and protein, 200 species) and ``gn.Sigmoid(net)`` (100
+   genes, default weights = edge signs): their native runs through the compiled form vs the torch
+   loop they ran on before (``genenet.native.torch_path()``).
 
 The first use of a network structure generates and compiles its C (about 40 s for 100 genes, then
 cached on disk; a later process only rebuilds the symbolic form, 4-5 s); the timings are of later
@@ -73,14 +74,20 @@ def main() -> None:
     w_c, n_c, y_c = run(form, conds, t, args.repeat)
     diff_a = float((y_h - y_c).abs().max() / y_h.abs().max())
 
-    two = gn.TwoStage(net)
-    start = time.perf_counter()
-    run(two, conds[:2], t, 1)
-    first_two = time.perf_counter() - start
-    w_n, n_n, y_n = run(two, conds, t, args.repeat)
-    with native.torch_path():
-        w_t, n_t, y_t = run(two, conds, t, 1)
-    diff_b = float((y_n - y_t).abs().max() / y_t.abs().max())
+    before_after = []
+    for label, model in (("TwoStage (200 species)", gn.TwoStage(net)), ("Sigmoid (100 species)", gn.Sigmoid(net))):
+        start = time.perf_counter()
+        run(model, conds[:2], t, 1)
+        first = time.perf_counter() - start
+        w_n, n_n, y_n = run(model, conds, t, args.repeat)
+        with native.torch_path():
+            w_t, n_t, y_t = run(model, conds, t, 1)
+        diff = float((y_n - y_t).abs().max() / y_t.abs().max())
+        before_after += [f"### {label}", "", "| path | wall (s) | RHS evaluations | speed-up |", "|---|---|---|---|",
+                         f"| torch loop (before) | {w_t:.3f} | {n_t} | 1.0x |",
+                         f"| native, compiled form | {w_n:.3f} | {n_n} | {w_t / w_n:.1f}x |", "",
+                         f"Max difference: {diff:.1e} of the largest value. First use in this process: {first:.1f} s "
+                         "(as above).", ""]
 
     lines = ["# Compiled models in the native kernels (issue 21)", "",
              f"- date: {dt.date.today()}; machine: {machine(torch.device('cpu'))}", f"- versions: {versions()}",
@@ -96,12 +103,7 @@ def main() -> None:
              f"Max difference of the trajectories: {diff_a:.1e} of the largest value. First use in this process "
              f"(the form built; its rate library generated and compiled unless the disk cache has it): "
              f"{first_form:.1f} s.", "",
-             "## B. TwoStage (200 species): native (compiled form) vs the torch loop", "",
-             "| path | wall (s) | RHS evaluations | speed-up |", "|---|---|---|---|",
-             f"| torch loop (before) | {w_t:.3f} | {n_t} | 1.0x |",
-             f"| native, compiled form | {w_n:.3f} | {n_n} | {w_t / w_n:.1f}x |", "",
-             f"Max difference: {diff_b:.1e} of the largest value. First use in this process: {first_two:.1f} s "
-             "(as above)."]
+             "## B. TwoStage and Sigmoid: native (compiled form) vs the torch loop", "", *before_after]
     print("\n".join(lines))
     write_results(args.out or HERE / "results" / f"compiled_models_cpu_{dt.date.today()}.md", lines)
 

@@ -116,7 +116,7 @@ def simulate(
                       throw=False, device=device, dtype=dtype)
         traj = concat_rows(on_cluster(simulate, kwargs, rows=rows, cluster=cluster,
                                       chunk_size=chunk_size, progress=progress, desc="simulate"),
-                           shared=("t", "genes", "method", "species"))
+                           shared=("t", "genes", "method", "species", "volumes"))
         if throw:
             raise_failures(traj.status, traj.labels)
         return traj
@@ -183,10 +183,38 @@ class Run:
                    "n_rejected": sol.n_rejected.cpu().numpy(), "n_rhs": sol.n_rhs.cpu().numpy(),
                    **({"switched": sol.switched.cpu().numpy()} if sol.switched is not None else {})},
             method=self.solver.name, species=getattr(model, "species", None),
+            observables=observed(model, batch.term, self.t_save, y), volumes=dict(getattr(model, "volumes", {})),
         )
         if throw:
             raise_failures(status, batch.labels)
         return traj
+
+
+def observed(model: Model, term: Any, t_save: Tensor, y: Tensor, args: dict | None = None) -> dict[str, Tensor]:
+    """The model's :meth:`~genenet.Model.observe` quantities along ``y`` (B, T, G), name -> (B, T),
+    each row with its parameters at each save time (a pulsed ``SetParameter`` where it is on);
+    ``args`` the rows' term arguments (default ``term.initial_args``). Evaluated over blocks of save
+    times, so the parameters repeated per time stay small."""
+    if type(model).observe is Model.observe or not getattr(model, "observables", True):
+        return {}
+    B, T, G = y.shape
+    t = t_save.to(device=y.device, dtype=y.dtype)
+
+    def rows(p: dict, n: int) -> dict:  # each row's parameters repeated for n times (row-major)
+        return {k: v.expand(B, *v.shape[1:]).repeat_interleave(n, dim=0) if isinstance(v, Tensor) else v
+                for k, v in p.items()}
+
+    args = term.initial_args if args is None else args
+    width = sum(v[0].numel() for v in args["base_p"].values() if isinstance(v, Tensor)) + G
+    step = 1 if term.param_layers else max(1, min(T, 4_000_000 // max(1, B * width)))
+    p0 = None if term.param_layers else term.segment(t[:1].expand(B), args)["p"]
+    parts: list[dict[str, Tensor]] = []
+    for a in range(0, T, step):
+        n = min(T, a + step) - a
+        p = p0 if p0 is not None else term.segment(t[a:a + 1].expand(B), args)["p"]
+        got = model.observe(t[a:a + n].repeat(B), y[:, a:a + n].reshape(B * n, G), rows(p, n))
+        parts.append({k: v.reshape(B, n) for k, v in got.items()})
+    return {k: torch.cat([q[k] for q in parts], dim=1) for k in parts[0]} if parts else {}
 
 
 def raise_failures(status: np.ndarray, labels: list[str]) -> None:

@@ -43,6 +43,7 @@ from torch import Tensor
 
 from .batch import build_batch
 from .models.base import Model
+from .simulate import observed
 from .solvers.integrate import tree_index
 from .solvers.jacobian import autodiff_jacobian
 from .trajectory import Trajectory
@@ -153,7 +154,9 @@ def simulate_stochastic(
                       parameter_sets=rep(np.asarray(batch.parameter_sets), n_cells),
                       status=np.zeros(B, dtype=int), stats={"n_steps": np.full(B, n_steps)},
                       method=f"cle-{method}", cells=np.tile(np.arange(int(n_cells)), batch.n_rows),
-                      species=getattr(model, "species", None))
+                      species=getattr(model, "species", None),
+                      observables=observed(model, term, t_save, out, tree_index(term.initial_args, rows)),
+                      volumes=dict(getattr(model, "volumes", {})))
 
 
 def _step(term: Any, model: Model, t: Tensor, x: Tensor, args: dict, h: float, noise: float, method: str,

@@ -46,6 +46,13 @@ class Trajectory:
     species : list[str] or None
         Species of each state for multi-species models (:class:`genenet.TwoStage`: ``"mRNA"``,
         ``"protein"``), whose state names are ``"GENE:species"``; ``None`` otherwise.
+    observables : dict[str, Tensor (B, T)]
+        The model's declared derived quantities (:meth:`Model.observe`: SBML assignment rules and
+        compartment sizes, a reaction network's ``observables``) at the save times, each row with its
+        own parameters (and a pulsed ``SetParameter``'s value where it is on); ``traj["name"]``.
+    volumes : dict[str, float]
+        Compartment size of each state that is a concentration (SBML species without
+        ``hasOnlySubstanceUnits``); :meth:`amount` multiplies by it.
     """
 
     t: Tensor
@@ -59,6 +66,8 @@ class Trajectory:
     method: str = ""
     cells: np.ndarray | None = None
     species: list[str] | None = None
+    observables: dict[str, Tensor] = field(default_factory=dict)
+    volumes: dict[str, float] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- summary
     @property
@@ -108,11 +117,21 @@ class Trajectory:
         try:
             return self.genes.index(gene)
         except ValueError:
-            raise KeyError(f"unknown gene {gene!r}; genes are {list(self.genes)}") from None
+            more = f", observables {list(self.observables)}" if self.observables else ""
+            raise KeyError(f"unknown gene {gene!r}; genes are {list(self.genes)}{more}") from None
+
+    def amount(self, name: str) -> Tensor:
+        """The amount of a species (B, T): its state times its compartment's size where the state is
+        a concentration (:attr:`volumes`), the state itself otherwise."""
+        return self[name] * self.volumes.get(name, 1.0)
 
     def __getitem__(self, gene: str | tuple[str, str]) -> Tensor:
         """``traj["GENE"]`` -> that gene's values, (B, T); ``traj["GENE", "protein"]`` one species
-        of a multi-species model (same as ``traj["GENE:protein"]``)."""
+        of a multi-species model (same as ``traj["GENE:protein"]``); ``traj["name"]`` of one of the
+        model's :attr:`observables` (an SBML id: what the model declares, a species' concentration
+        unless it has only substance units; :meth:`amount` for amounts)."""
+        if isinstance(gene, str) and gene not in self.genes and gene in self.observables:
+            return self.observables[gene]
         if isinstance(gene, tuple) and len(gene) == 2 and all(isinstance(g, str) for g in gene):
             if self.species is None:
                 raise KeyError(f"{gene!r}: this trajectory has one species per gene; index by gene name")

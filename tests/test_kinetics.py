@@ -407,3 +407,23 @@ def test_compiled_tangents_match_autodiff():
         ref = _jvp_by_autodiff(getattr(m, name), m, t, x, p, x_dot, p_dot)
         torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got[1], ref[1], rtol=1e-10, atol=1e-12)
+
+
+def test_observables_follow_each_rows_parameters_and_pulses():
+    # a derived quantity is evaluated with the row's own parameter set and the pulsed value where on
+    m = gn.ReactionNetwork([("bind", "P + B -> PB", "kon * P * B"), ("unbind", "PB -> P + B", "koff * PB"),
+                            ("-> P", "ks"), ("P ->", "kd * P")],
+                           params={"kon": 1.2, "koff": 0.4, "ks": 0.5, "kd": np.array([0.2, 0.4, 0.8])},
+                           initial={"P": 0.1, "B": 1.0}, observables={"P_total": "P + PB", "decay": "kd * P * t"})
+    t = np.linspace(0, 5, 11)
+    traj = gn.simulate(m, t, perturbations=[gn.Condition([]), gn.Pulse(gn.SetParameter("kd", 2.0), 1.0, 3.0)])
+    assert traj["P_total"].shape == (6, 11)
+    torch.testing.assert_close(traj["P_total"], traj["P"] + traj["PB"])
+    kd = torch.tensor([0.2, 0.4, 0.8], dtype=torch.float64).repeat(2)[:, None].expand(6, 11).clone()
+    tt = torch.as_tensor(t)
+    kd[3:, (tt >= 1) & (tt < 3)] = 2.0
+    torch.testing.assert_close(traj["decay"], kd * traj["P"] * tt)
+    with pytest.raises(ValueError, match="already a species"):
+        gn.ReactionNetwork([("-> P", "ks")], params={"ks": 1.0}, observables={"P": "2 * P"})
+    with pytest.raises(KeyError, match="observables"):
+        traj["nothing"]

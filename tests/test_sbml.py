@@ -126,6 +126,32 @@ def test_cell_cycle_conserved_cdc2_steady_state_in_its_class():
     np.testing.assert_allclose(ss.x.numpy() @ L.T, x0.numpy() @ L.T, rtol=1e-8, atol=1e-10)
 
 
+def test_assigned_ids_compartments_and_amounts_by_id_on_the_trajectory():
+    # S is a concentration in a compartment of size 2; 'flux' an assignment rule over S and k: per row
+    doc = """<?xml version="1.0" encoding="UTF-8"?>
+<sbml xmlns="http://www.sbml.org/sbml/level3/version2/core" level="3" version="2">
+  <model id="m"><listOfCompartments><compartment id="cell" size="2" constant="true"/></listOfCompartments>
+  <listOfSpecies><species id="S" compartment="cell" initialConcentration="1" hasOnlySubstanceUnits="false"
+    boundaryCondition="false" constant="false"/></listOfSpecies>
+  <listOfParameters><parameter id="k" value="0.5" constant="true"/>
+    <parameter id="flux" constant="false"/></listOfParameters>
+  <listOfRules><assignmentRule variable="flux"><math xmlns="http://www.w3.org/1998/Math/MathML">
+    <apply><times/><ci>k</ci><ci>S</ci></apply></math></assignmentRule></listOfRules>
+  <listOfReactions><reaction id="decay" reversible="false"><listOfReactants>
+    <speciesReference species="S" stoichiometry="1" constant="true"/></listOfReactants>
+    <kineticLaw><math xmlns="http://www.w3.org/1998/Math/MathML"><apply><times/><ci>cell</ci><ci>k</ci><ci>S</ci>
+    </apply></math></kineticLaw></reaction></listOfReactions></model></sbml>"""
+    model = gn.read_sbml(doc)
+    t = np.linspace(0, 4, 9)
+    k = np.array([0.5, 1.0, 2.0])
+    traj = gn.simulate(model, t, params={"k": k[:, None]}, rtol=1e-10, atol=1e-12)
+    exact = np.exp(-np.outer(k, t))  # dS/dt = -k S in concentration
+    np.testing.assert_allclose(traj["S"].detach().numpy(), exact, rtol=1e-8)
+    np.testing.assert_allclose(traj["flux"].detach().numpy(), k[:, None] * exact, rtol=1e-8)
+    np.testing.assert_allclose(traj.amount("S").detach().numpy(), 2 * exact, rtol=1e-8)
+    np.testing.assert_allclose(traj["cell"].detach().numpy(), 2.0)
+
+
 @pytest.mark.parametrize("kind", ["hill", "two_stage"])
 def test_write_sbml_round_trip_simulates_the_same(kind, tmp_path):
     net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-"), ("A", "C", "+"), ("C", "C", "+")])

@@ -35,7 +35,7 @@ from typing import Any
 import sympy
 import torch
 
-from ..kinetics.expressions import TIME
+from ..kinetics.expressions import TIME, Logistic
 from ..kinetics.symbolic import Reaction, SymbolicModel
 
 __all__ = ["read_sbml", "write_sbml", "sbml_values"]
@@ -233,14 +233,18 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
 
     Returns the model: ``model.genes`` are the state ids (species, then variables with rate
     rules), ``model.params`` the constant parameters by id, ``model.observables`` the assigned
-    quantities (assignment rules) as sympy expressions, ``model.sbml_units`` whether each species
-    state is an ``"amount"`` or a ``"concentration"`` and ``model.compartment_size`` per species.
-    See the module doc for what is read and what is refused.
+    quantities (assignment rules) and compartment sizes as sympy expressions, ``model.sbml_units``
+    whether each species state is an ``"amount"`` or a ``"concentration"``, ``model.volumes`` the
+    compartment size of each concentration species and ``model.compartment_size`` per species.
+    A trajectory gives every such id: ``traj["S1"]`` as the model declares it (a concentration unless
+    ``hasOnlySubstanceUnits``), ``traj.amount("S1")``, ``traj["rule_id"]`` of an assigned quantity
+    evaluated with each row's parameters. See the module doc for what is read and what is refused.
 
     Example
     -------
     >>> model = gn.read_sbml("BIOMD0000000012.xml")          # the repressilator
     >>> traj = gn.simulate(model, np.linspace(0, 1000, 501), perturbations=[gn.Knockout("PX")])
+    >>> traj["PX"].shape                                     # (rows, times)
     """
     lib = _libsbml()
     doc = _document(source)
@@ -388,7 +392,9 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
         raise ValueError(f"parameters without a value: {missing}")
     out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed,
                         targets=targets)
-    out.observables = {k: e for k, e in assigned.items()}
+    # what trajectories carry beside the states, by SBML id: assigned quantities and compartment sizes
+    out.observables = {**{c: sympy.Float(v) for c, v in sizes.items()}, **assigned}
+    out.volumes = {sid: where_of[sid] for sid, u in units.items() if u == "concentration"}
     out.sbml_units = units
     out.compartment_size = where_of
     out.compartments = dict(sizes)
@@ -396,43 +402,26 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
 
 
 def sbml_values(model: SymbolicModel, traj: Any, ids: list[str], amounts: Any = ()) -> dict[str, Any]:
-    """Time courses (B, T) of SBML ids from a trajectory of a model :func:`read_sbml` made: states,
-    constant parameters and compartment sizes, and the quantities assignment rules define
-    (evaluated on the states). A species is given in its state's quantity (concentration unless
-    ``hasOnlySubstanceUnits``) or, when its id is in ``amounts``, as an amount."""
-    from ..kinetics.program import Program, torch_function
-
-    y = traj.y.detach()
-    B, T, S = y.shape
+    """Time courses (B, T) of SBML ids from a trajectory of a model :func:`read_sbml` made: states
+    and the trajectory's observables (assigned quantities, compartment sizes) as the trajectory
+    gives them, constant parameters from the model. A species is given in its state's quantity
+    (concentration unless ``hasOnlySubstanceUnits``) or, when its id is in ``amounts``, as an amount."""
+    B, T = traj.y.shape[:2]
+    units = getattr(model, "sbml_units", {})
     out = {}
-    syms = {s: sympy.Symbol(s, real=True) for s in (*model.genes, *model.param_names)}
-    pvals = torch.cat([model.params[k].detach().to(y.dtype).expand(B, 1) for k in model.param_names], dim=1) \
-        if model.param_names else y.new_zeros(B, 0)
     for sid in ids:
-        if sid in model.genes:
-            v = y[..., model.genes.index(sid)]
+        if sid in model.genes or sid in traj.observables:
+            v = traj[sid].detach()
         elif sid in model.param_names:
-            v = model.params[sid].detach().to(y.dtype).expand(B, 1).expand(B, T)
-        elif sid in getattr(model, "compartments", {}):
-            v = y.new_full((B, T), float(model.compartments[sid]))
-        elif sid in getattr(model, "observables", {}):
-            prog = Program.build([model.observables[sid]], [syms[s] for s in model.genes],
-                                 [syms[k] for k in model.param_names])
-            fn = torch_function(prog)
-            t = torch.as_tensor(traj.t, dtype=y.dtype).reshape(-1)
-            tt = t.expand(B, T).reshape(-1) if t.numel() == T else t.reshape(-1)
-            v = fn(tt, y.reshape(B * T, S), pvals.repeat_interleave(T, dim=0))[:, 0].reshape(B, T)
+            v = model.params[sid].detach().to(traj.y.dtype).reshape(-1)[:1].expand(B, T)
         else:
             raise KeyError(f"no SBML id {sid!r} in this model; states {model.genes}, parameters "
-                           f"{model.param_names}, compartments {list(getattr(model, 'compartments', {}))}, "
-                           f"assigned {list(getattr(model, 'observables', {}))}")
-        units = getattr(model, "sbml_units", {})
-        if sid in units:
-            V = model.compartment_size[sid]
+                           f"{model.param_names}, observables {list(traj.observables)}")
+        if sid in units:  # a species in the quantity asked for
             if sid in amounts and units[sid] == "concentration":
-                v = v * V
+                v = v * model.compartment_size[sid]
             elif sid not in amounts and units[sid] == "amount":
-                v = v / V
+                v = v / model.compartment_size[sid]
         out[sid] = v
     return out
 
@@ -453,6 +442,8 @@ def _formula(expr: sympy.Expr) -> str:
              sympy.sin: "sin", sympy.cos: "cos", sympy.tan: "tan", sympy.tanh: "tanh"}
     if expr.func in names:
         return f"{names[expr.func]}({_formula(expr.args[0])})"
+    if isinstance(expr, Logistic):  # SBML has no logistic: written out
+        return f"(1 / (1 + exp(-{_formula(expr.args[0])})))"
     if isinstance(expr, (sympy.Min, sympy.Max)):
         return f"{'min' if isinstance(expr, sympy.Min) else 'max'}({', '.join(_formula(a) for a in expr.args)})"
     if isinstance(expr, sympy.Piecewise):
@@ -467,9 +458,9 @@ def _formula(expr: sympy.Expr) -> str:
 
 def write_sbml(model: Any, path: str | os.PathLike | None = None, *, model_id: str = "genenet_model",
                parameter_set: int = 0) -> str:
-    """Write ``model`` (:class:`genenet.Hill`, :class:`genenet.TwoStage` or a symbolic model) as
-    SBML Level 3 Version 2 core, so it opens in COPASI, tellurium or libroadrunner; returns the
-    text (and writes it to ``path`` when given).
+    """Write ``model`` (:class:`genenet.Hill`, :class:`genenet.TwoStage`, :class:`genenet.Sigmoid` or
+    a symbolic model) as SBML Level 3 Version 2 core, so it opens in COPASI, tellurium or
+    libroadrunner; returns the text (and writes it to ``path`` when given).
 
     One compartment ``cell`` of size 1; species with ``hasOnlySubstanceUnits="false"`` and their
     initial concentrations from the model's default start; every parameter a constant global

@@ -103,7 +103,13 @@ class RateDerivatives:
 def _local_diff(expr: sympy.Expr, a: sympy.Symbol) -> sympy.Expr:
     """d expr / d a for one program line, powers with a symbolic exponent as :class:`_Power`."""
     e = expr.replace(lambda q: q.is_Pow and not q.exp.is_number, lambda q: _Power(q.base, q.exp))
-    return _powers(sympy.diff(e, a))
+    d = _powers(sympy.diff(e, a))
+    # step functions are flat almost everywhere, as torch's autograd takes them: floor, ceiling and
+    # the DiracDelta of Heaviside and sign are 0 (C has no Dirac delta to print)
+    d = d.replace(lambda q: isinstance(q, sympy.Derivative) and isinstance(q.expr, (sympy.floor, sympy.ceiling)),
+                  lambda q: sympy.S.Zero)
+    d = d.replace(lambda q: isinstance(q, sympy.DiracDelta), lambda q: sympy.S.Zero)
+    return d.doit() if d.has(sympy.Subs) else d
 
 
 class _Power(sympy.Function):
@@ -166,6 +172,20 @@ class _CPrinter(C99CodePrinter):
 
     def _print_PowLog(self, expr: sympy.Expr) -> str:
         return f"gm_powlog({self._print(expr.args[0])}, {self._print(expr.args[1])})"
+
+    def _print_BooleanTrue(self, expr: sympy.Expr) -> str:  # SBML booleans in numbers: true is 1
+        return "((real)1)"
+
+    def _print_BooleanFalse(self, expr: sympy.Expr) -> str:
+        return "((real)0)"
+
+    def _print_Logistic(self, expr: sympy.Expr) -> str:
+        return f"gm_logistic({self._print(expr.args[0])})"
+
+    def _print_polygamma(self, expr: sympy.Expr) -> str:  # d/dx gamma(x) = gamma(x) digamma(x)
+        if expr.args[0] != 0:
+            raise NotImplementedError(f"no C for {expr}: only polygamma(0, x) (digamma) is printed")
+        return f"gm_digamma({self._print(expr.args[1])})"
 
     def _print_Abs(self, expr: sympy.Expr) -> str:
         return f"fabs({self._print(expr.args[0])})"
@@ -294,6 +314,26 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
              f"#define {prefix.upper()}_NQ {len(hoisted)}",
              "#ifndef GM_POWLOG", "#define GM_POWLOG",
              "static inline real gm_powlog(real b, real e) { return b == 0 ? (real)0 : pow(b, e) * log(b); }",
+             "/* 1 / (1 + e^-u) from e^-|u| <= 1: no overflow for any u */",
+             "static inline real gm_logistic(real u) {",
+             "    const real e = exp(-fabs(u));",
+             "    return u >= 0 ? 1 / (1 + e) : e / (1 + e);",
+             "}",
+             "/* psi(x) = d log gamma(x) / dx: recurrence up to x >= 10, then the asymptotic series;",
+             "   reflection psi(x) = psi(1 - x) - pi / tan(pi x) below 0 (poles at 0, -1, ...) */",
+             "static inline real gm_digamma(real x) {",
+             "    real acc = 0;",
+             "    if (x <= 0) {",
+             "        if (x == floor(x)) return NAN;",
+             "        acc = -(real)3.14159265358979323846 / tan((real)3.14159265358979323846 * x);",
+             "        x = 1 - x;",
+             "    }",
+             "    for (; x < 10; x += 1) acc -= 1 / x;",
+             "    const real f = 1 / (x * x);",
+             "    return acc + log(x) - (real)0.5 / x",
+             "           - f * ((real)1 / 12 - f * ((real)1 / 120 - f * ((real)1 / 252 - f * ((real)1 / 240",
+             "                  - f * ((real)1 / 132 - f * ((real)691 / 32760 - f * ((real)1 / 12)))))));",
+             "}",
              "/* b^e; an integer e in 0..15 (RACIPE's Hill coefficients) as a product of b, b^2, b^4, b^8 by",
              "   the bits of e without branches (selects), several times cheaper than pow and within an ulp",
              "   or two of it (as the Hill kernel's small_int_pow) */",

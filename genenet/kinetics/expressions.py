@@ -8,6 +8,7 @@ functions:
     hill_act(x, K, n) = x^n / (K^n + x^n)        (activating Hill function, 0 -> 1)
     hill_rep(x, K, n) = K^n / (K^n + x^n)        (repressing Hill function, 1 -> 0)
     mm(x, Km)         = x / (Km + x)             (Michaelis-Menten saturation)
+    sigmoid(u)        = 1 / (1 + exp(-u))        (logistic; overflow-free in the generated code)
 
 Anything else (an unknown name, an unknown function, Python syntax that is not arithmetic) is a
 ``ValueError`` that names the culprit, where it was found and what is allowed. Text never reaches
@@ -22,7 +23,7 @@ import sympy
 from sympy.core.function import AppliedUndef
 from sympy.parsing.sympy_parser import convert_xor, parse_expr, standard_transformations
 
-__all__ = ["FUNCTIONS", "TIME", "parse_rate"]
+__all__ = ["FUNCTIONS", "TIME", "Logistic", "parse_rate"]
 
 #: the symbol of time in every expression
 TIME = sympy.Symbol("t", real=True)
@@ -40,9 +41,28 @@ def _mm(x: sympy.Expr, Km: sympy.Expr) -> sympy.Expr:
     return x / (Km + x)
 
 
+class Logistic(sympy.Function):
+    """``σ(u) = 1 / (1 + e^{-u})`` kept whole: ``σ' = σ (1 - σ)``, printed as ``torch.sigmoid`` and as
+    C that never forms ``e^{-u}`` for large negative ``u`` (written out, its derivative
+    ``e^{-u} / (1 + e^{-u})^2`` is inf / inf = NaN below u = -709)."""
+
+    nargs = 1
+
+    @classmethod
+    def eval(cls, u: sympy.Expr) -> sympy.Expr | None:
+        return 1 / (1 + sympy.exp(-u)) if u.is_Number else None
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        return self * (1 - self)
+
+    def _eval_rewrite_as_exp(self, u: sympy.Expr, **kwargs) -> sympy.Expr:
+        return 1 / (1 + sympy.exp(-u))
+
+
 #: the functions a rate law may call, by the name it calls them
 FUNCTIONS = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "abs": sympy.Abs, "min": sympy.Min,
-             "max": sympy.Max, "pow": sympy.Pow, "hill_act": _hill_act, "hill_rep": _hill_rep, "mm": _mm}
+             "max": sympy.Max, "pow": sympy.Pow, "hill_act": _hill_act, "hill_rep": _hill_rep, "mm": _mm,
+             "sigmoid": Logistic}
 
 # what parse_expr's generated code may construct: numbers and symbols, nothing of Python's
 _GLOBALS = {name: getattr(sympy, name) for name in ("Integer", "Float", "Rational", "Symbol", "Function")}

@@ -80,6 +80,9 @@ class _TorchPrinter(PythonCodePrinter):
         b, e = (self._as_tensor(a) for a in expr.args)
         return f"torch.where({b} == 0, _full(0.0), ({b}) ** ({e}) * torch.log({b}))"
 
+    def _print_Logistic(self, expr: sympy.Expr) -> str:
+        return f"torch.sigmoid({self._as_tensor(expr.args[0])})"
+
     def _print_gamma(self, expr: sympy.Expr) -> str:
         return f"torch.exp(torch.lgamma({self._as_tensor(expr.args[0])}))"
 

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from ..models.base import Model, ParameterSpec, Params
-from .expressions import FUNCTIONS, TIME, parse_rate
+from .expressions import FUNCTIONS, TIME, Logistic, parse_rate
 from .program import Program, torch_function
 
 __all__ = ["Reaction", "SymbolicModel", "ReactionNetwork", "from_equations"]
@@ -123,12 +123,18 @@ class SymbolicModel(Model):
         to 0, ``Knockdown`` scales them by ``1 - fraction``, ``Overexpress(fold=)`` by the fold
         (through the vector parameter ``reaction_scale``, one entry per reaction, default 1;
         effects on one reaction multiply). A name that is also a species gets both.
+    observables : mapping name -> expression, optional
+        Derived quantities over species, parameters and ``t`` (text or sympy), e.g. a total
+        ``{"P_total": "P + PB"}``: each simulation evaluates them with each row's parameters and
+        keeps them on the trajectory, ``traj["P_total"]`` (B, T). SBML assignment rules and
+        compartment sizes arrive here from :func:`genenet.read_sbml`.
     """
 
     def __init__(self, species: Sequence[str], reactions: Sequence[Reaction], params: Mapping[str, Any], *,
                  bounds: Mapping[str, tuple[float, float]] | None = None,
                  initial: Mapping[str, float] | None = None, volumes: Mapping[str, float] | None = None,
-                 fixed: Sequence[str] = (), targets: Mapping[str, Sequence[str]] | None = None) -> None:
+                 fixed: Sequence[str] = (), targets: Mapping[str, Sequence[str]] | None = None,
+                 observables: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         species = [_check_name(s, "species") for s in species]
         if not species:
@@ -173,12 +179,19 @@ class SymbolicModel(Model):
                 raise KeyError(f"fixed species {s!r} is unknown; species are {species}")
             N[index[s]] = 0.0
         self._N = torch.as_tensor(N)  # effective: per state, volumes divided out
+        self.volumes = {s: float(v) for s, v in (volumes or {}).items()}
         # a synthesis consumes nothing that changes: a reaction from a fixed (boundary) species is one too
         self._synthesis = torch.as_tensor((N >= 0).all(axis=0) & (N > 0).any(axis=0), dtype=torch.bool)
         syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
         # the program (CSE) and its torch function are built on first use: a model whose native
         # library is already in the cache never needs them (for a 100-gene network they take seconds)
         self._symbols = ([syms[s] for s in species], [syms[p] for p in params])
+        self.observables: dict[str, sympy.Expr] = {}
+        for name, text in (observables or {}).items():
+            if name in syms or name == "reaction_scale":
+                raise ValueError(f"observable {name!r} is already a species or parameter name")
+            self.observables[_check_name(name, "observable")] = parse_rate(text, syms, f"observable {name!r}")
+        self._observe_fn: tuple | None = None
         self._program: Program | None = None
         self.autonomous = not any(r.rate.has(TIME) for r in reactions)
         self._initial = self._initial_state(initial or {})
@@ -298,6 +311,18 @@ class SymbolicModel(Model):
         if not self.param_names:
             return x.new_zeros((x.shape[0], 0))
         return torch.cat([p[name].expand(x.shape[0], 1) for name in self.param_names], dim=1)
+
+    def observe(self, t: Tensor, x: Tensor, p: Params) -> dict[str, Tensor]:
+        """The ``observables`` (name -> expression over species, parameters and ``t``) at states
+        ``x`` (N, S), times ``t`` (N,) and each row's parameters ``p``: name -> (N,)."""
+        if not self.observables:
+            return {}
+        if self._observe_fn is None or self._observe_fn[0] != list(self.observables.items()):
+            prog = Program.build(list(self.observables.values()), *self._symbols)
+            self._observe_fn = (list(self.observables.items()), torch_function(prog))
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        out = self._observe_fn[1](t, x, self._param_matrix(x, p))
+        return {name: out[:, k] for k, name in enumerate(self.observables)}
 
     def rates(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """Reaction rates ``v`` (B, R) (times ``reaction_scale`` where the model has targets)."""
@@ -541,8 +566,9 @@ class ReactionNetwork(SymbolicModel):
     species : sequence of str, optional
         State order; default: species in order of first appearance in the equations. Give it to
         include species that appear only in rate laws (modifiers held constant).
-    bounds, initial, targets
-        As :class:`SymbolicModel` (``targets``: which reactions a perturbation of a name scales).
+    bounds, initial, targets, observables
+        As :class:`SymbolicModel` (``targets``: which reactions a perturbation of a name scales;
+        ``observables``: derived quantities kept on trajectories, ``{"P_total": "P + PB"}``).
 
     The perturbation semantics (knockout = no synthesis and a zero start) are in
     :mod:`genenet.kinetics.symbolic`.
@@ -550,8 +576,8 @@ class ReactionNetwork(SymbolicModel):
 
     def __init__(self, reactions: Iterable[Any], params: Mapping[str, Any] | None = None, *,
                  species: Sequence[str] | None = None, bounds: Mapping[str, tuple[float, float]] | None = None,
-                 initial: Mapping[str, float] | None = None, targets: Mapping[str, Sequence[str]] | None = None
-                 ) -> None:
+                 initial: Mapping[str, float] | None = None, targets: Mapping[str, Sequence[str]] | None = None,
+                 observables: Mapping[str, Any] | None = None) -> None:
         entries = []
         for k, item in enumerate(reactions):
             if isinstance(item, Mapping):
@@ -573,12 +599,14 @@ class ReactionNetwork(SymbolicModel):
         params = dict(params or {})
         syms = {s: sympy.Symbol(s, real=True) for s in (*species, *params)}
         built = [Reaction(name, a, b, parse_rate(rate, syms, f"reaction {name!r}")) for name, a, b, rate in entries]
-        super().__init__(species, built, params, bounds=bounds, initial=initial, targets=targets)
+        super().__init__(species, built, params, bounds=bounds, initial=initial, targets=targets,
+                         observables=observables)
 
 
 def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | None = None, *,
                    bounds: Mapping[str, tuple[float, float]] | None = None,
-                   initial: Mapping[str, float] | None = None) -> SymbolicModel:
+                   initial: Mapping[str, float] | None = None,
+                   observables: Mapping[str, Any] | None = None) -> SymbolicModel:
     """A model from one right-hand side per species, e.g. a toggle switch::
 
         gn.Model.from_equations({"U": "a1 * hill_rep(V, K, n) - U", "V": "a2 * hill_rep(U, K, n) - V"},
@@ -587,7 +615,7 @@ def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | Non
     ``equations``: species -> ``dx/dt`` as text or sympy (species in this order are the state).
     Each right-hand side is cut into its top-level terms: a term with a minus sign is a
     degradation of its species, every other a synthesis (what knockouts and knockdowns scale).
-    ``params``, ``bounds``, ``initial`` as :class:`SymbolicModel`.
+    ``params``, ``bounds``, ``initial``, ``observables`` as :class:`SymbolicModel`.
     """
     if not isinstance(equations, Mapping) or not equations:
         raise ValueError("equations must be a non-empty mapping species -> right-hand side")
@@ -604,7 +632,7 @@ def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | Non
             rate = -term if minus else term
             name = f"{s}_{'loss' if minus else 'gain'}{k + 1}"
             reactions.append(Reaction(name, {s: 1.0} if minus else {}, {} if minus else {s: 1.0}, rate))
-    return SymbolicModel(species, reactions, params, bounds=bounds, initial=initial)
+    return SymbolicModel(species, reactions, params, bounds=bounds, initial=initial, observables=observables)
 
 
 def _sid(name: str) -> str:
@@ -622,15 +650,19 @@ def symbolic_form(model: Model, parameter_set: int = 0, *, nonnegative: bool = F
     regulators' proteins), mRNA decay, translation ``mRNA -> mRNA + protein`` and protein decay.
     Parameters are scalars named ``production_A``, ``threshold_A_B`` (edge A -> B), ... (TwoStage:
     ``transcription_A``, ...); species are the gene names (TwoStage: ``A_mRNA``, ``A_protein``).
+    :class:`genenet.Sigmoid` -> a synthesis ``g_i σ(Σ_e w_e x_j + b_i)`` (``weight_A_B``, ``bias_B``)
+    and a decay per gene.
     ``nonnegative=True`` reads each regulator as ``max(x, 0)`` in its Hill factor, as the models'
     own code does (a round-off negative level must not make ``x^n`` NaN): the native kernels' form."""
     from ..models.hill import Hill
+    from ..models.sigmoid import Sigmoid
     from ..models.two_stage import TwoStage
 
     if isinstance(model, SymbolicModel):
         return model
-    if not isinstance(model, (Hill, TwoStage)):
-        raise TypeError(f"no symbolic form for {type(model).__name__}; allowed: Hill, TwoStage, SymbolicModel")
+    if not isinstance(model, (Hill, TwoStage, Sigmoid)):
+        raise TypeError(f"no symbolic form for {type(model).__name__}; allowed: Hill, TwoStage, Sigmoid, "
+                        "SymbolicModel")
     vals = {k: v.detach().cpu().numpy() for k, v in model.params.items()}
 
     def value(name: str, j: int) -> float:
@@ -639,6 +671,8 @@ def symbolic_form(model: Model, parameter_set: int = 0, *, nonnegative: bool = F
 
     net = model.net
     genes = [_sid(g) for g in net.genes]
+    if isinstance(model, Sigmoid):
+        return _sigmoid_form(net, genes, value)
     two = isinstance(model, TwoStage)
     regulator = [f"{g}_protein" for g in genes] if two else genes
     params: dict[str, float] = {}
@@ -678,3 +712,25 @@ def symbolic_form(model: Model, parameter_set: int = 0, *, nonnegative: bool = F
                                       beta * x[made]))
             reactions.append(Reaction(f"decay_{g}_protein", {f"{g}_protein": 1.0}, {}, dp * x[f"{g}_protein"]))
     return SymbolicModel(species, reactions, params)
+
+
+def _sigmoid_form(net: Any, genes: list[str], value: Any) -> SymbolicModel:
+    """:func:`symbolic_form` of :class:`genenet.Sigmoid`: ``g_i σ(Σ_e w_e x_j + b_i)`` and ``k_i x_i``."""
+    x = {g: sympy.Symbol(g, real=True) for g in genes}
+    params: dict[str, float] = {}
+
+    def par(name: str, v: float) -> sympy.Symbol:
+        params[name] = v
+        return sympy.Symbol(name, real=True)
+
+    g = {a: par(f"production_{a}", value("production", i)) for i, a in enumerate(genes)}
+    k = {a: par(f"degradation_{a}", value("degradation", i)) for i, a in enumerate(genes)}
+    u = {a: par(f"bias_{a}", value("bias", i)) for i, a in enumerate(genes)}
+    for e, (src, tgt, _) in enumerate(net.edges):
+        a, b = _sid(src), _sid(tgt)
+        u[b] = u[b] + par(f"weight_{a}_{b}", value("weight", e)) * x[a]
+    reactions = []
+    for a in genes:
+        reactions.append(Reaction(f"synthesis_{a}", {}, {a: 1.0}, g[a] * Logistic(u[a])))
+        reactions.append(Reaction(f"decay_{a}", {a: 1.0}, {}, k[a] * x[a]))
+    return SymbolicModel(genes, reactions, params)

@@ -296,6 +296,13 @@ class Model(nn.Module):
             return None
         return [i], [i], [i]
 
+    def observe(self, t: Tensor, x: Tensor, p: Params) -> dict[str, Tensor]:
+        """Quantities the model declares beside its states (``observables``: SBML assignment rules,
+        compartment sizes, user-named expressions such as a total ``A + AB``) at states ``x`` (N, G),
+        times ``t`` (N,) and row parameters ``p``: name -> (N,). None here (the default).
+        :func:`genenet.simulate` stores them on the trajectory (``traj["name"]``, (B, T))"""
+        return {}
+
     def conservation_laws(self) -> tuple[np.ndarray, list[int]] | None:
         """Linear conservation laws ``L dx/dt = 0`` for every state and parameter value: ``L`` (m, G)
         in reduced row echelon form and its pivot states (m), one per law, or ``None`` (the default:
@@ -347,13 +354,52 @@ class Model(nn.Module):
     @staticmethod
     def from_equations(equations: Mapping[str, Any], params: Mapping[str, Any] | None = None, *,
                        bounds: Mapping[str, tuple[float, float]] | None = None,
-                       initial: Mapping[str, float] | None = None) -> Model:
+                       initial: Mapping[str, float] | None = None,
+                       observables: Mapping[str, Any] | None = None) -> Model:
         """A model from one right-hand side per species as text or sympy, e.g.
         ``{"U": "a * hill_rep(V, K, n) - U", "V": "a * hill_rep(U, K, n) - V"}``; terms with a minus
         sign are degradation, the rest synthesis. See :func:`genenet.kinetics.from_equations`."""
         from ..kinetics import from_equations
 
-        return from_equations(equations, params, bounds=bounds, initial=initial)
+        return from_equations(equations, params, bounds=bounds, initial=initial, observables=observables)
+
+
+class CompiledForm:
+    """Mixin for network models whose native kernel is their compiled symbolic form
+    (:func:`genenet.kinetics.symbolic.symbolic_form`: one scalar parameter per gene or edge entry,
+    ``production_A``, ``weight_A_B``): :meth:`native_spec` gathers those scalars from ``p``.
+    A subclass that overrides the kinetics gets no native spec (its own equations are not the
+    form's): it runs on the torch loop."""
+
+    _form_kinetics = ("production", "degradation", "prepare")
+
+    def native_spec(self, p: Params) -> dict | None:
+        """The native kernels' spec (:mod:`genenet.native.compiled`): the same equations as a compiled
+        symbolic model (built once per network), its parameter matrix gathered from ``p``
+        (differentiable: gradients and tangents flow back to these parameters). None for a
+        subclass with other kinetics or where no kernel builds."""
+        owner = next(c for c in type(self).__mro__ if CompiledForm in c.__bases__)
+        if any(getattr(type(self), m) is not getattr(owner, m) for m in self._form_kinetics):
+            return None
+        form = self.__dict__.get("_native_form")
+        if form is None:
+            from ..kinetics.symbolic import _sid, symbolic_form
+
+            sym = symbolic_form(self, nonnegative=True)
+            # each scalar parameter of the form is (name, entry) of ours: "threshold_A_B" is edge A -> B
+            edges = [f"{_sid(a)}_{_sid(b)}" for a, b, _ in self.net.edges]
+            genes = [_sid(g) for g in self.net.genes]
+            where, k = {}, 0
+            for name in self.specs:
+                labels = genes if self._spec(name).scope == "gene" else edges
+                where.update({f"{name}_{lab}": k + j for j, lab in enumerate(labels)})
+                k += self._spec(name).size
+            perm = torch.as_tensor([where[n] for n in sym.param_names])
+            form = self.__dict__["_native_form"] = (sym, perm)
+        sym, perm = form
+        B = max(p[name].shape[0] for name in self.specs)
+        flat = torch.cat([p[name].expand(B, -1) for name in self.specs], dim=1)
+        return sym.native_spec_from(flat.index_select(1, perm.to(flat.device)), flat.dtype)
 
 
 class LinearDegradation:

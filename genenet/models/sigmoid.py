@@ -10,12 +10,12 @@ import torch
 from torch import Tensor
 
 from ..network import Network
-from .base import LinearDegradation, Model, ParameterSpec, Params
+from .base import CompiledForm, LinearDegradation, Model, ParameterSpec, Params
 
 __all__ = ["Sigmoid"]
 
 
-class Sigmoid(LinearDegradation, Model):
+class Sigmoid(CompiledForm, LinearDegradation, Model):
     r"""Regulators act additively inside a sigmoid; each edge has a signed weight.
 
     .. math::

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..network import Network
-from .base import LinearDegradation, Model, ParameterSpec, Params
+from .base import CompiledForm, LinearDegradation, Model, ParameterSpec, Params
 from .hill import Hill
 
 __all__ = ["TwoStage"]
@@ -17,7 +17,7 @@ __all__ = ["TwoStage"]
 SPECIES = ("mRNA", "protein")
 
 
-class TwoStage(LinearDegradation, Model):
+class TwoStage(CompiledForm, LinearDegradation, Model):
     r"""mRNA ``m`` and protein ``p`` for every gene of a signed network.
 
     .. math::
@@ -108,43 +108,6 @@ class TwoStage(LinearDegradation, Model):
         m, prot = x[:, :G], x[:, G:]
         transcription = self._regulation.production(t, prot, self._hill_params(p))
         return torch.cat([transcription, p["translation"] * m], dim=1)
-
-    def native_spec(self, p: Params) -> dict | None:
-        """The native kernels' spec (:mod:`genenet.native.compiled`): the same equations as a compiled
-        symbolic model (:func:`genenet.kinetics.symbolic.symbolic_form`, built once per network),
-        its parameter matrix gathered from ``p`` (differentiable: gradients and tangents flow back to
-        these parameters). None for a subclass with other kinetics or where no kernel builds."""
-        if type(self).production is not TwoStage.production or type(self).degradation is not TwoStage.degradation:
-            return None
-        form = self.__dict__.get("_native_form")
-        if form is None:
-            from ..kinetics.symbolic import symbolic_form
-
-            sym = symbolic_form(self, nonnegative=True)
-            # each scalar parameter of the form is (name, entry) of ours: "threshold_A_B" is edge A -> B
-            labels = {}
-            for name in list(self.specs):
-                for j, lab in enumerate(self._form_labels(name)):
-                    labels[f"{name}_{lab}"] = (name, j)
-            offsets, k = {}, 0
-            for name in list(self.specs):
-                offsets[name] = k
-                k += self._spec(name).size
-            perm = torch.as_tensor([offsets[labels[n][0]] + labels[n][1] for n in sym.param_names])
-            form = self.__dict__["_native_form"] = (sym, perm)
-        sym, perm = form
-        like = p["transcription"]
-        B = max(p[name].shape[0] for name in list(self.specs))
-        flat = torch.cat([p[name].expand(B, -1) for name in list(self.specs)], dim=1)
-        params = flat.index_select(1, perm.to(flat.device))
-        return sym.native_spec_from(params, like.dtype)
-
-    def _form_labels(self, name: str) -> list[str]:
-        from ..kinetics.symbolic import _sid
-
-        if self._spec(name).scope == "gene":
-            return [_sid(g) for g in self.gene_names]
-        return [f"{_sid(a)}_{_sid(b)}" for a, b, _ in self.net.edges]
 
     def production_jacobian(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
         """``[[0, ∂transcription/∂p], [diag β, 0]]``, (B, 2G, 2G)."""

@@ -7,7 +7,9 @@
 #include "common.h"
 
 /* LU with partial pivoting of the (G, G) row-major A in place (LAPACK getrf's algorithm, pivots as
-   row swaps); 1 when a pivot is exactly zero (torch.linalg.lu_factor_ex's info != 0) */
+   row swaps); 1 when a pivot is exactly zero (torch.linalg.lu_factor_ex's info != 0). On success
+   the factors are left for lu_solve: transposed (column j of L and U is row j of A, so the
+   substitutions run down contiguous columns) with U's diagonal replaced by its inverse. */
 static int lu_factor(real *A, int64_t G, int64_t *piv) {
     for (int64_t k = 0; k < G; ++k) {
         int64_t p = k;
@@ -32,29 +34,28 @@ static int lu_factor(real *A, int64_t G, int64_t *piv) {
             for (int64_t j = k + 1; j < G; ++j) ri[j] -= l * rk[j];
         }
     }
+    for (int64_t i = 0; i < G; ++i) {
+        for (int64_t j = i + 1; j < G; ++j) { real t = A[i * G + j]; A[i * G + j] = A[j * G + i]; A[j * G + i] = t; }
+        A[i * G + i] = (real)1 / A[i * G + i];
+    }
     return 0;
 }
 
-/* sum_j a[j] b[j], j < n, in eight interleaved partial sums: the dot products of the triangular
-   solves are otherwise one chain of dependent additions (latency-bound, ~4x slower) */
-static inline real dot(const real *restrict a, const real *restrict b, int64_t n) {
-    real s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8)
-        for (int q = 0; q < 8; ++q) s[q] += a[j + q] * b[j + q];
-    real acc = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-    for (; j < n; ++j) acc += a[j] * b[j];
-    return acc;
-}
-
-static void lu_solve(const real *LU, int64_t G, const int64_t *piv, real *x) {
+/* x <- A^-1 x from lu_factor's factors F. Column-oriented substitutions (x_i -= F_ji x_j down column
+   j): the updates of one column are independent and vectorise, where the row-oriented dot products
+   are a latency-bound chain per row (2x slower at G = 22, the Rosenbrock steps' main cost). */
+static void lu_solve(const real *restrict F, int64_t G, const int64_t *piv, real *restrict x) {
     for (int64_t k = 0; k < G; ++k)
         if (piv[k] != k) { real t = x[k]; x[k] = x[piv[k]]; x[piv[k]] = t; }
-    for (int64_t i = 1; i < G; ++i) /* L y = P b, unit diagonal */
-        x[i] -= dot(LU + i * G, x, i);
-    for (int64_t i = G - 1; i >= 0; --i) { /* U x = y */
-        const real *ri = LU + i * G;
-        x[i] = (x[i] - dot(ri + i + 1, x + i + 1, G - i - 1)) / ri[i];
+    for (int64_t j = 0; j < G; ++j) { /* L y = P b, unit diagonal */
+        const real xj = x[j], *restrict c = F + j * G;
+        for (int64_t i = j + 1; i < G; ++i) x[i] -= c[i] * xj;
+    }
+    for (int64_t j = G - 1; j >= 0; --j) { /* U x = y */
+        const real *restrict c = F + j * G;
+        const real xj = x[j] * c[j];
+        x[j] = xj;
+        for (int64_t i = 0; i < j; ++i) x[i] -= c[i] * xj;
     }
 }
 
