@@ -18,6 +18,11 @@ Errors: max over the first 10 sets, times and species of |x - x_ref| / max_t |x_
 the reference libroadrunner at rtol 1e-12, atol 1e-14. Single-run latency: one set, median of 20
 calls (``gn.simulate`` of one row vs roadrunner's reset + simulate).
 
+Work-precision: the same tolerance is not the same accuracy (CVODE's BDF at rtol 1e-6 lands farther
+from the reference than a Rosenbrock or Runge-Kutta method does), so the first ``--wp-rows`` sets are
+also run by libroadrunner and genenet native rodas5/dopri5 at rtol 1e-4, 1e-6, 1e-8 (atol = rtol / 1000),
+time and error side by side.
+
     python benchmarks/sbml_ensemble.py [--model BIOMD0000000012] [--t-end 1000] [--points 1001]
 """
 
@@ -119,6 +124,7 @@ def main() -> None:
     ap.add_argument("--t-end", type=float, default=1000.0)
     ap.add_argument("--points", type=int, default=1001)
     ap.add_argument("--slow-rows", type=int, default=100)
+    ap.add_argument("--wp-rows", type=int, default=200)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     path = model_path(args.model)
@@ -158,6 +164,15 @@ def main() -> None:
     single = {"libroadrunner reset + simulate": latency(rr_one),
               "genenet simulate, native dopri5": latency(lambda: genenet_run(model, vals, 1, t, "dopri5")),
               "genenet simulate, native rodas5": latency(lambda: genenet_run(model, vals, 1, t, "rodas5"))}
+    wp = []
+    for rtol in (1e-4, 1e-6, 1e-8):
+        row = [f"{rtol:g}"]
+        wall, y = roadrunner_loop(path, sets, args.wp_rows, t, species, rtol, rtol * 1e-3)
+        row += [f"{wall:.2f}", f"{rel_error(y[:10], ref):.1e}"]
+        for method in ("rodas5", "dopri5"):
+            wall, y, failed = genenet_run(model, sets, args.wp_rows, t, method, rtol, rtol * 1e-3)
+            row += [f"{wall:.2f}", f"{rel_error(y[:10], ref):.1e}" + (f" ({failed} failed)" if failed else "")]
+        wp.append("| " + " | ".join(row) + " |")
     rr_wall = results["libroadrunner loop (CVODE)"][0]
     lines = [f"# SBML ensemble: {args.model} ({len(species)} species, {len(model.reactions)} reactions), "
              f"{ROWS} parameter sets", "",
@@ -175,6 +190,10 @@ def main() -> None:
               "|---|---|---|"]
     for name, sec in single.items():
         lines.append(f"| {name} | {sec * 1e3:.2f} ms | {single['libroadrunner reset + simulate'] / sec:.2f}x |")
+    lines += ["", f"Work-precision ({args.wp_rows} sets, atol = rtol / 1000; time in s, max rel. error of the "
+              "first 10 sets):", "",
+              "| rtol | roadrunner time | roadrunner error | rodas5 time | rodas5 error | dopri5 time | dopri5 error |",
+              "|---|---|---|---|---|---|---|", *wp]
     print("\n".join(lines))
     out = args.out or HERE / "results" / f"sbml_{args.model}_cpu_{dt.date.today()}.md"
     write_results(out, lines)

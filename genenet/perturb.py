@@ -661,6 +661,24 @@ class ConditionTerm:
             deg = torch.where(args["clamp"], 0.0, deg)
         return prod, deg
 
+    def production_variance(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
+        """Variance rate (B, G) of the production events for the CLE: the model's
+        ``synthesis_variance`` (``Σ_r N_ir² v_r`` over a reaction network's synthesis reactions, whose
+        events move a species by ``N_ir``: ``c / V`` in concentration) or, without one, production
+        itself (unit events), times ``mult``; ``add`` counted in events of the model's
+        ``event_size`` (``1 / V``; 1 by default); 0 for clamped genes."""
+        p = args["p"]
+        fn = getattr(self.model, "synthesis_variance", None)
+        var = fn(t, x, p) if fn is not None else self.model.production(t, x, p)
+        if self.use_mult:
+            var = var * args["mult"]
+        if self.use_add:
+            size = getattr(self.model, "event_size", None)
+            var = var + args["add"] * (size(x) if size is not None else 1.0)
+        if self.use_clamp:
+            var = torch.where(args["clamp"], 0.0, var)
+        return var
+
     def vf(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
         """``mult * production + add - degradation``, zero for clamped genes; (B, G)."""
         prod, deg = self.rates(t, x, args)

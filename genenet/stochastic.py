@@ -5,10 +5,14 @@ From the model's production/degradation split (with the conditions' effects), pe
     dx = (P(x) - D(x)) dt + noise * sqrt(P(x) + D(x)) dW
 
 A reaction network (a model with ``loss_channels``: :class:`genenet.ReactionNetwork`) has one
-stream per reaction along its stoichiometry, ``N diag(sqrt(v)) dW`` (synthesis per species as
-above, every other reaction r as ``N[:, r] sqrt(v_r) dW_r``): binding A + B -> AB moves A, B and AB
-by the same event, so the noise keeps conserved totals and the variance of a dimerisation counts
-two molecules per event, which a per-species ``sqrt(P + D)`` gets wrong.
+stream per reaction along its stoichiometry, ``N diag(sqrt(v)) dW`` (synthesis per species, with
+variance ``Σ_r N_ir² v_r`` over its synthesis reactions; every other reaction r as
+``N[:, r] sqrt(v_r) dW_r``): binding A + B -> AB moves A, B and AB by the same event, so the noise
+keeps conserved totals and the variance of a dimerisation counts two molecules per event, which a
+per-species ``sqrt(P + D)`` gets wrong. With compartments (SBML species as concentrations in a
+volume V, rates in amount per time) N is the effective ``N / V``: one event moves a concentration
+by ``1 / V``, so a birth-death species has variance ``mean / V`` in concentration (one amount unit
+per event: for amounts in moles, scale ``noise`` by ``1 / sqrt(N_A)``).
 
 (Gillespie 2000): birth and death events as independent Poisson streams, each
 approximated by a Gaussian, so for one gene with constant production ``g`` and
@@ -171,7 +175,8 @@ def _step(term: Any, model: Model, t: Tensor, x: Tensor, args: dict, h: float, n
         v, N = channels(t, x, args["p"])
         dW = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * h ** 0.5
         dV = torch.randn(v.shape, generator=gen, device=x.device, dtype=x.dtype) * h ** 0.5
-        x_new = x + h * drift + noise * (P.clamp_min(0.0).sqrt() * dW + (v.clamp_min(0.0).sqrt() * dV) @ N.T)
+        Pvar = term.production_variance(t, x, args).clamp_min(0.0)
+        x_new = x + h * drift + noise * (Pvar.sqrt() * dW + (v.clamp_min(0.0).sqrt() * dV) @ N.T)
         return torch.where(args["clamp"], x, x_new) if term.use_clamp else x_new
     var = (P + D).clamp_min(0.0)
     g = noise * var.sqrt()

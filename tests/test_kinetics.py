@@ -427,3 +427,17 @@ def test_observables_follow_each_rows_parameters_and_pulses():
         gn.ReactionNetwork([("-> P", "ks")], params={"ks": 1.0}, observables={"P": "2 * P"})
     with pytest.raises(KeyError, match="observables"):
         traj["nothing"]
+
+
+def test_chemical_langevin_noise_counts_events_in_the_compartment():
+    # birth-death of A as a concentration in a compartment of size V (rates in amount per time):
+    # amounts are Poisson with mean = variance = ks / kd, so the concentration has mean ks / (kd V)
+    # and variance ks / (kd V^2); a synthesis noise of sqrt(P) would give (ks / (kd V^2)) (V + 1) / 2
+    from genenet.kinetics.symbolic import Reaction, SymbolicModel
+
+    A, ks, kd, V = sympy.Symbol("A", real=True), sympy.Symbol("ks", real=True), sympy.Symbol("kd", real=True), 4.0
+    m = SymbolicModel(["A"], [Reaction("syn", {}, {"A": 1.0}, ks), Reaction("deg", {"A": 1.0}, {}, kd * A * V)],
+                      {"ks": 400.0, "kd": 1.0}, volumes={"A": V}, initial={"A": 100.0})
+    late = gn.simulate_stochastic(m, np.linspace(0, 20, 5), n_cells=4000, seed=3, dt=0.01).y[:, -1, 0].numpy()
+    assert abs(late.mean() - 100.0) < 0.3
+    assert abs(late.var() / (400.0 / V ** 2) - 1.0) < 0.1

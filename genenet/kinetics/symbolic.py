@@ -448,6 +448,16 @@ class SymbolicModel(Model):
         rest = ~self._synthesis.to(x.device)
         return self.rates(t, x, p)[:, rest], N[:, rest]
 
+    def synthesis_variance(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
+        """``Σ_r N_ir² v_r`` over the synthesis reactions (B, S): the variance rate of the CLE's
+        synthesis stream per species (N effective, volumes divided out)."""
+        N = self._matrices(x)[1]  # N restricted to the synthesis reactions
+        return self.rates(t, x, p) @ (N * N).T
+
+    def event_size(self, x: Tensor) -> Tensor:
+        """How far one unit event moves each state (S,): ``1 / V`` of a concentration, else 1."""
+        return x.new_tensor([1.0 / self.volumes.get(s, 1.0) for s in self.genes])
+
     # --------------------------------------------------------------- native
     def stoichiometry_csc(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """N by reaction for the native kernels: column starts (R + 1), species of each nonzero,
