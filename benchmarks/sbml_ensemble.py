@@ -103,6 +103,7 @@ def torchdiffeq_run(model, sets: dict, rows: int, t: np.ndarray) -> tuple[float,
 
 
 def rel_error(y: np.ndarray, ref: np.ndarray) -> float:
+    ref = ref[:len(y)]  # the slow tools may have timed fewer than 10 sets
     scale = np.abs(ref).max(axis=1, keepdims=True)
     ok = np.isfinite(y).all(axis=(1, 2))  # failed rows are counted apart
     return float((np.abs(y[ok] - ref[ok]) / np.maximum(scale[ok], 1e-300)).max()) if ok.any() else float("nan")
@@ -182,7 +183,8 @@ def main() -> None:
              "parameters x log-uniform [1/1.25, 1.25] (seed 0); torch loop and torchdiffeq timed on "
              f"{n} sets and scaled to {ROWS}", "- command: `python benchmarks/sbml_ensemble.py --model "
              f"{args.model} --t-end {args.t_end:g} --points {args.points}`", "",
-             "| tool | time for 1000 sets (s) | vs roadrunner | max rel. error (10 sets) | failed rows | rows timed |",
+             "| tool | time for 1000 sets (s) | vs roadrunner | max rel. error (first 10 sets timed) | failed rows "
+             "| rows timed |",
              "|---|---|---|---|---|---|"]
     for name, (wall, err, failed, rows) in results.items():
         lines.append(f"| {name} | {wall:.3f} | {rr_wall / wall:.2f}x | {err:.1e} | {failed} | {rows} |")

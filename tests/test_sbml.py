@@ -152,14 +152,16 @@ def test_assigned_ids_compartments_and_amounts_by_id_on_the_trajectory():
     np.testing.assert_allclose(traj["cell"].detach().numpy(), 2.0)
 
 
-@pytest.mark.parametrize("kind", ["hill", "two_stage"])
+@pytest.mark.parametrize("kind", ["hill", "two_stage", "sigmoid"])
 def test_write_sbml_round_trip_simulates_the_same(kind, tmp_path):
     net = gn.Network.from_edges([("A", "B", "-"), ("B", "A", "-"), ("A", "C", "+"), ("C", "C", "+")])
     if kind == "hill":
         model = gn.Hill(net, production=[4.0, 3.0, 2.0], degradation=[1.0, 0.7, 0.5], threshold=[1.5, 2.0, 1.0, 0.8],
                         hill=[2.0, 3.0, 1.5, 4.0], fold=[5.0, 8.0, 3.0, 10.0])
-    else:
+    elif kind == "two_stage":
         model = gn.TwoStage(net, transcription=[4.0, 3.0, 2.0], protein_degradation=[0.5, 0.4, 0.3])
+    else:  # the logistic written out as 1 / (1 + exp(-u))
+        model = gn.Sigmoid(net, production=[4.0, 3.0, 2.0], weight=[-2.0, -1.5, 3.0, 0.5], bias=[0.5, -0.2, -1.0])
     path = tmp_path / "model.xml"
     text = gn.write_sbml(model, path)
     assert path.read_text() == text and "<sbml" in text
