@@ -4,7 +4,7 @@ The grammar is Python's arithmetic with ``^`` also meaning power (as SBML's infi
 write it), numbers, the names of the model's species and parameters, ``t`` (time) and these
 functions:
 
-    exp, log, sqrt, abs, min, max, pow(a, b)
+    exp, log, sqrt, abs, min, max, pow(a, b), sin, cos, tan, tanh (periodic drives: sin(w * t))
     hill_act(x, K, n) = x^n / (K^n + x^n)        (activating Hill function, 0 -> 1)
     hill_rep(x, K, n) = K^n / (K^n + x^n)        (repressing Hill function, 1 -> 0)
     mm(x, Km)         = x / (Km + x)             (Michaelis-Menten saturation)
@@ -62,7 +62,7 @@ class Logistic(sympy.Function):
 #: the functions a rate law may call, by the name it calls them
 FUNCTIONS = {"exp": sympy.exp, "log": sympy.log, "sqrt": sympy.sqrt, "abs": sympy.Abs, "min": sympy.Min,
              "max": sympy.Max, "pow": sympy.Pow, "hill_act": _hill_act, "hill_rep": _hill_rep, "mm": _mm,
-             "sigmoid": Logistic}
+             "sigmoid": Logistic, "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "tanh": sympy.tanh}
 
 # what parse_expr's generated code may construct: numbers and symbols, nothing of Python's
 _GLOBALS = {name: getattr(sympy, name) for name in ("Integer", "Float", "Rational", "Symbol", "Function")}

@@ -493,10 +493,9 @@ class SymbolicModel(Model):
 
     def native_spec(self, p: Params) -> dict | None:
         """What the native kernels need (:mod:`genenet.native.compiled`): the parameter matrix
-        ``params`` (B or 1, P) in :attr:`param_names` order and ``reaction_scale``; None for a model
-        whose rates read ``t`` (those run on the torch loop) or where the model cannot be compiled."""
-        if not self.autonomous:
-            return None
+        ``params`` (B or 1, P) in :attr:`param_names` order and ``reaction_scale``; None where the
+        model cannot be compiled. Rates that read ``t`` get each stage's time (and the Rosenbrock
+        steps ``∂f/∂t`` from the generated ``dv/dt``)."""
         like = next(iter(p.values())) if p else torch.zeros(1, dtype=torch.float64)
         from .. import native
         from ..native import compiled
@@ -518,7 +517,7 @@ class SymbolicModel(Model):
         from .. import native
         from ..native import compiled
 
-        if not self.autonomous or not native.available(dtype) or compiled.library(self, dtype) is None:
+        if not native.available(dtype) or compiled.library(self, dtype) is None:
             return None
         return {"model": self, "params": params}
 

@@ -107,7 +107,10 @@ static void erk_adjoint_sweep(const Row *r, const Tape *tp, const ErkMethod *e, 
             real *ks = kbar + s * G;
             int any = 0;
             for (int64_t i = 0; i < G; ++i) any |= ks[i] != 0;
-            if (any) vjp_stage(ctx, r, s, Y + s * G, ks, Yb);
+            if (any) {
+                set_time(r, t + e->c[s] * h);
+                vjp_stage(ctx, r, s, Y + s * G, ks, Yb);
+            }
             else vjp_skip(ctx, r, s, NS);
             for (int64_t i = 0; i < G; ++i) yb[i] += Yb[i];
             for (int64_t l = 0; l < s; ++l) {

@@ -7,6 +7,10 @@
      rhs_state(r, x, dx)               the right-hand side (G)
      rhs_tangents(r, x, dx)            its Q tangent columns (state [x, xdot_1..xdot_Q])
      jacobian(r, x, J)                 d(dx)/dx, (G, G) row-major
+     set_time(r, t)                    the time the next of those calls is at (the steppers set each
+                                       stage's; a model that does not read t ignores it)
+     model_autonomous(r)               1 when the right-hand side does not read t
+     time_derivative(r, x, ft)         d(dx)/dt at the set time (G), for the Rosenbrock steps
 
    and the Row carries G, Q and the `system` hook of driver.h. */
 

@@ -33,9 +33,9 @@ int genenet_model_erk(MODEL_ARGS, int64_t Q, const real *pd, const real *scaled,
 
 int genenet_model_rodas(MODEL_ARGS, SOLVE_ARGS, int64_t S, double gamma, const double *A, const double *Cm,
                         const double *Bv, const double *E, int64_t M, const double *H, int64_t error_order,
-                        LOOP_ARGS) {
+                        const double *Cv, const double *Dv, LOOP_ARGS) {
     Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, 0, NULL, NULL, NULL, NULL};
-    return rodas_solve(&p, T, t_save, t_start, x0, rtol, atol, S, gamma, A, Cm, Bv, E, M, H, error_order,
+    return rodas_solve(&p, T, t_save, t_start, x0, rtol, atol, S, gamma, A, Cm, Bv, E, M, H, error_order, Cv, Dv,
                        LOOP_PASS);
 }
 
@@ -68,9 +68,7 @@ int genenet_model_erk_adjoint(MODEL_ARGS, int64_t T, const real *t_save, int64_t
                               const double *P, const Tape *tapes, const real *ybar, const real *ylast_bar, real *x0b,
                               real *pb, real *sb, int64_t nthreads) {
     if (S > 16 || D > 8) return -1;
-    ErkMethod e = {S, D, {0}, {0}, {0}};
-    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
-    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    ErkMethod e = erk_method(S, A, NULL, D, P);
     Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, 0, NULL, NULL, NULL, NULL};
     memset(pb, 0, sizeof(real) * (size_t)(B * (m->P > 0 ? m->P : 1)));
     if (sb) memset(sb, 0, sizeof(real) * (size_t)(B * m->R));

@@ -16,8 +16,10 @@
      dxdot_i = mult_i Pdot_i - Ddot_i   (the condition effects are constants), 0 where clamped.
    Jacobian: J_is = sum_r M_ir scale_r dv_r/dx_s with M_ir = mult_i N_ir (synthesis) or N_ir.
 
-   The model is autonomous (the rates get t = 0): a model whose rates read t runs on the torch loop.
-   Everything here is plain arithmetic over arrays, as the generated code is. */
+   Rates that read t get it from the row's clock, which the steppers set to each stage's time
+   (set_time); the Rosenbrock steps add d(dx)/dt = M scale dv/dt (time_derivative; the inputs `add`
+   are constant between switching times). Everything here is plain arithmetic over arrays, as the
+   generated code is. */
 
 #ifndef GENENET_COMPILED_H
 #define GENENET_COMPILED_H
@@ -61,6 +63,7 @@ typedef struct Row {
     const uint8_t *law_on;
     real *v, *vx, *vp, *vd, *P, *D; /* work: R, NX, NP, R, G, G */
     real *q;                        /* the row's hoisted parameter expressions (NQ) */
+    real *clock;                    /* the time the rates are evaluated at (set_time) */
     /* the system hook of driver.h (unused by this model's kernels) */
     void (*system)(const struct Row *r, const real *y, real *dy);
     int64_t E;
@@ -68,7 +71,7 @@ typedef struct Row {
 } Row;
 
 static int64_t model_work(const Problem *p) {
-    return 2 * p->m->R + p->m->NX + p->m->NP + p->m->NQ + 2 * p->G + 8;
+    return 2 * p->m->R + p->m->NX + p->m->NP + p->m->NQ + 2 * p->G + 9;
 }
 static int64_t model_iwork(const Problem *p) { (void)p; return 0; }
 
@@ -97,6 +100,8 @@ static Row model_row(const Problem *p, int64_t b, real *work, int *iwork) {
     r.P = r.vd + R;
     r.D = r.P + G;
     r.q = r.D + G;
+    r.clock = r.q + p->m->NQ;
+    *r.clock = 0;
     p->m->prepare(r.p, r.q);
     r.system = NULL;
     r.E = 0;
@@ -123,7 +128,7 @@ static void stoich_apply(const Row *r, const real *restrict w, int with_add, rea
 }
 
 static void rhs_state(const Row *r, const real *x, real *dx) {
-    r->m->rates(0, x, r->q, r->v);
+    r->m->rates(*r->clock, x, r->q, r->v);
     if (r->scale)
         for (int64_t k = 0; k < r->m->R; ++k) r->v[k] *= r->scale[k];
     stoich_apply(r, r->v, 1, dx);
@@ -136,10 +141,22 @@ static void rhs_state(const Row *r, const real *x, real *dx) {
     }
 }
 
+static inline void set_time(const Row *r, real t) { *r->clock = t; }
+static inline int model_autonomous(const Row *r) { return r->m->NT == 0; }
+
+/* d(dx)/dt = mult P(scale dv/dt) - D(scale dv/dt), 0 where clamped */
+static void time_derivative(const Row *r, const real *x, real *ft) {
+    real *vt = r->vd;
+    r->m->rates_t(*r->clock, x, r->p, vt);
+    if (r->scale)
+        for (int64_t k = 0; k < r->m->R; ++k) vt[k] *= r->scale[k];
+    stoich_apply(r, vt, 0, ft);
+}
+
 static void rhs_tangents(const Row *r, const real *x, real *dx) {
     const int64_t G = r->G;
     const Rates *m = r->m;
-    m->rates_d(0, x, r->p, r->v, r->vx, r->vp);
+    m->rates_d(*r->clock, x, r->p, r->v, r->vx, r->vp);
     for (int64_t j = 0; j < r->Q; ++j) {
         const real *xd = x + (1 + j) * G;
         real *vd = r->vd;
@@ -162,7 +179,7 @@ static void jacobian(const Row *r, const real *x, real *J) {
     const int64_t G = r->G;
     const Rates *m = r->m;
     memset(J, 0, sizeof(real) * (size_t)(G * G));
-    m->rates_d(0, x, r->p, r->v, r->vx, r->vp);
+    m->rates_d(*r->clock, x, r->p, r->v, r->vx, r->vp);
     for (int64_t e = 0; e < m->NX; ++e) {
         const int64_t k = m->vx_r[e], s = m->vx_s[e];
         const real w = r->scale ? r->vx[e] * r->scale[k] : r->vx[e];
@@ -197,7 +214,7 @@ static void vjp_stage(VjpCtx *c, const Row *r, int64_t s, const real *Ys, const 
     const Problem *p = r->pr;
     const Rates *m = r->m;
     real *u = r->vd;
-    m->rates_d(0, Ys, r->p, r->v, r->vx, r->vp);
+    m->rates_d(*r->clock, Ys, r->p, r->v, r->vx, r->vp);
     for (int64_t k = 0; k < m->R; ++k) {
         real acc = 0;
         for (int32_t q = p->n_ptr[k]; q < p->n_ptr[k + 1]; ++q) {

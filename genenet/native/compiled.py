@@ -14,7 +14,8 @@ rate library.
 
 What runs here: dopri5/tsit5 (with forward-sensitivity tangents and ``method="auto"``'s stiffness
 detection), rodas5/rodas4 with the analytic Jacobian, and the Newton / pseudo-transient steady
-states, for autonomous models (rates that read ``t`` run on the torch loop). Gradients of an explicit
+states (rates that read ``t`` see each stage's time; the Rosenbrock steps add ``∂f/∂t`` from the
+generated ``dv/dt``; steady states take ``t = 0``, as the torch iterations do). Gradients of an explicit
 solve are the discrete adjoint in C over the step tape (``adjoint.h``, the Hill kernel's sweep with
 the model's VJPs ``vᵀ N ∂v/∂x``, ``vᵀ N ∂v/∂p`` from the compiled derivative entries): the gradient
 of the computed solution, as backpropagation through the torch loop gives. Second derivatives (a
@@ -271,11 +272,11 @@ def integrate_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rto
     margs, mkeep = _model_args(spec, B, dtype)
     sargs, skeep = _solve_args(x0, t_save, t_start, rtol, atol, W)
     arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (tableau.a, tableau.C, tableau.b, tableau.e,
-                                                                  tableau.H)]
+                                                                  tableau.H, tableau.c, tableau.d)]
     loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
     rc = lib.genenet_model_rodas(*margs, *sargs, _i64(tableau.stages), _dbl(tableau.gamma),
                                  *map(_ptr, arrays[:4]), _i64(tableau.H.shape[0]), _ptr(arrays[4]),
-                                 _i64(tableau.error_order), *loop)
+                                 _i64(tableau.error_order), _ptr(arrays[5]), _ptr(arrays[6]), *loop)
     if rc != 0:
         raise RuntimeError(f"native model kernel refused the call (code {rc})")
     return tuple(o.to(x0.device) for o in outs)

@@ -168,6 +168,7 @@ struct Stepper {
     /* Hairer's stiffness estimate h |f(y1) - f(Y)| / |y1 - Y| of the last attempted step, or NULL */
     real (*stiffness)(Stepper *m, const Row *r, real h);
     real *stiff_work;         /* G G + 2 G reals for the spectral radius, when stiffness is detected */
+    real t;                   /* the start of the step being attempted (the stages' times follow from it) */
 };
 
 typedef struct {
@@ -244,6 +245,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     memcpy(y, y0, sizeof(real) * W);
     if (t_begin <= t0) memcpy(out, y, sizeof(real) * W);
     if (tape) { tape->steady_from = T; tape->first_saved = t_begin <= t0; }
+    set_time(r, t);
     rhs(r, y, f0);
     res.rhs++;
     if (c->first_step > 0) {
@@ -257,6 +259,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
                   : (real)0.01 * d0 / (d1 > (real)1e-300 ? d1 : (real)1e-300);
         h0 = h0 < span ? h0 : span;
         for (int64_t i = 0; i < E; ++i) yi[i] = y[i] + h0 * f0[i];
+        set_time(r, t + h0);
         rhs_steer(r, yi, tmp); /* the tangents do not steer the step */
         for (int64_t i = 0; i < E; ++i) tmp[i] = tmp[i] - f0[i];
         real d2 = rms(tmp, scale, E) / h0;
@@ -276,6 +279,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
         int land = h * (real)(1 + 1e-6) >= target - t;
         real h_try = land ? target - t : h;
         real t1 = land ? target : t + h_try;
+        m->t = t;
         int singular = m->step(m, r, y, f0, h_try, y1, err, f1);
         res.rhs += m->rhs_per_step;
         real err_norm = (real)INFINITY;
@@ -323,6 +327,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
             real hl = m->stiffness(m, r, h_try);
             if (c->use_rho) {
                 if (res.steps % c->check_every == 1 || !have_rho) {
+                    set_time(r, t);
                     rho = spectral_radius(r, y, m->stiff_work);
                     have_rho = 1;
                 }

@@ -248,6 +248,14 @@ static Row row_of(const Problem *p, int64_t b, real *H, const int *nint, real *t
     return r;
 }
 
+/* autonomous: no clock */
+static inline void set_time(const Row *r, real t) { (void)r; (void)t; }
+static inline int model_autonomous(const Row *r) { (void)r; return 1; }
+static void time_derivative(const Row *r, const real *x, real *ft) {
+    (void)x;
+    memset(ft, 0, sizeof(real) * (size_t)r->G);
+}
+
 /* the model hooks of common.h: per thread H (K G) and the tangent work (5 K G + 2 G); the integer
    hill coefficients (K G) */
 static int64_t model_work(const Problem *p) { return 6 * p->K * p->G + 2 * p->G; }

@@ -54,7 +54,7 @@ int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, c
     Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  NULL, NULL, NULL, NULL, NULL, NULL};
     return rodas_solve(&p, T, t_save, t_start, x0, rtol, atol, S, gamma, A, Cm, Bv, E, M, H, error_order,
-                       LOOP_PASS);
+                       NULL, NULL, LOOP_PASS);
 }
 
 /* ------------------------------------------------------------------ discrete adjoint of the explicit kernel */
@@ -281,9 +281,7 @@ int genenet_erk_hill_adjoint(int64_t B, int64_t G, int64_t K, int64_t T, const r
                              real *x0b, real *c0b, real *c1b, real *itb, real *nb, real *gb, real *kb,
                              int64_t wants, int64_t nthreads) {
     if (S > 16 || D > 8) return -1;
-    ErkMethod e = {S, D, {0}, {0}, {0}};
-    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
-    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    ErkMethod e = erk_method(S, A, NULL, D, P);
     Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  NULL, NULL, NULL, NULL, NULL, NULL};
     const int64_t KG = K * G;
@@ -378,9 +376,7 @@ int genenet_erk_hill_hvp(int64_t B, int64_t G, int64_t K, int64_t T, const real 
                          real *c0h, real *c1h, real *ith, real *nh, real *gh, real *kh, int64_t wants,
                          int64_t nthreads) {
     if (S > 16 || D > 8) return -1;
-    ErkMethod e = {S, D, {0}, {0}, {0}};
-    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
-    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    ErkMethod e = erk_method(S, A, NULL, D, P);
     Problem p = {B, G, K, 1, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp, c0d, c1d, itd, nd, gd, kd};
     const int64_t KG = K * G;
     int failed = 0;
@@ -458,10 +454,7 @@ int genenet_hill_adjoint_sweep(int64_t B, int64_t G, int64_t K, const int32_t *s
                                int64_t max_steps, real *a_out, real *g_out, int64_t *status, int64_t *steps,
                                int64_t nthreads) {
     if (S > 16 || D > 8 || F < 1) return -1;
-    ErkMethod e = {S, D, {0}, {0}, {0}};
-    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
-    for (int64_t i = 0; i < S; ++i) e.e[i] = (real)Ev[i];
-    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    ErkMethod e = erk_method(S, A, Ev, D, P);
     Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
                  NULL, NULL, NULL, NULL, NULL, NULL};
     const int64_t KG = K * G, NP = 4 * KG + 2 * G, W = 2 * G + NP;

@@ -19,6 +19,8 @@ static void rates_d_fn(real t, const real *x, const real *p, real *v, real *vx, 
     gm_rates_d(t, x, p, v, vx, vp);
 }
 
+static void rates_t_fn(real t, const real *x, const real *p, real *vt) { gm_rates_t(t, x, p, vt); }
+
 /* species, reactions, parameters, nonzeros of dv/dx and dv/dp */
 void genenet_rates_sizes(int64_t *out) {
     out[0] = GM_S;
@@ -30,7 +32,7 @@ void genenet_rates_sizes(int64_t *out) {
 
 void genenet_rates_fill(Rates *out) {
     Rates m = {GM_R, GM_P, GM_NX, GM_NP, GM_NQ, gm_vx_r, gm_vx_s, gm_vp_r, gm_vp_p, rates_fn, rates_d_fn,
-               prepare_fn};
+               prepare_fn, GM_NT, rates_t_fn};
     *out = m;
 }
 

@@ -19,8 +19,8 @@
 
 typedef struct {
     int64_t S, D, W;
-    const real *a, *e, *P; /* (S, S), (S,), (S, D) */
-    real *ks, *Ys, *tmp;   /* stages (S, W), stage inputs (S, W), (W) */
+    const real *a, *e, *P, *c; /* (S, S), (S,), (S, D), stage times (S,) */
+    real *ks, *Ys, *tmp;       /* stages (S, W), stage inputs (S, W), (W) */
 } ErkWork;
 
 static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, real h, real *y1, real *err,
@@ -36,6 +36,7 @@ static int erk_step(Stepper *m, const Row *r, const real *y, const real *f0, rea
         weighted(w->a + s * S, s, ks, W, W, w->tmp);
         for (int64_t i = 0; i < W; ++i) Yi[i] = y[i] + h * w->tmp[i];
         if (s == S - 1) memcpy(y1, Yi, sizeof(real) * W);
+        set_time(r, m->t + w->c[s] * h);
         rhs(r, Yi, ks + s * W);
     }
     const int64_t E = steer_width(r);
@@ -90,9 +91,9 @@ static void erk_dense(Stepper *m, const real *y, const real *y1, real h, real th
 typedef struct {
     int64_t S, M, G;
     real gamma;
-    const real *a, *C, *b, *e, *H; /* (S, S), (S, S), (S,), (S,), (M, S) */
-    real *ks, *U, *rhs, *Wm, *Dn;  /* (S, G), (G), (G), (G, G), (M, G) */
-    int64_t *piv;                  /* (G) */
+    const real *a, *C, *b, *e, *H, *c, *d; /* (S, S), (S, S), (S,), (S,), (M, S), stage times, f_t weights */
+    real *ks, *U, *rhs, *Wm, *Dn, *ft;     /* (S, G), (G), (G), (G, G), (M, G), (G) */
+    int64_t *piv;                          /* (G) */
 } RodasWork;
 
 /* acc = base + sum_j c_j k_j over the nonzero c_j, added in order as the torch step does */
@@ -111,7 +112,10 @@ static int rodas_step(Stepper *m, const Row *r, const real *y, const real *f0, r
     RodasWork *w = (RodasWork *)m->ws;
     const int64_t S = w->S, G = w->G;
     real *Wm = w->Wm, *ks = w->ks;
+    set_time(r, m->t);
     jacobian(r, y, Wm);
+    const int timed = !model_autonomous(r); /* + d_s h f_t in each stage (non-autonomous rates) */
+    if (timed) time_derivative(r, y, w->ft);
     const real diag = (real)1 / (w->gamma * h);
     real total = 0;
     for (int64_t i = 0; i < G * G; ++i) { Wm[i] = -Wm[i]; total += Wm[i]; }
@@ -121,6 +125,7 @@ static int rodas_step(Stepper *m, const Row *r, const real *y, const real *f0, r
         const real *fi = f0;
         if (s > 0) {
             add_weighted(y, w->a + s * S, s, ks, G, w->U);
+            set_time(r, m->t + w->c[s] * h);
             rhs(r, w->U, w->rhs);
             fi = w->rhs;
         }
@@ -133,11 +138,16 @@ static int rodas_step(Stepper *m, const Row *r, const real *y, const real *f0, r
             const real *kj = ks + j * G;
             for (int64_t i = 0; i < G; ++i) k[i] = k[i] + q * kj[i];
         }
+        if (timed && w->d[s] != 0) {
+            const real q = w->d[s] * h;
+            for (int64_t i = 0; i < G; ++i) k[i] = k[i] + q * w->ft[i];
+        }
         lu_solve(Wm, G, w->piv, k);
     }
     add_weighted(y, w->b, S, ks, G, y1);
     add_weighted(NULL, w->e, S, ks, G, err);
     for (int64_t q = 0; q < w->M; ++q) add_weighted(NULL, w->H + q * S, S, ks, G, w->Dn + q * G);
+    set_time(r, m->t + h);
     rhs(r, y1, f1);
     return 0;
 }
@@ -156,29 +166,45 @@ static void rodas_dense(Stepper *m, const real *y, const real *y1, real h, real 
 
 typedef struct {
     int64_t S, D;
-    real a[16 * 16], e[16], P[16 * 8];
+    real a[16 * 16], e[16], P[16 * 8], c[16]; /* c_s = sum_l a_sl: stage s is at t + c_s h */
 } ErkMethod;
+
+/* the tableau in the kernel's precision (S <= 16, D <= 8; E may be NULL), stage times c_s = sum_l a_sl */
+static ErkMethod erk_method(int64_t S, const double *A, const double *E, int64_t D, const double *P) {
+    ErkMethod e = {S, D, {0}, {0}, {0}, {0}};
+    for (int64_t i = 0; i < S; ++i) {
+        double c = 0;
+        for (int64_t j = 0; j < S; ++j) {
+            e.a[i * S + j] = (real)A[i * S + j];
+            c += A[i * S + j];
+        }
+        e.c[i] = (real)c;
+        e.e[i] = E ? (real)E[i] : (real)0;
+    }
+    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    return e;
+}
 
 static void make_erk(Stepper *m, const void *method, int64_t G, int64_t W, real *work) {
     (void)G;
     const ErkMethod *e = (const ErkMethod *)method;
     ErkWork *w = (ErkWork *)malloc(sizeof(ErkWork));
-    *w = (ErkWork){e->S, e->D, W, e->a, e->e, e->P, work, work + e->S * W, work + 2 * e->S * W};
+    *w = (ErkWork){e->S, e->D, W, e->a, e->e, e->P, e->c, work, work + e->S * W, work + 2 * e->S * W};
     m->ws = w;
     m->stage_inputs = w->Ys;
 }
 
 typedef struct {
     int64_t S, M;
-    real gamma, a[16 * 16], C[16 * 16], b[16], e[16], H[8 * 16];
+    real gamma, a[16 * 16], C[16 * 16], b[16], e[16], H[8 * 16], c[16], d[16];
 } RodasMethod;
 
 static void make_rodas(Stepper *m, const void *method, int64_t G, int64_t W, real *work) {
     (void)W;
     const RodasMethod *d = (const RodasMethod *)method;
     RodasWork *w = (RodasWork *)malloc(sizeof(RodasWork) + sizeof(int64_t) * (size_t)G);
-    real *ks = work, *U = ks + d->S * G, *rh = U + G, *Wm = rh + G, *Dn = Wm + G * G;
-    *w = (RodasWork){d->S, d->M, G, d->gamma, d->a, d->C, d->b, d->e, d->H, ks, U, rh, Wm, Dn,
+    real *ks = work, *U = ks + d->S * G, *rh = U + G, *Wm = rh + G, *Dn = Wm + G * G, *ft = Dn + d->M * G;
+    *w = (RodasWork){d->S, d->M, G, d->gamma, d->a, d->C, d->b, d->e, d->H, d->c, d->d, ks, U, rh, Wm, Dn, ft,
                      (int64_t *)(w + 1)};
     m->ws = w;
 }
@@ -233,10 +259,7 @@ static void run_rows(const Problem *p, const LoopSettings *c, const real *t_star
 static int erk_solve(const Problem *p, SOLVE_ARGS, int64_t S, const double *A, const double *E, int64_t D,
                      const double *P, int64_t error_order, LOOP_ARGS, Tape *tapes) {
     if (S > 16 || D > 8 || (tapes && p->Q)) return -1;
-    ErkMethod e = {S, D, {0}, {0}, {0}};
-    for (int64_t i = 0; i < S * S; ++i) e.a[i] = (real)A[i];
-    for (int64_t i = 0; i < S; ++i) e.e[i] = (real)E[i];
-    for (int64_t i = 0; i < S * D; ++i) e.P[i] = (real)P[i];
+    ErkMethod e = erk_method(S, A, E, D, P);
     if (stiff_after > 0 && (S < 3 || check_every < 2 || p->Q)) return -2;
     LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
                       factor_max, max_steps, stiff_after, check_every, use_rho};
@@ -247,21 +270,27 @@ static int erk_solve(const Problem *p, SOLVE_ARGS, int64_t S, const double *A, c
     return 0;
 }
 
-/* The Rosenbrock kernel over every row (no tangents) */
+/* The Rosenbrock kernel over every row (no tangents). Cv, Dv: the stages' times and weights of f_t
+   (RosenbrockTableau.c, .d), NULL for a model that does not read t. */
 static int rodas_solve(const Problem *p, SOLVE_ARGS, int64_t S, double gamma, const double *A, const double *Cm,
                        const double *Bv, const double *E, int64_t M, const double *H, int64_t error_order,
-                       LOOP_ARGS) {
+                       const double *Cv, const double *Dv, LOOP_ARGS) {
     if (S > 16 || M > 8 || p->Q) return -1;
-    RodasMethod d = {S, M, (real)gamma, {0}, {0}, {0}, {0}, {0}};
+    RodasMethod d = {S, M, (real)gamma, {0}, {0}, {0}, {0}, {0}, {0}, {0}};
     for (int64_t i = 0; i < S * S; ++i) { d.a[i] = (real)A[i]; d.C[i] = (real)Cm[i]; }
-    for (int64_t i = 0; i < S; ++i) { d.b[i] = (real)Bv[i]; d.e[i] = (real)E[i]; }
+    for (int64_t i = 0; i < S; ++i) {
+        d.b[i] = (real)Bv[i];
+        d.e[i] = (real)E[i];
+        d.c[i] = Cv ? (real)Cv[i] : (real)0;
+        d.d[i] = Dv ? (real)Dv[i] : (real)0;
+    }
     for (int64_t i = 0; i < M * S; ++i) d.H[i] = (real)H[i];
     if (stiff_after > 0) return -2; /* stiffness detection is for the explicit methods */
     LoopSettings c = {T, window, t_save, rtol, atol, first_step, steady_tol, safety, beta, factor_min,
                       factor_max, max_steps, 0, check_every, use_rho};
     Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL, NULL, NULL, NULL};
     const int64_t G = p->G;
-    run_rows(p, &c, t_start, x0, make_rodas, &d, (S + 2 + M) * G + G * G, proto, out, status_out, counters,
+    run_rows(p, &c, t_start, x0, make_rodas, &d, (S + 3 + M) * G + G * G, proto, out, status_out, counters,
              t_last, y_last, nthreads, NULL);
     return 0;
 }
