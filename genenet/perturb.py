@@ -737,7 +737,14 @@ class ConditionTerm:
         ones (``model.autonomous``; condition effects are constant between switching times)."""
         if getattr(self.model, "autonomous", False):
             return None
-        return autodiff_time_derivative(self.vf, t, x, args)
+        split = getattr(self.model, "rates_and_time_derivative", None)
+        if split is None:
+            return autodiff_time_derivative(self.vf, t, x, args)
+        prod, deg = split(t, x, args["p"])  # the inputs `add` are constant: no part of it
+        if self.use_mult:
+            prod = prod * args["mult"]
+        out = prod - deg
+        return torch.where(args["clamp"], 0.0, out) if self.use_clamp else out
 
     def reset(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
         """Clamped genes jump to their value when the clamp switches on."""

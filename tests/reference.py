@@ -110,3 +110,11 @@ def assert_same_rows(a, b, rtol: float = 1e-10) -> None:
     else:
         scale = float(b.abs().nan_to_num().max()) if b.numel() else 1.0
         torch.testing.assert_close(a, b, rtol=rtol, atol=rtol * scale, equal_nan=True)
+
+
+def central_difference_gradient(loss, theta, eps: float = 1e-6):
+    """d loss / d theta (1, n) by central differences, one pair of loss evaluations per entry."""
+    import torch
+
+    return torch.stack([(loss(theta + eps * e) - loss(theta - eps * e)) / (2 * eps)
+                        for e in torch.eye(theta.shape[-1], dtype=theta.dtype)], dim=-1)

@@ -100,8 +100,8 @@ class RateDerivatives:
         return cls(tuple(program.temporaries) + tuple(extra), tuple(out["x"]), tuple(out["p"]), tuple(out["t"]))
 
     def program(self, program: Program, wrt: str) -> Program:
-        """A program whose outputs are the ``vx`` (``wrt="x"``) or ``vp`` (``"p"``) entries."""
-        entries = self.vx if wrt == "x" else self.vp
+        """A program whose outputs are the ``vx`` (``wrt="x"``), ``vp`` (``"p"``) or ``vt`` (``"t"``) entries."""
+        entries = {"x": self.vx, "p": self.vp, "t": self.vt}[wrt]
         return Program(program.states, program.params, self.temporaries, tuple(e for _, _, e in entries))
 
 

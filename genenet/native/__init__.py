@@ -529,6 +529,25 @@ def tape_memory(reset_peak: bool = False) -> tuple[int, int]:
     return now, peak
 
 
+def _taped_solve(lib: Any, B: int, S: int, G: int, unit: str, solve: Any) -> tuple[Any, tuple]:
+    """``solve(handle)`` (a forward explicit solve) recording B tapes of S-stage steps of G states, the
+    tapes allowed up to 90% of the memory available now (as GraphMemoryGuard for the torch loop);
+    returns ``(tapes, outputs)``, or raises MemoryError when rows ran out of it."""
+    tapes = _Tapes(lib, B, S, G)
+    avail = available_memory(torch.device("cpu"))
+    lib.genenet_tape_budget(_i64(-1 if avail is None else int(0.9 * avail)))
+    outs = solve(tapes.handle)
+    lost = int(lib.genenet_tapes_oom(ctypes.c_void_p(tapes.handle), _i64(B)))
+    if lost:
+        raise MemoryError(
+            f"this solve records a tape of its steps for gradients (an input requires grad; {B} rows of {G} "
+            f"{unit}, {S - 1} stage states per step) and {lost} rows ran out of the memory available when it "
+            f"started ({(avail or 0) / 2**30:.1f} GiB). When no gradient is needed, run it under torch.no_grad(); "
+            "for gradients of long solves use the adjoint method (FitProblem.gradient_adjoint, memory independent "
+            "of the number of steps), fewer rows per call, or a shorter span.")
+    return tapes, outs
+
+
 class _Tapes:
     """Owner of the C tapes of one differentiable solve; freed with the autograd graph."""
 
@@ -592,20 +611,8 @@ class _ErkHill(torch.autograd.Function):
                 "degradation": deg}
         lib = _lib(x0.dtype)
         B, G = x0.shape
-        tapes = _Tapes(lib, B, static["tableau"].stages, G)
-        # the tapes may take up to 90% of the memory available now (as GraphMemoryGuard for the torch loop)
-        avail = available_memory(torch.device("cpu"))
-        lib.genenet_tape_budget(_i64(-1 if avail is None else int(0.9 * avail)))
-        outs = integrate_hill_erk(spec, x0, static["t_save"], tape=tapes.handle, **static["kw"])
-        lost = int(lib.genenet_tapes_oom(ctypes.c_void_p(tapes.handle), _i64(B)))
-        if lost:
-            raise MemoryError(
-                f"this solve records a tape of its steps for gradients (an input requires grad; {B} rows of {G} "
-                f"genes, {static['tableau'].stages - 1} stage states per step) and {lost} rows ran out of the memory "
-                f"available when it started ({(avail or 0) / 2**30:.1f} GiB). When no gradient is needed, run it "
-                "under torch.no_grad(); for gradients of long solves use the adjoint method "
-                "(FitProblem.gradient_adjoint, memory independent of the number of steps), fewer rows per call, "
-                "or a shorter span.")
+        tapes, outs = _taped_solve(lib, B, static["tableau"].stages, G, "genes",
+                                   lambda h: integrate_hill_erk(spec, x0, static["t_save"], tape=h, **static["kw"]))
         ctx.tapes, ctx.static, ctx.spec = tapes, static, spec
         ctx.save_for_backward(x0, c0, c1, it, hill, prod, deg)
         y, status, counters, t_last, y_last = outs

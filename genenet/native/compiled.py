@@ -339,22 +339,15 @@ class _ErkModel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x0: Tensor, params: Tensor, scale: Tensor | None, static: dict) -> tuple[Tensor, ...]:
-        from . import _Tapes, available_memory
+        from . import _taped_solve
 
         spec = {**static["spec"], "params": params}
         if scale is not None:
             spec["reaction_scale"] = scale
         lib = _require(spec, x0.dtype)
         B, G = x0.shape
-        tapes = _Tapes(lib.driver, B, static["tableau"].stages, G)
-        avail = available_memory(torch.device("cpu"))
-        lib.driver.genenet_tape_budget(_i64(-1 if avail is None else int(0.9 * avail)))
-        outs = integrate_erk(spec, x0, static["t_save"], tape=tapes.handle, **static["kw"])
-        lost = int(lib.driver.genenet_tapes_oom(ctypes.c_void_p(tapes.handle), _i64(B)))
-        if lost:
-            raise MemoryError(f"this solve records a tape of its steps for gradients ({B} rows of {G} species) and "
-                              f"{lost} rows ran out of the memory available when it started; run it under "
-                              "torch.no_grad() when no gradient is needed, or with fewer rows per call")
+        tapes, outs = _taped_solve(lib.driver, B, static["tableau"].stages, G, "species",
+                                   lambda h: integrate_erk(spec, x0, static["t_save"], tape=h, **static["kw"]))
         ctx.tapes, ctx.static, ctx.spec, ctx.lib = tapes, static, spec, lib
         y, status, counters, t_last, y_last = outs
         ctx.mark_non_differentiable(status, counters, t_last)
