@@ -358,10 +358,10 @@ class SymbolicModel(Model):
         return self.rates(t, x, p) @ self._matrices(x)[2].T
 
     def rates_and_time_derivative(self, t: Tensor, x: Tensor, p: Params) -> tuple[Tensor, Tensor]:
-        """``∂v/∂t`` (B, R) of the rates that read ``t`` (0 elsewhere), from the generated derivative
-        entries (what the Rosenbrock steps need; torch's forward-mode through the rates costs ~20 ms a
-        step), and the production / degradation split of ``N ∂v/∂t``: returns
-        ``(∂production/∂t, ∂degradation/∂t)``, (B, S) each."""
+        """``(∂production/∂t, ∂degradation/∂t)``, (B, S) each: the synthesis and the other reactions'
+        parts of ``N ∂v/∂t``, with ``∂v/∂t`` (B, R) from the generated derivative entries of the rates
+        that read ``t`` (what the Rosenbrock steps need; torch's forward mode through the rates cost
+        ~20 ms a step)."""
         fn, rows, _ = self._derivative_function("t")
         vt = x.new_zeros(x.shape[0], len(self.reactions))
         if len(rows):
