@@ -263,10 +263,11 @@ class Trajectory:
         return pd.concat([obs, pd.DataFrame(X, columns=list(self.genes), index=obs.index)], axis=1)
 
     def to(self, device: str | torch.device) -> Trajectory:
-        """A copy with ``t`` and ``y`` on ``device``."""
+        """A copy with ``t``, ``y`` and the observables on ``device``."""
         from dataclasses import replace
 
-        return replace(self, t=self.t.to(device), y=self.y.to(device))
+        return replace(self, t=self.t.to(device), y=self.y.to(device),
+                       observables={k: v.to(device) for k, v in self.observables.items()})
 
     def plot(self, genes: str | Sequence[str] | None = None, rows: Any = None, ax: Any = None, **kwargs: Any):
         """Time courses of ``genes`` (default all) for ``rows`` (default: up to 10); returns the Axes."""
