@@ -12,7 +12,8 @@ atol 1e-9, float64 on the CPU:
   (CVODE, same rtol/atol);
 - genenet's torch loop (``genenet.native.torch_path()``) and torchdiffeq (dopri5 over the rows as
   one system, the model's torch right-hand side): timed on the first ``--slow-rows`` sets and scaled
-  to 1000 (their cost is about linear in the rows).
+  to 1000. Their cost is mostly per step rather than per row, so scaling a few sets up overstates
+  it: use at least 10 sets for numbers to quote.
 
 Errors: max over the first 10 sets, times and species of |x - x_ref| / max_t |x_ref| (per species),
 the reference libroadrunner at rtol 1e-12, atol 1e-14. Single-run latency: one set, median of 20
