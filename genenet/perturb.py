@@ -646,18 +646,22 @@ class ConditionTerm:
             spec["clamp"] = args["clamp"]
         return spec
 
+    def _effects(self, prod: Tensor, args: dict, add: Tensor | float | None = 1.0) -> Tensor:
+        """``mult * prod + add_scale * add`` (``add=None``: no input term), 0 for clamped genes: the
+        condition effects on a production-like quantity (rate, its time derivative, its variance)."""
+        if self.use_mult:
+            prod = prod * args["mult"]
+        if self.use_add and add is not None:
+            prod = prod + args["add"] * add
+        return torch.where(args["clamp"], 0.0, prod) if self.use_clamp else prod
+
     def rates(self, t: Tensor, x: Tensor, args: dict) -> tuple[Tensor, Tensor]:
         """Production ``mult * production + add`` and degradation (B, G) under the current effects;
         both zero for clamped genes. The CLE's noise is built from these."""
         p = args["p"]
-        prod = self.model.production(t, x, p)
-        if self.use_mult:
-            prod = prod * args["mult"]
-        if self.use_add:
-            prod = prod + args["add"]
+        prod = self._effects(self.model.production(t, x, p), args)
         deg = self.model.degradation(t, x, p)
         if self.use_clamp:
-            prod = torch.where(args["clamp"], 0.0, prod)
             deg = torch.where(args["clamp"], 0.0, deg)
         return prod, deg
 
@@ -670,14 +674,8 @@ class ConditionTerm:
         p = args["p"]
         fn = getattr(self.model, "synthesis_variance", None)
         var = fn(t, x, p) if fn is not None else self.model.production(t, x, p)
-        if self.use_mult:
-            var = var * args["mult"]
-        if self.use_add:
-            size = getattr(self.model, "event_size", None)
-            var = var + args["add"] * (size(x) if size is not None else 1.0)
-        if self.use_clamp:
-            var = torch.where(args["clamp"], 0.0, var)
-        return var
+        size = getattr(self.model, "event_size", None)
+        return self._effects(var, args, size(x) if size is not None else 1.0)
 
     def vf(self, t: Tensor, x: Tensor, args: dict) -> Tensor:
         """``mult * production + add - degradation``, zero for clamped genes; (B, G)."""
@@ -740,10 +738,8 @@ class ConditionTerm:
         split = getattr(self.model, "rates_and_time_derivative", None)
         if split is None:
             return autodiff_time_derivative(self.vf, t, x, args)
-        prod, deg = split(t, x, args["p"])  # the inputs `add` are constant: no part of it
-        if self.use_mult:
-            prod = prod * args["mult"]
-        out = prod - deg
+        prod, deg = split(t, x, args["p"])
+        out = self._effects(prod, args, add=None) - deg  # the inputs `add` are constant: no part of it
         return torch.where(args["clamp"], 0.0, out) if self.use_clamp else out
 
     def reset(self, t: Tensor, x: Tensor, args: dict) -> Tensor:

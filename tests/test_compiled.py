@@ -45,6 +45,15 @@ class _Spy:
         monkeypatch.setattr(compiled, name, wrapped)
 
 
+def _assert_gradients_match_the_torch_loop(m, loss, rtol, atol):
+    """d loss / d (every raw parameter of m): the native adjoint's against the torch loop's."""
+    got = torch.autograd.grad(loss(), list(m.raw.values()))
+    with native.torch_path():
+        ref = torch.autograd.grad(loss(), list(m.raw.values()))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=rtol, atol=atol)
+
+
 CONDITIONS = [gn.Condition([]), gn.Knockout("S"), gn.Knockdown("E", 0.6), gn.Overexpress("P", rate=0.5),
               gn.Clamp("B", 0.4), gn.Knockdown("E", 0.5) + gn.Overexpress("S", fold=2.0)]
 
@@ -220,12 +229,8 @@ def test_time_dependent_gradients_and_sensitivities_match_the_torch_loop(monkeyp
     def loss():
         return gn.simulate(m, t, rtol=1e-10, atol=1e-12).y.square().sum()
 
-    g = torch.autograd.grad(loss(), list(m.raw.values()))
-    with native.torch_path():
-        g_ref = torch.autograd.grad(loss(), list(m.raw.values()))
+    _assert_gradients_match_the_torch_loop(m, loss, rtol=1e-7, atol=1e-10)
     assert spy.calls == 1
-    for a, b in zip(g, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
     got = gn.sensitivities(m, t, wrt=["w", "tau", "x0"], rtol=1e-10, atol=1e-12)
     with native.torch_path():
         ref = gn.sensitivities(m, t, wrt=["w", "tau", "x0"], rtol=1e-10, atol=1e-12)
@@ -278,12 +283,8 @@ def test_network_models_run_natively_through_their_compiled_form(kind, monkeypat
     def loss():
         return gn.simulate(m, t[:6], rtol=1e-10, atol=1e-12).y.square().sum()
 
-    grad = torch.autograd.grad(loss(), list(m.raw.values()))
-    with native.torch_path():
-        grad_ref = torch.autograd.grad(loss(), list(m.raw.values()))
+    _assert_gradients_match_the_torch_loop(m, loss, rtol=1e-6, atol=1e-9)
     assert spy.calls == 2
-    for a, b in zip(grad, grad_ref):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
     class Other(type(m)):  # other kinetics: not the compiled form's equations
         def production(self, t, x, p):

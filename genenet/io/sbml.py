@@ -390,10 +390,9 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
     missing = sorted(k for k, v in params.items() if math.isnan(v))
     if missing:
         raise ValueError(f"parameters without a value: {missing}")
-    out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed,
-                        targets=targets)
     # what trajectories carry beside the states, by SBML id: assigned quantities and compartment sizes
-    out.observables = {**{c: sympy.Float(v) for c, v in sizes.items()}, **assigned}
+    out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed,
+                        targets=targets, observables={**{c: sympy.Float(v) for c, v in sizes.items()}, **assigned})
     out.volumes = {sid: where_of[sid] for sid, u in units.items() if u == "concentration"}
     out.sbml_units = units
     out.compartment_size = where_of

@@ -191,7 +191,7 @@ class SymbolicModel(Model):
             if name in syms or name == "reaction_scale":
                 raise ValueError(f"observable {name!r} is already a species or parameter name")
             self.observables[_check_name(name, "observable")] = parse_rate(text, syms, f"observable {name!r}")
-        self._observe_fn: tuple | None = None
+        self._observe_fn: Any = None
         self._program: Program | None = None
         self.autonomous = not any(r.rate.has(TIME) for r in reactions)
         self._initial = self._initial_state(initial or {})
@@ -317,11 +317,10 @@ class SymbolicModel(Model):
         ``x`` (N, S), times ``t`` (N,) and each row's parameters ``p``: name -> (N,)."""
         if not self.observables:
             return {}
-        if self._observe_fn is None or self._observe_fn[0] != list(self.observables.items()):
-            prog = Program.build(list(self.observables.values()), *self._symbols)
-            self._observe_fn = (list(self.observables.items()), torch_function(prog))
+        if self._observe_fn is None:
+            self._observe_fn = torch_function(Program.build(list(self.observables.values()), *self._symbols))
         t = t.expand(x.shape[0]) if t.dim() == 0 else t
-        out = self._observe_fn[1](t, x, self._param_matrix(x, p))
+        out = self._observe_fn(t, x, self._param_matrix(x, p))
         return {name: out[:, k] for k, name in enumerate(self.observables)}
 
     def rates(self, t: Tensor, x: Tensor, p: Params) -> Tensor:
