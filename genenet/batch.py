@@ -132,7 +132,7 @@ def build_batch(model: Model, perturbations: Any, x0: Any, params: Mapping[str, 
     set_of_row = index - cond_of_row * P
     n = index.shape[0]
     if x.ndim == 1 or x.shape[0] == 1:
-        x = x.reshape(-1, G).expand(n, G)
+        x = x.reshape(1, G).expand(n, G)
     elif x.shape[0] == P and B != P:
         x = x.index_select(0, set_of_row)
     elif rows is not None:

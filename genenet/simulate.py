@@ -15,8 +15,9 @@ from .distributed import on_cluster, uses_cluster
 from .models.base import Model
 from .rows import concat_rows
 from .solvers import AutoSwitch, SolverError, get_method, integrate_auto
-from .solvers.integrate import implicit_chunk, integrate_in_chunks
-from .solvers.status import describe_failures
+from .solvers.integrate import Solution, implicit_chunk, integrate_in_chunks, requires_grad, tree_index
+from .solvers.segments import MAX_PIECES, integrate_in_pieces, switching_times
+from .solvers.status import Status, describe_failures
 from .trajectory import Trajectory
 from .validation import check_positive, check_times, check_tolerance, resolve_device, resolve_dtype
 
@@ -146,6 +147,10 @@ class Run:
                   progress: bool = False, n_primal: int | None = None) -> Any:
         """One batched solve of ``f`` from ``y0`` with the term's segment/reset hooks, with a tqdm bar."""
         t_save = self.t_save
+        if y0.shape[1] == 0:  # a model without states (only observables of time): nothing to integrate
+            B, zeros = y0.shape[0], torch.zeros(y0.shape[0], dtype=torch.long, device=y0.device)
+            return Solution(y=y0.new_zeros(B, len(t_save), 0), status=zeros + int(Status.SUCCESS), n_steps=zeros,
+                            n_accepted=zeros, n_rejected=zeros, n_rhs=zeros)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -163,15 +168,43 @@ class Run:
                   jac=getattr(term, "jacobian", None) if own else None,
                   tgrad=getattr(term, "time_derivative", None) if own else None,
                   native=getattr(term, "native_spec", None) if own else None)
-        if isinstance(self.solver, AutoSwitch):
-            sol = integrate_auto(self.solver, f, y0, t_save, **kw)
+        times = switching_times(stops, t_save) if getattr(term, "segment", None) else t_save.new_zeros(0)
+        if 0 < times.numel() <= MAX_PIECES and self._native_for(term, kw["native"], y0, t_save):
+            # pulses on the native kernels: one solve per regime, chained (genenet.solvers.segments)
+            B = y0.shape[0]
+
+            def piece(y_start: Tensor, t_piece: Tensor, rows: Tensor) -> Any:
+                args = kw["args"] if rows.numel() == B else tree_index(kw["args"], rows)
+                return self._solve(f, y_start, t_piece, {**kw, "args": args, "stops": None, "progress": None})
+
+            sol = integrate_in_pieces(piece, y0, t_save, times)
         else:
-            chunk = implicit_chunk(self.solver, y0.shape[0], y0.shape[1], y0.device)
-            sol = integrate_in_chunks(f, y0, t_save, chunk=chunk, method=self.solver, dt=self.dt, **kw)
+            sol = self._solve(f, y0, t_save, kw)
         if bar is not None:
             bar.update(bar.total - bar.n)
             bar.close()
         return sol
+
+    def _solve(self, f: Any, y0: Tensor, t_save: Tensor, kw: dict) -> Any:
+        if isinstance(self.solver, AutoSwitch):
+            return integrate_auto(self.solver, f, y0, t_save, **kw)
+        chunk = implicit_chunk(self.solver, y0.shape[0], y0.shape[1], y0.device)
+        return integrate_in_chunks(f, y0, t_save, chunk=chunk, method=self.solver, dt=self.dt, **kw)
+
+    def _native_for(self, term: Any, native: Any, y0: Tensor, t_save: Tensor) -> bool:
+        """Whether the solve's pieces would run on a native kernel (else the loop, which follows each
+        row's switching times itself, is the better choice)."""
+        from . import native as native_mod
+
+        if native is None or y0.device.type != "cpu" or not native_mod.available(y0.dtype):
+            return False
+        if not (self.solver.adaptive and getattr(getattr(self.solver, "tableau", None), "fsal", False)):
+            return False
+        args = term.segment(t_save[0].expand(y0.shape[0]), term.initial_args)
+        implicit = getattr(self.solver, "implicit", False) and not isinstance(self.solver, AutoSwitch)
+        if implicit and torch.is_grad_enabled() and requires_grad((y0, args)):
+            return False  # the Rosenbrock kernel has no adjoint: a differentiated solve takes the loop
+        return native(args) is not None
 
     def trajectory(self, model: Model, batch: Any, sol: Any, y: Tensor, *, throw: bool) -> Trajectory:
         """Label a solution as a :class:`Trajectory`; raise :class:`SolverError` on failures if ``throw``."""

@@ -122,7 +122,10 @@ class Trajectory:
 
     def amount(self, name: str) -> Tensor:
         """The amount of a species (B, T): its state times its compartment's size where the state is
-        a concentration (:attr:`volumes`), the state itself otherwise."""
+        a concentration (:attr:`volumes`), the state itself otherwise (also where an observable of
+        the same name gives its concentration: a species integrated as an amount)."""
+        if name in self.genes and name in self.observables:
+            return self.y[:, :, self.index(name)]
         return self[name] * self.volumes.get(name, 1.0)
 
     def __getitem__(self, gene: str | tuple[str, str]) -> Tensor:
@@ -130,7 +133,7 @@ class Trajectory:
         of a multi-species model (same as ``traj["GENE:protein"]``); ``traj["name"]`` of one of the
         model's :attr:`observables` (an SBML id: what the model declares, a species' concentration
         unless it has only substance units; :meth:`amount` for amounts)."""
-        if isinstance(gene, str) and gene not in self.genes and gene in self.observables:
+        if isinstance(gene, str) and gene in self.observables:  # before the state: it may declare how a state reads
             return self.observables[gene]
         if isinstance(gene, tuple) and len(gene) == 2 and all(isinstance(g, str) for g in gene):
             if self.species is None:

@@ -422,8 +422,13 @@ def test_observables_follow_each_rows_parameters_and_pulses():
     tt = torch.as_tensor(t)
     kd[3:, (tt >= 1) & (tt < 3)] = 2.0
     torch.testing.assert_close(traj["decay"], kd * traj["P"] * tt)
-    with pytest.raises(ValueError, match="already a species"):
-        gn.ReactionNetwork([("-> P", "ks")], params={"ks": 1.0}, observables={"P": "2 * P"})
+    with pytest.raises(ValueError, match="already a parameter"):
+        gn.ReactionNetwork([("-> P", "ks")], params={"ks": 1.0}, observables={"ks": "2 * P"})
+    # an observable named as a species is how it reads (the state stays in y and is its amount)
+    m2 = gn.ReactionNetwork([("-> P", "ks")], params={"ks": 1.0}, observables={"P": "P / 4"})
+    tr = gn.simulate(m2, t)
+    torch.testing.assert_close(tr["P"], tr.y[:, :, 0] / 4)
+    torch.testing.assert_close(tr.amount("P"), tr.y[:, :, 0])
     with pytest.raises(KeyError, match="observables"):
         traj["nothing"]
 

@@ -713,3 +713,44 @@ def test_native_hessian_vector_products_agree_with_finite_differences_of_the_gra
         np.testing.assert_allclose(hv[k: k + m].numpy(), fd[k: k + m].numpy(), rtol=2e-5,
                                    atol=2e-5 * float(fd.abs().max()), err_msg=name)
         k += m
+
+
+def _pulsed_case():
+    """The condition-effects model under pulses: switching times inside the span (one shared by two
+    conditions, two on save times) and a clamp whose jump lands on a save."""
+    model, _, x0, _ = _condition_effects_case()
+    genes = list(model.genes)
+    conds = [[], gn.Pulse(gn.Knockdown(genes[0], 0.8), 1.0, 3.0), gn.Pulse(gn.Clamp(genes[3], 2.5), 1.5, 4.25),
+             [gn.Pulse(gn.Overexpress(genes[1], fold=3.0), 1.0, 2.2), gn.Knockout(genes[4])]]
+    return model, conds, x0
+
+
+@pytest.mark.parametrize("method", ["dopri5", "rodas5", "auto"])
+def test_pulses_run_natively_one_regime_at_a_time(monkeypatch, method):
+    # the loop follows each row's switching times; the native kernels run one regime per call, chained
+    # at the union of the switching times (genenet.solvers.segments): the same solution within tolerance
+    model, conds, x0 = _pulsed_case()
+    t = np.linspace(0, 6, 25)  # saves at 1.0, 1.5 and 4.25: the state after the jump
+    kernel = "integrate_rodas" if method == "rodas5" else "integrate_erk"
+    calls = _count_calls(monkeypatch, kernel)
+    ref, fast = _both(monkeypatch, model, t, x0=x0, perturbations=conds, method=method, rtol=1e-10, atol=1e-12)
+    assert len(calls) >= 5, "the pieces did not run natively"  # 4 distinct interior switching times: 5 pieces
+    assert fast.success and ref.success
+    np.testing.assert_allclose(fast.y.numpy(), ref.y.numpy(), rtol=1e-7, atol=1e-9)
+    clamped = fast[list(model.genes)[3]][2].numpy()
+    assert clamped[5] != 2.5 and (clamped[6:18] == 2.5).all() and clamped[18] != 2.5  # held on [1.5, 4.25]
+    assert (fast.stats["n_steps"] > 0).all()
+
+
+def test_pulses_native_adjoint_matches_the_loop(monkeypatch):
+    model, conds, x0 = _pulsed_case()
+    t = np.linspace(0, 6, 13)
+    ref = _loss_grads(monkeypatch, False, model, t, x0, conds, method="dopri5")
+    calls = _count_calls(monkeypatch, "integrate_erk_grad")
+    fast = _loss_grads(monkeypatch, True, model, t, x0, conds, method="dopri5")
+    assert calls, "the native adjoint did not run"
+    assert fast[0] == pytest.approx(ref[0], rel=1e-6)
+    for name, g in ref[1].items():
+        np.testing.assert_allclose(fast[1][name].numpy(), g.numpy(), rtol=1e-5, atol=1e-6 * float(g.abs().max()),
+                                   err_msg=name)
+    np.testing.assert_allclose(fast[2].numpy(), ref[2].numpy(), rtol=1e-5, atol=1e-8)

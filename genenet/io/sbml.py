@@ -6,22 +6,34 @@ Needs python-libsbml (``pip install 'genenet[sbml]'``). What is read, and how it
   (amount / compartment size) unless ``hasOnlySubstanceUnits``, then its amount. Reactions' rates
   are amounts per time, so a concentration's row of the stoichiometry is divided by its
   compartment's size. Boundary and constant species are states no reaction changes.
-- **compartments**: constant sizes (numbers in the math; not fit parameters). A compartment whose
-  size changes (a rule) is refused.
+- **compartments**: a constant size is a number in the math (not a fit parameter). A size a rule
+  changes (rate rule: a state; assignment rule: an expression) is read exactly: a concentration
+  species in such a compartment is integrated as its **amount** ``n`` (what reactions change; the
+  state ``traj.amount("S")``), and its id reads as ``n / V`` in every expression and on the
+  trajectory (``traj["S"]``: the concentration, diluted as the compartment grows). A rate rule
+  for such a species gives ``d[S]/dt``: ``dn/dt = V d[S]/dt + [S] dV/dt``.
 - **parameters**: global ones keep their SBML ids; a reaction's local ones are named
   ``"reaction__parameter"``. Constant ones are model parameters (``free=["k1"]`` in ``gn.fit``;
   bounds ``(0, inf)`` for a positive value, unbounded otherwise); non-constant ones must be
   defined by a rule.
+- **stoichiometries**: numbers; a species reference's id reads as its stoichiometry. One that an
+  initial assignment sets is that number; one that a rule changes (assignment or rate rule, L2's
+  ``stoichiometryMath``) multiplies the rate: the reaction gets a companion reaction
+  ``"<reaction>.product.<species>"`` (or ``.reactant.``) with rate ``v * s(t)`` for that species.
 - **function definitions** (inlined), **assignment rules** (substituted wherever their variable
   appears; the assigned quantities are :attr:`observables`), **rate rules** (the variable becomes
   a state: ``d variable / dt = expression``), **initial assignments** (evaluated at import with the
-  parameter values then given), ``time`` and ``avogadro``.
+  values then given; assignment rules hold from ``t = 0`` on), a reaction's id in math (its rate),
+  ``time`` and ``avogadro`` (SBML L3's 6.02214179e23), the whole of L3V2 math (``min``, ``max``,
+  ``quotient`` and ``rem`` truncating toward zero, ``implies``, the reciprocal trigonometric
+  functions; booleans used as numbers are 1 and 0, numbers used as conditions true unless 0).
+  A rule or initial assignment without math has no effect. A model with no state at all (only
+  parameters and assignments of time) simulates to its observables, ``y`` of shape (B, T, 0).
 - units are ignored, never converted: values are taken as written.
 
 Refused with a ``ValueError`` naming the construct and the element id (nothing is dropped):
-events, delays, ``rateOf``, algebraic rules, fast reactions, constraints, non-constant compartments,
-stoichiometries that change (``stoichiometryMath``, non-constant species references), and any SBML
-package (comp, fbc, ...).
+events, delays, ``rateOf``, algebraic rules, fast reactions, constraints, parameters with no value
+from anywhere, non-finite parameter values, and any SBML package (comp, fbc, ...).
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ from ..kinetics.symbolic import Reaction, SymbolicModel
 
 __all__ = ["read_sbml", "write_sbml", "sbml_values"]
 
-AVOGADRO = 6.02214076e23
+AVOGADRO = 6.02214179e23  # SBML Level 3's value (CODATA 2006), not the 2019 SI's 6.02214076e23
 
 
 def _libsbml() -> Any:
@@ -84,9 +96,25 @@ class _Math:
                       L.AST_FUNCTION_ARCTAN: sympy.atan, L.AST_FUNCTION_SINH: sympy.sinh,
                       L.AST_FUNCTION_COSH: sympy.cosh, L.AST_FUNCTION_TANH: sympy.tanh,
                       L.AST_FUNCTION_ARCSINH: sympy.asinh, L.AST_FUNCTION_ARCCOSH: sympy.acosh,
-                      L.AST_FUNCTION_ARCTANH: sympy.atanh, L.AST_LOGICAL_NOT: sympy.Not,
-                      L.AST_FUNCTION_SEC: sympy.sec, L.AST_FUNCTION_CSC: sympy.csc, L.AST_FUNCTION_COT: sympy.cot,
-                      L.AST_FUNCTION_FACTORIAL: lambda a: sympy.gamma(a + 1)}
+                      L.AST_FUNCTION_ARCTANH: sympy.atanh,
+                      L.AST_FUNCTION_SEC: lambda a: 1 / sympy.cos(a), L.AST_FUNCTION_CSC: lambda a: 1 / sympy.sin(a),
+                      L.AST_FUNCTION_COT: lambda a: 1 / sympy.tan(a),
+                      L.AST_FUNCTION_FACTORIAL: lambda a: sympy.gamma(a + 1),
+                      # the reciprocal functions as what codegen prints (MathML's definitions)
+                      L.AST_FUNCTION_SECH: lambda a: 1 / sympy.cosh(a),
+                      L.AST_FUNCTION_CSCH: lambda a: 1 / sympy.sinh(a),
+                      L.AST_FUNCTION_COTH: lambda a: 1 / sympy.tanh(a),
+                      L.AST_FUNCTION_ARCSEC: lambda a: sympy.acos(1 / a),
+                      L.AST_FUNCTION_ARCCSC: lambda a: sympy.asin(1 / a),
+                      L.AST_FUNCTION_ARCCOT: lambda a: sympy.atan(1 / a),
+                      L.AST_FUNCTION_ARCSECH: lambda a: sympy.acosh(1 / a),
+                      L.AST_FUNCTION_ARCCSCH: lambda a: sympy.asinh(1 / a),
+                      L.AST_FUNCTION_ARCCOTH: lambda a: sympy.atanh(1 / a)}
+        # L3V2 additions; quotient and rem truncate toward zero (C's integer division and fmod)
+        self.nary = {getattr(L, "AST_FUNCTION_MIN", -2): sympy.Min, getattr(L, "AST_FUNCTION_MAX", -3): sympy.Max,
+                     getattr(L, "AST_FUNCTION_QUOTIENT", -4): lambda a, b: _trunc(a / b),
+                     getattr(L, "AST_FUNCTION_REM", -5): lambda a, b: a - b * _trunc(a / b),
+                     getattr(L, "AST_LOGICAL_IMPLIES", -6): lambda a, b: sympy.Or(sympy.Not(_boolean(a)), _boolean(b))}
         self.relational = {L.AST_RELATIONAL_EQ: sympy.Eq, L.AST_RELATIONAL_NEQ: sympy.Ne,
                            L.AST_RELATIONAL_LT: sympy.Lt, L.AST_RELATIONAL_LEQ: sympy.Le,
                            L.AST_RELATIONAL_GT: sympy.Gt, L.AST_RELATIONAL_GEQ: sympy.Ge}
@@ -132,6 +160,19 @@ class _Math:
             return sympy.true
         if t == L.AST_CONSTANT_FALSE:
             return sympy.false
+        if t == L.AST_LOGICAL_NOT:
+            return sympy.Not(_boolean(kids[0]))
+        if t in self.logical:
+            kids = [_boolean(k) for k in kids]
+            return self.logical[t](*kids) if kids else (sympy.true if t == L.AST_LOGICAL_AND else sympy.false)
+        if t == L.AST_FUNCTION_PIECEWISE:
+            pieces = [(_number(kids[i]), _boolean(kids[i + 1])) for i in range(0, len(kids) - 1, 2)]
+            if len(kids) % 2:
+                pieces.append((_number(kids[-1]), True))
+            return sympy.Piecewise(*pieces)
+        kids = [_number(k) for k in kids]  # a comparison's truth used as a number is 1 or 0
+        if t in self.nary:
+            return self.nary[t](*kids)
         if t in self.binary:
             return self.binary[t](*kids) if kids else (sympy.Integer(0) if t == L.AST_PLUS else sympy.Integer(1))
         if t == L.AST_MINUS:
@@ -149,13 +190,6 @@ class _Math:
         if t in self.relational:
             return self.relational[t](*kids) if len(kids) == 2 else sympy.And(
                 *[self.relational[t](a, b) for a, b in zip(kids, kids[1:])])
-        if t in self.logical:
-            return self.logical[t](*kids) if kids else (sympy.true if t == L.AST_LOGICAL_AND else sympy.false)
-        if t == L.AST_FUNCTION_PIECEWISE:
-            pieces = [(kids[i], kids[i + 1]) for i in range(0, len(kids) - 1, 2)]
-            if len(kids) % 2:
-                pieces.append((kids[-1], True))
-            return sympy.Piecewise(*pieces)
         if t == L.AST_FUNCTION:
             name = n.getName()
             if name not in self.functions:
@@ -166,6 +200,28 @@ class _Math:
         if t == getattr(L, "AST_FUNCTION_RATE_OF", -1):
             raise ValueError(f"{where}: rateOf() is not supported")
         raise ValueError(f"{where}: the MathML element {n.getName() or t!r} is not supported")
+
+
+#: truth values (a sympy Symbol is a Boolean too: these are the ones that are nothing else)
+_TRUTH = (sympy.core.relational.Relational, sympy.logic.boolalg.BooleanFunction, sympy.logic.boolalg.BooleanAtom)
+
+
+def _boolean(e: Any) -> Any:
+    """A number where MathML wants a condition: true unless 0."""
+    if isinstance(e, _TRUTH):
+        return e
+    return sympy.Ne(e, 0)
+
+
+def _number(e: Any) -> Any:
+    """A condition where MathML wants a number: 1 or 0."""
+    if isinstance(e, _TRUTH):
+        return sympy.Piecewise((sympy.Integer(1), e), (sympy.Integer(0), True))
+    return e
+
+
+def _trunc(q: sympy.Expr) -> sympy.Expr:
+    return sympy.Piecewise((sympy.floor(q), q >= 0), (sympy.ceiling(q), True))
 
 
 def _lambda(lib: Any, fd: Any, functions: Mapping[str, sympy.Lambda]) -> sympy.Lambda:
@@ -204,18 +260,6 @@ def _refuse(doc: Any, model: Any, lib: Any) -> None:
         r = model.getReaction(i)
         if r.isSetFast() and r.getFast():
             raise ValueError(f"fast reactions are not supported: reaction {r.getId()!r}")
-        for ref in [*(r.getReactant(j) for j in range(r.getNumReactants())),
-                    *(r.getProduct(j) for j in range(r.getNumProducts()))]:
-            named = ref.isSetId() and (model.getRule(ref.getId()) is not None
-                                       or model.getInitialAssignment(ref.getId()) is not None)
-            if (hasattr(ref, "isSetStoichiometryMath") and ref.isSetStoichiometryMath()) or \
-                    (ref.isSetConstant() and not ref.getConstant()) or named:
-                raise ValueError(f"reaction {r.getId()!r}: the stoichiometry of {ref.getSpecies()!r} may change "
-                                 "(stoichiometryMath, a non-constant or named species reference): not supported")
-    for i in range(model.getNumCompartments()):
-        c = model.getCompartment(i)
-        if not c.getConstant() or model.getRule(c.getId()) is not None:
-            raise ValueError(f"compartment {c.getId()!r} changes size: not supported")
 
 
 def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, float]] | None = None,
@@ -255,107 +299,134 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
         fd = model.getFunctionDefinition(i)
         functions[fd.getId()] = _lambda(lib, fd, functions)
 
-    sizes = {}
-    for i in range(model.getNumCompartments()):
-        c = model.getCompartment(i)
-        sizes[c.getId()] = c.getSize() if c.isSetSize() else 1.0
-    rate_rules = {model.getRule(i).getVariable(): model.getRule(i) for i in range(model.getNumRules())
-                  if model.getRule(i).isRate()}
-    assign_rules = {model.getRule(i).getVariable(): model.getRule(i) for i in range(model.getNumRules())
-                    if model.getRule(i).isAssignment()}
+    # a rule or initial assignment without math (allowed from L3V2 on) has no effect
+    rules = [model.getRule(i) for i in range(model.getNumRules())]
+    rate_rules = {r.getVariable(): r for r in rules if r.isRate() and r.getMath() is not None}
+    assign_rules = {r.getVariable(): r for r in rules if r.isAssignment() and r.getMath() is not None}
+    inits = [ia for ia in (model.getInitialAssignment(i) for i in range(model.getNumInitialAssignments()))
+             if ia.getMath() is not None]
+    ruled = set(rate_rules) | set(assign_rules)
 
-    names: dict[str, sympy.Expr] = {c: sympy.Float(v) for c, v in sizes.items()}
-    species, initial, volumes, fixed, units, where_of = [], {}, {}, [], {}, {}
+    def sym(name: str) -> sympy.Symbol:
+        return sympy.Symbol(name, real=True)
+
+    names: dict[str, sympy.Expr] = {}  # id -> what the id reads as in math
+    start: dict[sympy.Symbol, Any] = {}  # symbol -> its value at t = 0, an expression until evaluated
+    compartments = [model.getCompartment(i).getId() for i in range(model.getNumCompartments())]
+    for i, cid in enumerate(compartments):
+        c = model.getCompartment(i)
+        names[cid] = sym(cid)
+        start[sym(cid)] = sympy.Float(c.getSize() if c.isSetSize() else 1.0)
+    varying = {c for c in compartments if c in ruled}  # a size that changes in time
+
+    species, units, compartment_of, amount_states, fixed = [], {}, {}, set(), []
     for i in range(model.getNumSpecies()):
         s = model.getSpecies(i)
-        sid, V = s.getId(), sizes.get(s.getCompartment(), 1.0)
+        sid, cid = s.getId(), s.getCompartment()
+        x, V = sym(sid), (sym(cid) if cid in compartments else sympy.Integer(1))
         amount = s.getHasOnlySubstanceUnits()
-        names[sid] = sympy.Symbol(sid, real=True)
         units[sid] = "amount" if amount else "concentration"
-        where_of[sid] = V
+        compartment_of[sid] = cid
+        names[sid] = x
         if sid in assign_rules:
             continue  # an assigned species: an observable, not a state
         species.append(sid)
+        if not amount and cid in varying:  # integrated as an amount n (what reactions change); reads as n / V
+            amount_states.add(sid)
+            names[sid] = x / V
+        in_amount = amount or sid in amount_states
         if s.isSetInitialAmount():
-            initial[sid] = s.getInitialAmount() if amount else s.getInitialAmount() / V
+            start[x] = sympy.Float(s.getInitialAmount()) / (1 if in_amount else V)
         elif s.isSetInitialConcentration():
-            initial[sid] = s.getInitialConcentration() * V if amount else s.getInitialConcentration()
-        if not amount:
-            volumes[sid] = V
+            start[x] = sympy.Float(s.getInitialConcentration()) * (V if in_amount else 1)
         if (s.getBoundaryCondition() or s.getConstant()) and sid not in rate_rules:
             fixed.append(sid)
 
     params: dict[str, float] = {}
-    extra_states = []
+    extra_states = [c for c in compartments if c in rate_rules]
     for i in range(model.getNumParameters()):
         p = model.getParameter(i)
         pid = p.getId()
-        names[pid] = sympy.Symbol(pid, real=True)
-        value = p.getValue() if p.isSetValue() else math.nan
+        names[pid] = sym(pid)
+        start[sym(pid)] = sympy.Float(p.getValue()) if p.isSetValue() else sympy.nan
         if pid in rate_rules:
             extra_states.append(pid)
-            initial[pid] = value
         elif pid not in assign_rules:  # constant, or non-constant without a rule (no event can change it)
-            params[pid] = value
+            params[pid] = math.nan
+    refs = [(model.getReaction(i), ref) for i in range(model.getNumReactions())
+            for ref in _species_references(model.getReaction(i))]
+    for _, ref in refs:  # a species reference's id is its stoichiometry in math
+        if ref.isSetId():
+            names[ref.getId()] = sym(ref.getId())
+            start[sym(ref.getId())] = sympy.Float(ref.getStoichiometry() if ref.isSetStoichiometry() else 1.0)
+            if ref.getId() in rate_rules:
+                extra_states.append(ref.getId())
     locals_of: dict[str, dict[str, sympy.Symbol]] = {}
     for i in range(model.getNumReactions()):
         r = model.getReaction(i)
         law = r.getKineticLaw()
-        if law is None:
+        if law is None or law.getMath() is None:
             raise ValueError(f"reaction {r.getId()!r} has no kinetic law")
         scope = {}
         for j in range(law.getNumParameters()):
             lp = law.getParameter(j)
             name = f"{r.getId()}__{lp.getId()}"
-            scope[lp.getId()] = sympy.Symbol(name, real=True)
+            scope[lp.getId()] = sym(name)
             params[name] = lp.getValue()
+            start[sym(name)] = sympy.Float(lp.getValue())
         locals_of[r.getId()] = scope
-
-    for i in range(model.getNumReactions()):  # a named, constant stoichiometry is a number in math
-        r = model.getReaction(i)
-        for ref in [*(r.getReactant(j) for j in range(r.getNumReactants())),
-                    *(r.getProduct(j) for j in range(r.getNumProducts()))]:
-            if ref.isSetId():
-                names[ref.getId()] = sympy.Float(ref.getStoichiometry() if ref.isSetStoichiometry() else 1.0)
     math_of = _Math(lib, names, functions)
+    laws = {}
+    for i in range(model.getNumReactions()):
+        r = model.getReaction(i)
+        laws[r.getId()] = math_of(r.getKineticLaw().getMath(), f"reaction {r.getId()!r}", locals_of[r.getId()])
+    names.update(laws)  # a reaction's id in math is its rate
+
     # assignment rules, substituted in order until none is left (SBML forbids cycles)
     assigned = {v: math_of(rule.getMath(), f"assignment rule for {v!r}") for v, rule in assign_rules.items()}
     for _ in range(len(assigned) + 1):
         changed = False
         for v, e in assigned.items():
-            new = e.xreplace({names[k]: assigned[k] for k in assigned if names[k] in e.free_symbols})
+            new = e.xreplace({sym(k): assigned[k] for k in assigned if sym(k) in e.free_symbols})
             changed |= new != e
             assigned[v] = new
         if not changed:
             break
-    subs = {names[k]: e for k, e in assigned.items()}
+    subs = {sym(k): e for k, e in assigned.items()}
 
     def resolve(expr: sympy.Expr) -> sympy.Expr:
         return expr.xreplace(subs) if subs else expr
 
-    states = [*species, *extra_states]
-    # initial assignments: evaluated now, with the values given (assignment rules substituted)
-    values = {names[k]: sympy.Float(v) for k, v in {**params, **initial}.items() if k in names and not math.isnan(v)}
-    values.update({sympy.Symbol(k, real=True): sympy.Float(v) for k, v in params.items()})
-    for i in range(model.getNumInitialAssignments()):
-        ia = model.getInitialAssignment(i)
+    # the start: initial assignments override the values given; assignment rules hold from t = 0 on
+    for ia in inits:
         v = ia.getSymbol()
-        expr = resolve(math_of(ia.getMath(), f"initial assignment of {v!r}")).xreplace({TIME: 0})
-        for _ in range(20):  # species values may come from other initial assignments
-            new = expr.xreplace(values)
-            if new == expr:
-                break
-            expr = new
-        if not expr.is_number:
-            raise ValueError(f"initial assignment of {v!r}: cannot evaluate {expr} at the start")
-        value = float(expr)
-        if v in params:
-            params[v] = value
-        elif v in states:
-            initial[v] = value  # in the units the id has in math: the state's
-        elif v in sizes:
-            raise ValueError(f"initial assignment of compartment {v!r}: not supported")
-        values[names[v]] = sympy.Float(value)
+        expr = resolve(math_of(ia.getMath(), f"initial assignment of {v!r}"))
+        start[sym(v)] = expr * sym(compartment_of[v]) if v in amount_states else expr
+    start.update(subs)
+    at_start = _evaluate_at_start(start)
+
+    def value(name: str, what: str) -> float:
+        v = at_start.get(sym(name))
+        if v is None:
+            raise ValueError(f"{what} {name!r}: cannot evaluate {start[sym(name)]} at the start")
+        return v
+
+    for k in params:
+        params[k] = value(k, "parameter")
+    sizes = {c: value(c, "compartment") for c in compartments}
+    # what stays constant is a number in the math: compartments and stoichiometries no rule changes
+    constants = {sym(c): sympy.Float(sizes[c]) for c in compartments if c not in varying}
+    constants.update({sym(ref.getId()): sympy.Float(value(ref.getId(), "species reference")) for _, ref in refs
+                      if ref.isSetId() and ref.getId() not in ruled})
+
+    def finish(expr: sympy.Expr) -> sympy.Expr:
+        return resolve(expr).xreplace(constants)
+
+    states = [*species, *extra_states]
+    initial = {k: value(k, "initial value of") for k in states if sym(k) in start}
+    volumes = {sid: sizes[compartment_of[sid]] for sid in species
+               if units[sid] == "concentration" and sid not in amount_states and compartment_of[sid] in sizes}
+
     def conversion(sid: str) -> float:
         """SBML L3's conversion factor of a species (its own, else the model's): scales its stoichiometry."""
         s = model.getSpecies(sid)
@@ -370,43 +441,109 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
     reactions = []
     for i in range(model.getNumReactions()):
         r = model.getReaction(i)
-        rate = resolve(math_of(r.getKineticLaw().getMath(), f"reaction {r.getId()!r}", locals_of[r.getId()]))
-        reactants, products = {}, {}
-        for side, get, n in ((reactants, r.getReactant, r.getNumReactants()),
-                             (products, r.getProduct, r.getNumProducts())):
-            for j in range(n):
-                ref = get(j)
-                c = ref.getStoichiometry() if ref.isSetStoichiometry() else 1.0
-                if ref.getSpecies() in assign_rules:
-                    continue
-                side[ref.getSpecies()] = side.get(ref.getSpecies(), 0.0) + c * conversion(ref.getSpecies())
-        reactions.append(Reaction(r.getId(), reactants, products, rate))
+        rate = finish(laws[r.getId()])
+        # a stoichiometry a rule changes multiplies the rate: one more reaction for that species
+        sides: tuple[dict, dict] = ({}, {})
+        varying_parts: dict[tuple[int, str], sympy.Expr] = {}
+        for side, ref in [(0, r.getReactant(j)) for j in range(r.getNumReactants())] + \
+                         [(1, r.getProduct(j)) for j in range(r.getNumProducts())]:
+            sp = ref.getSpecies()
+            if sp in assign_rules:
+                continue
+            if hasattr(ref, "isSetStoichiometryMath") and ref.isSetStoichiometryMath():
+                where = f"stoichiometry of {sp!r} in {r.getId()!r}"
+                coef = finish(math_of(ref.getStoichiometryMath().getMath(), where))
+            elif ref.isSetId():
+                coef = finish(sym(ref.getId()))
+            else:
+                coef = sympy.Float(ref.getStoichiometry() if ref.isSetStoichiometry() else 1.0)
+            coef = coef * conversion(sp)
+            if coef.is_number:
+                sides[side][sp] = sides[side].get(sp, 0.0) + float(coef)
+            else:
+                varying_parts[side, sp] = varying_parts.get((side, sp), 0) + coef
+        reactions.append(Reaction(r.getId(), sides[0], sides[1], rate))
+        for (side, sp), coef in varying_parts.items():
+            one = {sp: 1.0}
+            name = f"{r.getId()}.{'reactant' if side == 0 else 'product'}.{sp}"
+            reactions.append(Reaction(name, {} if side else one, one if side else {}, rate * coef))
     for v, rule in rate_rules.items():
         if v not in states:
-            raise ValueError(f"rate rule for {v!r}: only species and parameters may have rate rules here")
-        expr = resolve(math_of(rule.getMath(), f"rate rule for {v!r}"))
+            raise ValueError(f"rate rule for {v!r}: only species, compartments, parameters and species "
+                             "references may have rate rules")
+        expr = finish(math_of(rule.getMath(), f"rate rule for {v!r}"))
+        if v in amount_states:  # d[S]/dt given, n = [S] V integrated: dn/dt = V d[S]/dt + [S] dV/dt
+            V = finish(sym(compartment_of[v]))
+            expr = V * expr + sym(v) / V * _size_rate(compartment_of[v], rate_rules, assigned, finish, math_of)
         # d v / dt = expr in v's own units: the coefficient V cancels the division by the volume
         reactions.append(Reaction(f"rate_rule.{v}", {}, {v: volumes.get(v, 1.0)}, expr))
-    missing = sorted(k for k, v in params.items() if math.isnan(v))
+    given = {ia.getSymbol() for ia in inits}  # an initial assignment may give nan or inf on purpose
+    missing = sorted(k for k, v in params.items() if math.isnan(v) and k not in given)
     if missing:
         raise ValueError(f"parameters without a value: {missing}")
-    # what trajectories carry beside the states, by SBML id: assigned quantities and compartment sizes
+    # what trajectories carry beside the states, by SBML id: assigned quantities, compartment sizes,
+    # stoichiometries, and the concentration of a species integrated as an amount (same id as its state)
+    observables = {**{c: sympy.Float(sizes[c]) for c in compartments if c not in varying},
+                   **{k: e.xreplace(constants) for k, e in assigned.items()},
+                   **{str(k): v for k, v in constants.items() if str(k) not in compartments},
+                   **{sid: names[sid].xreplace(subs).xreplace(constants) for sid in amount_states}}
     out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed,
-                        targets=targets, observables={**{c: sympy.Float(v) for c, v in sizes.items()}, **assigned})
-    out.volumes = {sid: where_of[sid] for sid, u in units.items() if u == "concentration"}
+                        targets=targets, observables=observables)
+    out.volumes = {sid: sizes[c] for sid, c in compartment_of.items()
+                   if units[sid] == "concentration" and sid not in amount_states and c in sizes and c not in varying}
     out.sbml_units = units
-    out.compartment_size = where_of
+    out.compartment_of = compartment_of
+    out.compartment_size = {sid: sizes[c] for sid, c in compartment_of.items() if c in sizes and c not in varying}
     out.compartments = dict(sizes)
     return out
 
 
+def _species_references(r: Any) -> list[Any]:
+    return [*(r.getReactant(j) for j in range(r.getNumReactants())),
+            *(r.getProduct(j) for j in range(r.getNumProducts()))]
+
+
+def _evaluate_at_start(start: Mapping[sympy.Symbol, Any]) -> dict[sympy.Symbol, float]:
+    """Values at t = 0 of expressions over each other (initial assignments, assignment rules, sizes),
+    substituted until each is a number; those that never become one are left out."""
+    pending = {k: sympy.sympify(sympy.sympify(e).xreplace({TIME: 0})) for k, e in start.items()}
+    done: dict[sympy.Symbol, Any] = {}
+    while pending:
+        ready = {k: e for k, e in pending.items() if not e.free_symbols}
+        if not ready:
+            break
+        done.update(ready)
+        pending = {k: sympy.sympify(e.xreplace(ready)) for k, e in pending.items() if k not in ready}
+    out = {}
+    for k, e in done.items():
+        if isinstance(e, sympy.logic.boolalg.BooleanAtom):
+            e = sympy.Integer(1 if e else 0)
+        out[k] = float(e) if e is not sympy.zoo else math.nan
+    return out
+
+
+def _size_rate(c: str, rate_rules: Mapping[str, Any], assigned: Mapping[str, sympy.Expr], finish: Any,
+               math_of: Any) -> sympy.Expr:
+    """dV/dt of a compartment whose size changes: its rate rule, or the time derivative of an
+    assignment over time and constants (one over states would need their rates: refused)."""
+    if c in rate_rules:
+        return finish(math_of(rate_rules[c].getMath(), f"rate rule for {c!r}"))
+    size = finish(assigned[c])
+    if any(s != TIME for s in size.free_symbols):
+        raise ValueError(f"compartment {c!r}: a rate rule for a concentration in it needs dV/dt; its assigned "
+                         f"size {size} depends on more than time: not supported")
+    return sympy.diff(size, TIME)
+
+
 def sbml_values(model: SymbolicModel, traj: Any, ids: list[str], amounts: Any = ()) -> dict[str, Any]:
     """Time courses (B, T) of SBML ids from a trajectory of a model :func:`read_sbml` made: states
-    and the trajectory's observables (assigned quantities, compartment sizes) as the trajectory
-    gives them, constant parameters from the model. A species is given in its state's quantity
-    (concentration unless ``hasOnlySubstanceUnits``) or, when its id is in ``amounts``, as an amount."""
+    and the trajectory's observables (assigned quantities, compartment sizes, stoichiometries) as
+    the trajectory gives them, constant parameters from the model. A species is given in its
+    declared quantity (concentration unless ``hasOnlySubstanceUnits``) or, when its id is in
+    ``amounts``, as an amount (times its compartment's size at each time)."""
     B, T = traj.y.shape[:2]
     units = getattr(model, "sbml_units", {})
+    where = getattr(model, "compartment_of", {})
     out = {}
     for sid in ids:
         if sid in model.genes or sid in traj.observables:
@@ -416,11 +553,13 @@ def sbml_values(model: SymbolicModel, traj: Any, ids: list[str], amounts: Any = 
         else:
             raise KeyError(f"no SBML id {sid!r} in this model; states {model.genes}, parameters "
                            f"{model.param_names}, observables {list(traj.observables)}")
-        if sid in units:  # a species in the quantity asked for
+        c = where.get(sid)
+        if sid in units and c is not None:  # a species in the quantity asked for
+            size = traj[c].detach() if (c in model.genes or c in traj.observables) else 1.0
             if sid in amounts and units[sid] == "concentration":
-                v = v * model.compartment_size[sid]
+                v = v * size
             elif sid not in amounts and units[sid] == "amount":
-                v = v / model.compartment_size[sid]
+                v = v / size
         out[sid] = v
     return out
 

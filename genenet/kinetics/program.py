@@ -175,7 +175,8 @@ def torch_function(program: Program) -> Callable[[torch.Tensor, torch.Tensor, to
         lines.append("    t = t.expand(B) if torch.is_tensor(t) and t.ndim else x.new_full((B,), float(t))")
     for sym, expr in program.temporaries:
         lines.append(f"    {sym.name} = {printer.doprint(expr)}")
-    outs = [f"_num({printer.doprint(e)})" if not e.is_number else f"_full({printer.doprint(e)})"
+    # a constant output is its value (log(10), nan, inf as text float() reads)
+    outs = [f"_num({printer.doprint(e)})" if not e.is_number else f"_full('{float(e)!r}')"
             for e in program.outputs]
     if outs:
         lines.append(f"    return torch.stack([{', '.join(outs)}], dim=1)")

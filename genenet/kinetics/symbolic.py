@@ -127,7 +127,10 @@ class SymbolicModel(Model):
         Derived quantities over species, parameters and ``t`` (text or sympy), e.g. a total
         ``{"P_total": "P + PB"}``: each simulation evaluates them with each row's parameters and
         keeps them on the trajectory, ``traj["P_total"]`` (B, T). SBML assignment rules and
-        compartment sizes arrive here from :func:`genenet.read_sbml`.
+        compartment sizes arrive here from :func:`genenet.read_sbml`. An observable named as a
+        species is how that species reads: ``traj[name]`` gives it while the state stays in
+        ``traj.y`` (:func:`genenet.read_sbml` integrates a species in a compartment whose size
+        changes as its amount ``n`` and declares its concentration ``n / V``).
     """
 
     def __init__(self, species: Sequence[str], reactions: Sequence[Reaction], params: Mapping[str, Any], *,
@@ -137,8 +140,6 @@ class SymbolicModel(Model):
                  observables: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         species = [_check_name(s, "species") for s in species]
-        if not species:
-            raise ValueError("a model needs at least one species")
         dup = sorted({s for s in species if species.count(s) > 1})
         if dup:
             raise ValueError(f"duplicate species {dup}")
@@ -188,8 +189,8 @@ class SymbolicModel(Model):
         self._symbols = ([syms[s] for s in species], [syms[p] for p in params])
         self.observables: dict[str, sympy.Expr] = {}
         for name, text in (observables or {}).items():
-            if name in syms or name == "reaction_scale":
-                raise ValueError(f"observable {name!r} is already a species or parameter name")
+            if name in params or name == "reaction_scale":
+                raise ValueError(f"observable {name!r} is already a parameter name")
             self.observables[_check_name(name, "observable")] = parse_rate(text, syms, f"observable {name!r}")
         self._observe_fn: Any = None
         self._program: Program | None = None

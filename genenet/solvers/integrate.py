@@ -309,7 +309,7 @@ def integrate(
         y_last_all[idx] = y[done]
 
     # a differentiable solve keeps every step's graph: fail with a message before the OOM killer does
-    guard = GraphMemoryGuard(dev) if torch.is_grad_enabled() and _requires_grad((y, args)) else None
+    guard = GraphMemoryGuard(dev) if torch.is_grad_enabled() and requires_grad((y, args)) else None
     step = 0
     while True:
         if step % check_every == 0:
@@ -448,13 +448,14 @@ def integrate(
     return Solution(out[:, :T], status_all, *counters_all, t_last=t_last_all, y_last=y_last_all)
 
 
-def _requires_grad(tree: Any) -> bool:
+def requires_grad(tree: Any) -> bool:
+    """Whether any tensor of a nested dict/tuple/list records a gradient."""
     if isinstance(tree, Tensor):
         return tree.requires_grad
     if isinstance(tree, dict):
-        return any(_requires_grad(v) for v in tree.values())
+        return any(requires_grad(v) for v in tree.values())
     if isinstance(tree, (tuple, list)):
-        return any(_requires_grad(v) for v in tree)
+        return any(requires_grad(v) for v in tree)
     return False
 
 
@@ -474,11 +475,11 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None
     if stops is not None and bool(((stops > t_save[0]) & (stops < t_save[-1])).any()):
         return None  # switching times: the regime changes inside the run
-    grad = torch.is_grad_enabled() and _requires_grad((y0, args, rtol, atol))
+    grad = torch.is_grad_enabled() and requires_grad((y0, args, rtol, atol))
     if stiff_after is not None and (implicit or grad or t_start is not None or check_every < 2
                                     or not getattr(method, "detects_stiffness", False)):
         return None
-    if grad and (implicit or _requires_grad((rtol, atol))):
+    if grad and (implicit or requires_grad((rtol, atol))):
         return None  # gradients of the Rosenbrock kernel: the torch loop
     if not native_mod.available(y0.dtype):
         return None
@@ -489,7 +490,7 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None
     if implicit and "tangents" in spec:
         return None  # the Rosenbrock kernel carries no tangents
-    if grad and ("tangents" in spec or _requires_grad([spec.get(k) for k in ("mult", "add")])):
+    if grad and ("tangents" in spec or requires_grad([spec.get(k) for k in ("mult", "add")])):
         return None  # the native adjoint differentiates x0 and the model parameters only
     if stiff_after is not None and "tangents" in spec:
         return None  # stiffness detection runs without tangents
