@@ -206,7 +206,9 @@ def integrate(
         gradient is being recorded, an explicit method, differentiated by the kernel's discrete
         adjoint; with ``stiff_after``, an explicit method, no gradient, no tangents, ``check_every``
         >= 2), every row runs in the native whole-trajectory kernel (:mod:`genenet.native`)
-        instead of this loop, with the same steps and results to rounding.
+        instead of this loop, with the same steps and results to rounding. (A solve with
+        switching times reaches the kernels as a chain of solves without them:
+        :mod:`genenet.solvers.segments`, from :func:`genenet.simulate`.)
 
     Returns
     -------
