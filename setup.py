@@ -32,24 +32,26 @@ class BuildKernels(build_ext):
     """Compile each kernel library with genenet.native.build.compile_library."""
 
     def build_extension(self, ext: Extension) -> None:
-        build = _native_build()
-        if os.environ.get("GENENET_NATIVE", "1") == "0":
-            print(f"genenet: GENENET_NATIVE=0, not building {ext.name}")
-            return
-        if build.compiler() is None:
-            print(f"genenet: no C compiler found, not building {ext.name}: genenet will build it at first use "
-                  "where a compiler is found, else run on the torch loop")
-            return
         real = ext.name.rsplit("_", 1)[-1]
-        cmd = build.compile_library(real, self.get_ext_fullpath(ext.name))
+        cmd = _native_build().compile_library(real, self.get_ext_fullpath(ext.name))
         print("genenet: " + " ".join(cmd))
 
     def get_export_symbols(self, ext: Extension) -> list[str]:
         return []  # a ctypes library, not a module: no PyInit_ symbol
 
 
-setup(
-    ext_modules=[Extension(f"genenet.native._kernels_{real}", sources=["genenet/native/kernels.c"])
-                 for real in ("float", "double")],
-    cmdclass={"build_ext": BuildKernels},
-)
+def _kernels() -> list[Extension]:
+    """The kernel libraries to build, or none (decided here, not in build_ext: an editable install
+    copies every declared extension's output, so one that is skipped must not be declared)."""
+    if os.environ.get("GENENET_NATIVE", "1") == "0":
+        print("genenet: GENENET_NATIVE=0, not building the native kernels")
+        return []
+    if _native_build().compiler() is None:
+        print("genenet: no C compiler found, not building the native kernels: genenet will build them at first use "
+              "where a compiler is found, else run on the torch loop")
+        return []
+    return [Extension(f"genenet.native._kernels_{real}", sources=["genenet/native/kernels.c"])
+            for real in ("float", "double")]
+
+
+setup(ext_modules=_kernels(), cmdclass={"build_ext": BuildKernels})

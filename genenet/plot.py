@@ -46,7 +46,7 @@ def plot_trajectory(traj: Trajectory, genes: str | Sequence[str] | None = None, 
     gidx = [traj.index(g) for g in names]
     ridx = traj.row_indices(rows) if rows is not None else list(range(min(traj.n_rows, _MAX_DEFAULT_ROWS)))
     t = traj.t.detach().cpu().numpy()
-    y = traj.numpy()
+    y = traj.declared()
     colours = [f"C{i}" for i in range(len(names))] if len(names) <= 10 else \
         [matplotlib.colormaps["tab20"](i % 20) for i in range(len(names))]
     styles = ["-", "--", ":", "-."]

@@ -169,11 +169,22 @@ class Trajectory:
         """``y`` as a numpy array (B, T, G)."""
         return self.y.detach().cpu().numpy()
 
+    def declared(self) -> np.ndarray:
+        """The states as the model declares them, (B, T, G): ``y``, except where an observable has a
+        state's name (an SBML species integrated as its amount, read as its concentration n / V)."""
+        y = self.numpy()
+        shadowed = [k for k, g in enumerate(self.genes) if g in self.observables]
+        if shadowed:
+            y = y.copy()
+            for k in shadowed:
+                y[:, :, k] = self.observables[self.genes[k]].detach().cpu().numpy()
+        return y
+
     def to_frame(self, rows: Any = None) -> pd.DataFrame:
-        """Long table with columns ``row, condition, parameter_set, time, gene, value``; multi-species
-        trajectories have ``gene`` (the gene name) and ``species`` columns."""
+        """Long table with columns ``row, condition, parameter_set, time, gene, value`` (the values
+        :meth:`declared`); multi-species trajectories have ``gene`` (the gene name) and ``species`` columns."""
         idx = self.row_indices(rows)
-        y = self.numpy()[idx]
+        y = self.declared()[idx]
         B, T, G = y.shape
         t = self.t.detach().cpu().numpy()
         names = np.asarray(self.genes, dtype=object)

@@ -185,6 +185,8 @@ def test_growing_compartment_keeps_amounts_and_reads_concentrations():
     assert float(traj["S"][1].detach().abs().max()) == 0.0  # a knockout of S: no start, nothing made
     got = sbml_values(model, traj, ["S"], amounts=["S"])["S"][0].numpy()
     np.testing.assert_allclose(got, n, rtol=1e-8)
+    table = traj.to_frame(rows=[0])  # tables and plots show the concentration too
+    np.testing.assert_allclose(table[table.gene == "S"].value.to_numpy(), n / (1 + 0.5 * t), rtol=1e-8)
 
 
 def test_stoichiometry_a_rule_changes_and_models_without_states():
