@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
+from solve_screen import machine, timeit, versions, write_results
 
 import genenet as gn
-from solve_screen import machine, timeit, versions, write_results
 
 HERE = Path(__file__).resolve().parent
 ON, OFF, FRACTION = 5.0, 10.0, 0.9
@@ -88,7 +89,7 @@ def reference(model, conds, t, rows: np.ndarray) -> np.ndarray:
     for a, b in ((0.0, ON), (ON, OFF), (OFF, 20.0)):
         mid = 0.5 * (a + b)  # the regime of the piece: evaluate the pulse at its midpoint
         keep = ts[(ts >= a) & (ts < b)]
-        sol = solve_ivp(lambda s, z: f(torch.tensor(mid), torch.from_numpy(z).view(B, G)).numpy().ravel(),
+        sol = solve_ivp(lambda s, z, mid=mid: f(torch.tensor(mid), torch.from_numpy(z).view(B, G)).numpy().ravel(),
                         (a, b), y, method="DOP853", rtol=1e-12, atol=1e-12, t_eval=np.append(keep, b))
         out.append(sol.y[:, :len(keep)])
         y = sol.y[:, -1]
@@ -117,9 +118,9 @@ def main() -> None:
         rows = np.arange(0, 2 * n, max(1, 2 * n // 20))[:20]
         ref = reference(model, conds, t, rows)
         results = {}
-        for name, fn in (("genenet native (pieces)", lambda: run_genenet(model, conds, t, True)),
-                         ("genenet torch loop", lambda: run_genenet(model, conds, t, False)),
-                         ("torchdiffeq dopri5", lambda: run_torchdiffeq(model, conds, t))):
+        for name, fn in (("genenet native (pieces)", partial(run_genenet, model, conds, t, True)),
+                         ("genenet torch loop", partial(run_genenet, model, conds, t, False)),
+                         ("torchdiffeq dopri5", partial(run_torchdiffeq, model, conds, t))):
             sec, y = timeit(fn, args.repeats if "torch loop" not in name else 1, torch.device("cpu"))
             results[name] = (sec, max_rel_error(y, ref, rows))
             print(f"{2 * n} rows {name}: {sec:.3f} s, error {results[name][1]:.2e}", flush=True)

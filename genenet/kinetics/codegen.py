@@ -247,7 +247,81 @@ def hoist_parameters(program: Program) -> tuple[list[tuple[sympy.Symbol, sympy.E
     return hoisted, temps, outputs
 
 
-def _straight(program: Program, temporaries, outputs: list[tuple[str, sympy.Expr]], hoisted=None) -> list[str]:
+@dataclass(frozen=True)
+class BatchedPower:
+    """One power ``w = base^exponent`` that the rates compute first, with the others
+    (:func:`batch_powers`), and the reciprocal ``recip = 1 / (w + shift)`` where the rates divide by it
+    (a Hill factor's ``1 / (1 + z^n)``), ``recip`` None where they do not."""
+
+    w: sympy.Symbol
+    base: sympy.Expr
+    exponent: sympy.Symbol
+    recip: sympy.Symbol | None = None
+    shift: sympy.Expr | None = None
+
+
+def batch_powers(program: Program, hoisted: list, temporaries: list, outputs: list
+                 ) -> tuple[list[BatchedPower], list, list]:
+    """The powers ``b^e`` of the hoisted rates whose exponent is a parameter (a Hill coefficient) and
+    whose base reads only states, ``t``, parameters and temporaries of those: each becomes a symbol
+    ``_w<j>`` that ``gm_rates_q`` computes first, all together (``gm_pow_batch``: one vectorized loop
+    when every exponent is a small integer), and a division by ``w + a`` (``a`` a number or a
+    parameter) the reciprocal ``_r<j>`` of the same loop: a Hill network's powers and divisions
+    vectorize as in the hand-written kernel. Returns ``(powers, temporaries, outputs)``, the last
+    two with those replaced."""
+    qsyms = {s for s, _ in hoisted}
+    plain = set(program.states) | qsyms | {TIME}
+
+    def has_power(e: sympy.Expr) -> bool:
+        return any(isinstance(n, sympy.Pow) and n.exp in qsyms for n in sympy.preorder_traversal(e))
+
+    for sym, e in temporaries:  # temporaries computed before any power (a shared max(x, 0)): bases may read them
+        if e.free_symbols <= plain and not has_power(e):
+            plain.add(sym)
+    found: dict[sympy.Expr, sympy.Symbol] = {}
+    names = sympy.numbered_symbols("_w", real=True)
+    order: list[tuple[sympy.Symbol, sympy.Expr, sympy.Symbol]] = []
+
+    def collect(e: sympy.Expr) -> None:
+        for node in sympy.preorder_traversal(e):
+            if isinstance(node, sympy.Pow) and node.exp in qsyms and node.base.free_symbols <= plain \
+                    and node not in found:
+                found[node] = next(names)
+                order.append((found[node], node.base, node.exp))
+
+    for _, e in temporaries:
+        collect(e)
+    for e in outputs:
+        collect(e)
+    if not found:
+        return [], temporaries, outputs
+    temporaries = [(sym, e.xreplace(found)) for sym, e in temporaries]
+    outputs = [e.xreplace(found) for e in outputs]
+    ws = {w for w, _, _ in order}
+    recip: dict[sympy.Symbol, tuple[sympy.Symbol, sympy.Expr]] = {}
+    replace: dict[sympy.Expr, sympy.Symbol] = {}
+    r_names = sympy.numbered_symbols("_r", real=True)
+    for e in [e for _, e in temporaries] + outputs:
+        for node in sympy.preorder_traversal(e):
+            if not (isinstance(node, sympy.Pow) and node.exp == -1 and node.base.is_Add and len(node.base.args) == 2):
+                continue
+            w = [a for a in node.base.args if a in ws]
+            shift = [a for a in node.base.args if a not in ws]
+            if len(w) != 1 or not (shift[0].is_number or shift[0] in qsyms):
+                continue
+            if w[0] not in recip:
+                recip[w[0]] = (next(r_names), shift[0])
+            if recip[w[0]][1] == shift[0]:
+                replace[node] = recip[w[0]][0]
+    if replace:
+        temporaries = [(sym, e.xreplace(replace)) for sym, e in temporaries]
+        outputs = [e.xreplace(replace) for e in outputs]
+    powers = [BatchedPower(w, base, exp, *recip.get(w, (None, None))) for w, base, exp in order]
+    return powers, temporaries, outputs
+
+
+def _straight(program: Program, temporaries, outputs: list[tuple[str, sympy.Expr]], hoisted=None,
+              powers=None) -> list[str]:
     """Straight-line C from a program's own temporaries (no new CSE): the inputs named, the
     temporaries the outputs need, then ``target = value;`` per output."""
     printer = _CPrinter()
@@ -262,6 +336,9 @@ def _straight(program: Program, temporaries, outputs: list[tuple[str, sympy.Expr
     lines = [f"    const real {s.name} = x[{i}];" for i, s in enumerate(program.states) if s in need]
     lines += [f"    const real {s.name} = p[{k}];" for k, s in enumerate(program.params) if s in need]
     lines += [f"    const real {s.name} = q[{k}];" for k, (s, _) in enumerate(hoisted or ()) if s in need]
+    lines += [f"    const real {pw.w.name} = w[{j}];" for j, pw in enumerate(powers or ()) if pw.w in need]
+    lines += [f"    const real {pw.recip.name} = r[{j}];" for j, pw in enumerate(powers or ())
+              if pw.recip is not None and pw.recip in need]
     lines.append("    (void)t;")
     lines += reversed(lines_t)
     lines += [f"    {target} = {printer.doprint(e)};" for target, e in outputs]
@@ -284,7 +361,7 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
     # recomputed per block): one straight-line function of a large network's thousands of lines
     # took GCC 30 s (its optimizer is superlinear in a function's size), blocks compile in linear time
     def blocks(name: str, temporaries, per_reaction: list[list[tuple[str, sympy.Expr]]],
-               signature: str, call: str, hoisted=None) -> tuple[list[str], list[str]]:
+               signature: str, call: str, hoisted=None, powers=None) -> tuple[list[str], list[str]]:
         out, calls, chunk, size = [], [], [], 0
         groups = [g for g in per_reaction if g]
         for k, group in enumerate(groups):
@@ -292,19 +369,45 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
             size += sum(len(str(e)) for _, e in group)
             if size > 20_000 or k == len(groups) - 1:
                 fn = f"{prefix}_{name}_{len(calls)}"
-                out += [f"static void {fn}({signature}) {{", *_straight(program, temporaries, chunk, hoisted), "}"]
+                out += [f"static void {fn}({signature}) {{", *_straight(program, temporaries, chunk, hoisted, powers),
+                        "}"]
                 calls.append(f"    {fn}({call});")
                 chunk, size = [], 0
         return out, calls
 
     hoisted, h_temps, h_outputs = hoist_parameters(program)
+    powers, h_temps, h_outputs = batch_powers(program, hoisted, h_temps, h_outputs)
     per_r = [[(f"v[{r}]", e)] for r, e in enumerate(h_outputs)]
     rate_blocks, rate_calls = blocks("rates_part", h_temps, per_r,
-                                     "real t, const real *restrict x, const real *restrict q, real *restrict v",
-                                     "t, x, q, v", hoisted)
+                                     "real t, const real *restrict x, const real *restrict q, "
+                                     "const real *restrict w, const real *restrict r, real *restrict v",
+                                     "t, x, q, w, r, v", hoisted, powers)
     prepare = [f"    q[{k}] = {_CPrinter().doprint(e)};" for k, (_, e) in enumerate(hoisted)]
     prepare = ([f"    const real {sym.name} = p[{k}];" for k, sym in enumerate(program.params)
                 if any(sym in e.free_symbols for _, e in hoisted)] + prepare)
+    Q, K = len(hoisted), len(powers)
+    q_index = {sym: k for k, (sym, _) in enumerate(hoisted)}
+    if powers:  # q after the hoisted values: each power's exponent, its small integer (or -1), whether all
+        # are small, and the shift of its reciprocal
+        prepare += [f"    q[{Q + j}] = q[{q_index[pw.exponent]}];" for j, pw in enumerate(powers)]
+        prepare += ["    {",
+                    "        const real ulp = sizeof(real) == 4 ? (real)1.1920929e-07f : (real)2.220446049250313e-16;",
+                    "        int all_small = 1;", f"        for (int j = 0; j < {K}; ++j) {{",
+                    f"            const real e = q[{Q} + j];",
+                    "            const int k = e >= 0 && e <= (real)15.5 ? (int)(e + (real)0.5) : -1;",
+                    "            const int ok = k >= 0 && fabs(e - (real)k) <= 8 * ulp * (k > 1 ? (real)k : (real)1);",
+                    f"            q[{Q + K} + j] = gm_int_bits(ok ? k : 0);", "            all_small &= ok;",
+                    "        }",
+                    f"        q[{Q + 2 * K}] = (real)all_small;", "    }"]
+        prepare += [f"    q[{Q + 2 * K + 1 + j}] = "
+                    + ("(real)1" if pw.shift is None else (f"q[{q_index[pw.shift]}]" if pw.shift in q_index
+                                                           else _CPrinter().doprint(pw.shift))) + ";"
+                    for j, pw in enumerate(powers)]
+    bases = _straight(program, h_temps, [(f"wb[{j}]", pw.base) for j, pw in enumerate(powers)], hoisted)
+    power_stage = ([f"    real wb[{max(K, 1)}], w[{max(K, 1)}], r[{max(K, 1)}];"] + (
+        ["    {", *["    " + line for line in bases], "    }",
+         f"    gm_pow_batch({K}, wb, q + {Q}, q + {Q + K}, q[{Q + 2 * K}] != 0, q + {Q + 2 * K + 1}, w, r);"]
+        if powers else ["    (void)wb; (void)w; (void)r;"]))
     per_rd = [[rates[r]] for r in range(R)]
     for e, (r, _, _) in enumerate(d.vx):
         per_rd[r].append(vx[e])
@@ -319,7 +422,7 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
     lines = [f"/* generated by genenet.kinetics.codegen: program {program.key()} */",
              f"#define {prefix.upper()}_S {S}", f"#define {prefix.upper()}_R {R}", f"#define {prefix.upper()}_P {P}",
              f"#define {prefix.upper()}_NX {len(d.vx)}", f"#define {prefix.upper()}_NP {len(d.vp)}",
-             f"#define {prefix.upper()}_NQ {len(hoisted)}", f"#define {prefix.upper()}_NT {len(d.vt)}",
+             f"#define {prefix.upper()}_NQ {Q + 3 * K + 1 if K else Q}", f"#define {prefix.upper()}_NT {len(d.vt)}",
              "#ifndef GM_POWLOG", "#define GM_POWLOG",
              "static inline real gm_powlog(real b, real e) { return b == 0 ? (real)0 : pow(b, e) * log(b); }",
              "/* 1 / (1 + e^-u) from e^-|u| <= 1: no overflow for any u */",
@@ -357,6 +460,50 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
              "    }",
              "    return pow(b, e);",
              "}",
+             "/* a small integer k (0..15) kept in a real's bits (gm_prepare writes them; the batch reads them",
+             "   back with integer operations, which vectorize where a select between reals does not: GCC",
+             "   if-converts no floating-point select while trapping math is on) */",
+             "typedef union { double f; uint64_t u; } gm_bits64;",
+             "typedef union { float f; uint32_t u; } gm_bits32;",
+             "static inline real gm_int_bits(int k) {",
+             "    if (sizeof(real) == 8) { gm_bits64 v; v.u = (uint64_t)k; return (real)v.f; }",
+             "    gm_bits32 v; v.u = (uint32_t)k; return (real)v.f;",
+             "}",
+             "static inline uint64_t gm_bits_int(real r) {",
+             "    if (sizeof(real) == 8) { gm_bits64 v = {(double)r}; return v.u; }",
+             "    gm_bits32 v = {(float)r}; return v.u;",
+             "}",
+             "/* bit ? a : 1, by masks on the bits */",
+             "static inline real gm_pick(uint64_t bit, real a) {",
+             "    if (sizeof(real) == 8) {",
+             "        gm_bits64 x = {(double)a}, one = {1.0}, out;",
+             "        const uint64_t m = (uint64_t)0 - bit;",
+             "        out.u = (x.u & m) | (one.u & ~m);",
+             "        return (real)out.f;",
+             "    }",
+             "    gm_bits32 x = {(float)a}, one = {1.0f}, out;",
+             "    const uint32_t m = (uint32_t)0 - (uint32_t)bit;",
+             "    out.u = (x.u & m) | (one.u & ~m);",
+             "    return (real)out.f;",
+             "}",
+             "/* w_j = b_j^e_j for a model's batched powers and r_j = 1 / (w_j + a_j): when every e_j is an",
+             "   integer in 0..15 (its bits in k_j, from gm_prepare) one loop the compiler vectorizes, as the",
+             "   Hill kernel's slots; the same products in the same order as gm_pow, so the same bits */",
+             "static inline void gm_pow_batch(int n, const real *restrict b, const real *restrict e,",
+             "                                const real *restrict k, int all_small, const real *restrict a,",
+             "                                real *restrict w, real *restrict r) {",
+             "    if (all_small) {",
+             "        for (int j = 0; j < n; ++j) {",
+             "            const uint64_t kj = gm_bits_int(k[j]);",
+             "            const real b1 = b[j], b2 = b1 * b1, b4 = b2 * b2, b8 = b4 * b4;",
+             "            w[j] = ((gm_pick(kj & 1, b1) * gm_pick((kj >> 1) & 1, b2)) * gm_pick((kj >> 2) & 1, b4))",
+             "                   * gm_pick((kj >> 3) & 1, b8);",
+             "        }",
+             "    } else {",
+             "        for (int j = 0; j < n; ++j) w[j] = gm_pow(b[j], e[j]);",
+             "    }",
+             "    for (int j = 0; j < n; ++j) r[j] = (real)1 / (w[j] + a[j]);",
+             "}",
              "#endif",
              arr(f"{prefix}_vx_r", [r for r, _, _ in d.vx]), arr(f"{prefix}_vx_s", [j for _, j, _ in d.vx]),
              arr(f"{prefix}_vp_r", [r for r, _, _ in d.vp]), arr(f"{prefix}_vp_p", [k for _, k, _ in d.vp]),
@@ -364,7 +511,7 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
              f"static inline void {prefix}_prepare(const real *restrict p, real *restrict q) {{",
              "    (void)p; (void)q;", *prepare, "}",
              f"static inline void {prefix}_rates_q(real t, const real *restrict x, const real *restrict q, "
-             "real *restrict v) {", "    (void)t;", *rate_calls, "}",
+             "real *restrict v) {", "    (void)t;", *power_stage, *rate_calls, "}",
              f"static inline void {prefix}_rates(real t, const real *restrict x, const real *restrict p, "
              "real *restrict v) {",
              f"    real q[{prefix.upper()}_NQ > 0 ? {prefix.upper()}_NQ : 1];", f"    {prefix}_prepare(p, q);",

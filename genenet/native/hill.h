@@ -57,15 +57,31 @@ static inline real hill_pow(real z, real n) {
     return pow(z, n);
 }
 
+typedef union { float f; uint32_t u; } F32Bits;
+typedef union { double f; uint64_t u; } F64Bits;
+
+/* bit ? a : 1 by masks on the bits: GCC if-converts no floating-point select while trapping math is
+   on (the default), so a select would keep the slot loop scalar */
+static inline real pick_or_one(uint32_t bit, real a) {
+    if (sizeof(real) == 8) {
+        F64Bits x = {(double)a}, one = {1.0}, out;
+        const uint64_t m = (uint64_t)0 - (uint64_t)bit;
+        out.u = (x.u & m) | (one.u & ~m);
+        return (real)out.f;
+    }
+    F32Bits x = {(float)a}, one = {1.0f}, out;
+    const uint32_t m = (uint32_t)0 - bit;
+    out.u = (x.u & m) | (one.u & ~m);
+    return (real)out.f;
+}
+
 /* z^n for a small integer n (0..15) without branches, so the slot loop vectorizes (products of
    z, z^2, z^4, z^8 by the bits of n, within an ulp or two of hill_pow) */
 static inline real small_int_pow(real z, int n) {
+    const uint32_t k = (uint32_t)n;
     real z2 = z * z, z4 = z2 * z2, z8 = z4 * z4;
-    real f1 = (n & 1) ? z : (real)1;
-    real f2 = (n & 2) ? z2 : (real)1;
-    real f4 = (n & 4) ? z4 : (real)1;
-    real f8 = (n & 8) ? z8 : (real)1;
-    return ((f1 * f2) * f4) * f8;
+    return ((pick_or_one(k & 1, z) * pick_or_one((k >> 1) & 1, z2)) * pick_or_one((k >> 2) & 1, z4))
+           * pick_or_one((k >> 3) & 1, z8);
 }
 
 /* integer hill coefficients of a row (all in 0..15) into nint, for the vectorized power; else NULL.
@@ -91,9 +107,6 @@ static inline const int *integer_hill(const real *hill, int64_t KG, int *nint) {
    Subnormal x count as the smallest normal number (their log is off by at most 16 in float, 37 in
    double: it only multiplies terms of size x^n in the adjoint). Bits are read through unions and
    selects kept out of the log loop: GCC if-converts neither a memcpy nor a select feeding a union. */
-typedef union { float f; uint32_t u; } F32Bits;
-typedef union { double f; uint64_t u; } F64Bits;
-
 static inline float log_f32(float x) {
     F32Bits a = {x};
     uint32_t mant = a.u & 0x007fffffu, big = mant > 0x003504f3u; /* m > sqrt(2): use m / 2 */
