@@ -13,6 +13,7 @@ value), so a row without a switch at ``s_k`` continues unchanged: only its step 
 (the loop keeps it), which changes its steps, not its accuracy. A save exactly at ``s_k`` reports
 the state after the jump, as in the loop. Gradients flow through the chain (each piece's end state
 is the next one's start). A row that fails in a piece stays failed: later pieces skip it.
+``max_steps`` bounds each piece; the counters (steps, RHS evaluations) are summed over the pieces.
 """
 
 from __future__ import annotations
