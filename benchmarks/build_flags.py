@@ -12,7 +12,7 @@ x0 = 1, t in [0, 20], 21 saves) and saves their results:
 
 Builds: ``native`` (``-march=native``, the compiler's default FMA contraction: what genenet did up to
 issue 19), ``native-nofma`` (``-march=native -ffp-contract=off``), and the portable levels
-``x86-64-v3``, ``x86-64-v2`` and ``x86-64`` (all ``-ffp-contract=off``) that this CPU runs.
+``x86-64-v4``, ``x86-64-v3``, ``x86-64-v2`` and ``x86-64`` (all ``-ffp-contract=off``) that this CPU runs.
 Times are medians of --repeats calls after a warm-up; the builds run in turn, --rounds times, and
 each job's time is the median over the rounds (a shared machine drifts). Results are compared
 bitwise with the portable default's.
@@ -107,7 +107,8 @@ def main() -> None:
     from genenet.native import build
 
     levels = build.cpu_isa_levels()
-    names = ["native", "native-nofma", *[lv for lv in ("x86-64-v3", "x86-64-v2", "x86-64") if lv in levels]]
+    names = ["native", "native-nofma",
+             *[lv for lv in ("x86-64-v4", "x86-64-v3", "x86-64-v2", "x86-64") if lv in levels]]
     default = levels[0]
     work = Path(tempfile.mkdtemp(prefix="genenet-flags-"))
     times: dict[str, dict[str, list[float]]] = {n: {} for n in names}

@@ -33,7 +33,8 @@ Needs python-libsbml (``pip install 'genenet[sbml]'``). What is read, and how it
 
 Refused with a ``ValueError`` naming the construct and the element id (nothing is dropped):
 events, delays, ``rateOf``, algebraic rules, fast reactions, constraints, parameters with no value
-from anywhere, non-finite parameter values, and any SBML package (comp, fbc, ...).
+from anywhere, and any SBML package (comp, fbc, ...). (A parameter an initial assignment sets to inf or
+NaN is a constant of the math, not a fit parameter: ``model.sbml_constants``.)
 """
 
 from __future__ import annotations
@@ -413,9 +414,17 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
 
     for k in params:
         params[k] = value(k, "parameter")
+    given = {ia.getSymbol() for ia in inits}  # an initial assignment may give nan or inf on purpose
+    missing = sorted(k for k, v in params.items() if math.isnan(v) and k not in given)
+    if missing:
+        raise ValueError(f"parameters without a value: {missing}")
     sizes = {c: value(c, "compartment") for c in compartments}
-    # what stays constant is a number in the math: compartments and stoichiometries no rule changes
+    # what stays constant is a number in the math: compartments and stoichiometries no rule changes, and a
+    # parameter set to inf or nan (not a model parameter: those are finite; model.sbml_constants)
     constants = {sym(c): sympy.Float(sizes[c]) for c in compartments if c not in varying}
+    for k in [k for k, v in params.items() if not math.isfinite(v)]:
+        v = params.pop(k)
+        constants[sym(k)] = sympy.nan if math.isnan(v) else (sympy.oo if v > 0 else -sympy.oo)
     constants.update({sym(ref.getId()): sympy.Float(value(ref.getId(), "species reference")) for _, ref in refs
                       if ref.isSetId() and ref.getId() not in ruled})
 
@@ -477,15 +486,11 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
             expr = V * expr + sym(v) / V * _size_rate(compartment_of[v], rate_rules, assigned, finish, math_of)
         # d v / dt = expr in v's own units: the coefficient V cancels the division by the volume
         reactions.append(Reaction(f"rate_rule.{v}", {}, {v: volumes.get(v, 1.0)}, expr))
-    given = {ia.getSymbol() for ia in inits}  # an initial assignment may give nan or inf on purpose
-    missing = sorted(k for k, v in params.items() if math.isnan(v) and k not in given)
-    if missing:
-        raise ValueError(f"parameters without a value: {missing}")
     # what trajectories carry beside the states, by SBML id: assigned quantities, compartment sizes,
     # stoichiometries, and the concentration of a species integrated as an amount (same id as its state)
     observables = {**{c: sympy.Float(sizes[c]) for c in compartments if c not in varying},
                    **{k: e.xreplace(constants) for k, e in assigned.items()},
-                   **{str(k): v for k, v in constants.items() if str(k) not in compartments},
+                   **{str(k): v for k, v in constants.items() if str(k) not in compartments and v.is_finite},
                    **{sid: names[sid].xreplace(subs).xreplace(constants) for sid in amount_states}}
     out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed,
                         targets=targets, observables=observables)
@@ -495,6 +500,7 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
     out.compartment_of = compartment_of
     out.compartment_size = {sid: sizes[c] for sid, c in compartment_of.items() if c in sizes and c not in varying}
     out.compartments = dict(sizes)
+    out.sbml_constants = {str(k): float(v) for k, v in constants.items() if not v.is_finite}
     return out
 
 
@@ -550,6 +556,8 @@ def sbml_values(model: SymbolicModel, traj: Any, ids: list[str], amounts: Any = 
             v = traj[sid].detach()
         elif sid in model.param_names:
             v = model.params[sid].detach().to(traj.y.dtype).reshape(-1)[:1].expand(B, T)
+        elif sid in getattr(model, "sbml_constants", {}):  # a parameter set to inf or nan
+            v = torch.full((B, T), model.sbml_constants[sid], dtype=traj.y.dtype)
         else:
             raise KeyError(f"no SBML id {sid!r} in this model; states {model.genes}, parameters "
                            f"{model.param_names}, observables {list(traj.observables)}")

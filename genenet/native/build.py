@@ -16,8 +16,9 @@ uses it to find or build them at first use.
   passed on AMD EPYC and failed on an Intel Xeon).
 - no ``-ffast-math`` or ``-fassociative-math``: sums are added in the order the source writes
   them, also when the loops vectorize, so vector width changes speed, not results.
-- the level: ``x86-64-v3`` (AVX2, 2013 and later) where the CPU has it, else ``x86-64-v2``
-  (SSE4.2, 2009), else the x86-64 baseline; on other architectures the compiler's default.
+- the level: ``x86-64-v4`` (AVX-512: Intel servers since 2017, AMD Zen 4) where the CPU has it,
+  else ``x86-64-v3`` (AVX2, 2013 and later), else ``x86-64-v2`` (SSE4.2, 2009), else the x86-64
+  baseline; on other architectures the compiler's default.
   Without contraction and reassociation the levels give bitwise equal results (checked on the
   benchmark problems: ``benchmarks/build_flags.py``); v3 is faster where the loops vectorize.
 
@@ -28,7 +29,10 @@ without contraction is the fastest build that gives the same bits everywhere; ``
 to run noise), and ``-march=native`` with contraction, what genenet built before, 1.04-1.19x — and
 its steady states of the same 1000 knockout rows differ by up to 0.17 of the largest value (rows
 that end in another steady state), its float64 trajectories by 2e-15 relative. All the builds
-without contraction are bitwise equal to each other on all four jobs. So the portable build is the default.
+without contraction are bitwise equal to each other on all four jobs. On a 2-core Intel Xeon with
+AVX-512 (``build_flags_cpu_2026-12-07.md``) all the builds without contraction are bitwise equal again,
+v4 included, and ``x86-64-v4`` is the fastest (v3 takes 1.11x its time on the float64 solve, 1.77x on
+the gradient's tape sweeps). So the portable build, at the CPU's best level, is the default.
 ``GENENET_NATIVE_ARCH`` chooses otherwise: ``native`` (``-march=native``, contraction on: this CPU
 only, results not bitwise equal to other machines') or a ``-march`` value such as ``x86-64-v2``
 (a shared cache for a cluster whose nodes differ); ``GENENET_EXTRA_CFLAGS`` appends flags (experiments).
@@ -67,6 +71,7 @@ REALS = ("float", "double")
 _ALIGN = ["-falign-functions=64", "-falign-loops=64"]
 # x86-64 micro-architecture levels and the /proc/cpuinfo flags each needs beyond the one below
 _X86_LEVELS = (
+    ("x86-64-v4", {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
     ("x86-64-v3", {"avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "movbe", "xsave", "abm"}),
     ("x86-64-v2", {"cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3"}),
 )
@@ -104,7 +109,7 @@ def _cpu_flags() -> set[str]:
 
 
 def cpu_isa_levels() -> list[str]:
-    """The x86-64 levels this CPU runs, best first (``["x86-64-v3", "x86-64-v2", "x86-64"]``);
+    """The x86-64 levels this CPU runs, best first (``["x86-64-v4", "x86-64-v3", "x86-64-v2", "x86-64"]``);
     ``[""]`` (the compiler's default target) elsewhere."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return [""]
