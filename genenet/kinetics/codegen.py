@@ -166,13 +166,13 @@ class _CPrinter(C99CodePrinter):
     def _print_Min(self, expr: sympy.Expr) -> str:
         out = self._print(expr.args[0])
         for a in expr.args[1:]:
-            out = f"fmin({out}, {self._print(a)})"
+            out = f"gm_fmin({out}, {self._print(a)})"
         return out
 
     def _print_Max(self, expr: sympy.Expr) -> str:
         out = self._print(expr.args[0])
         for a in expr.args[1:]:
-            out = f"fmax({out}, {self._print(a)})"
+            out = f"gm_fmax({out}, {self._print(a)})"
         return out
 
     def _print_PowLog(self, expr: sympy.Expr) -> str:
@@ -425,6 +425,10 @@ def c_header(program: Program, derivatives: RateDerivatives | None = None, prefi
              f"#define {prefix.upper()}_NQ {Q + 3 * K + 1 if K else Q}", f"#define {prefix.upper()}_NT {len(d.vt)}",
              "#ifndef GM_POWLOG", "#define GM_POWLOG",
              "static inline real gm_powlog(real b, real e) { return b == 0 ? (real)0 : pow(b, e) * log(b); }",
+             "/* fmax and fmin (the other argument where one is NaN) inline: GCC calls libm's for them unless",
+             "   math is declared finite, a call per Hill factor's max(x, 0) */",
+             "static inline real gm_fmax(real a, real b) { return (a >= b || b != b) ? a : b; }",
+             "static inline real gm_fmin(real a, real b) { return (a <= b || b != b) ? a : b; }",
              "/* 1 / (1 + e^-u) from e^-|u| <= 1: no overflow for any u */",
              "static inline real gm_logistic(real u) {",
              "    const real e = exp(-fabs(u));",
