@@ -215,6 +215,10 @@ def test_stoichiometry_a_rule_changes_and_models_without_states():
     np.testing.assert_allclose(traj["S"][0].detach().numpy(), 0.3 * (t + t ** 2 / 2), rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(traj["nS"][0].detach().numpy(), 1 + t)
     np.testing.assert_allclose(traj["p"][0].detach().numpy(), 2 * t + 3)  # quotient truncates: 7 / 2 -> 3
+    # a perturbation of the reaction reaches its companion (the part its changing stoichiometry makes)
+    half = gn.read_sbml(doc, targets={"E": ["make"]})
+    tr = gn.simulate(half, t, perturbations=[gn.Knockdown("E", 0.5)], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(tr["S"][0].detach().numpy(), 0.15 * (t + t ** 2 / 2), rtol=1e-8, atol=1e-12)
     # no states at all: the assignments alone, rows for each parameter set
     alone = gn.read_sbml(_l3(f"""<listOfParameters><parameter id="a" value="2" constant="true"/>
   <parameter id="b" constant="false"/></listOfParameters><listOfRules><assignmentRule variable="b">

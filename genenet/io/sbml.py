@@ -19,7 +19,10 @@ Needs python-libsbml (``pip install 'genenet[sbml]'``). What is read, and how it
 - **stoichiometries**: numbers; a species reference's id reads as its stoichiometry. One that an
   initial assignment sets is that number; one that a rule changes (assignment or rate rule, L2's
   ``stoichiometryMath``) multiplies the rate: the reaction gets a companion reaction
-  ``"<reaction>.product.<species>"`` (or ``.reactant.``) with rate ``v * s(t)`` for that species.
+  ``"<reaction>.product.<species>"`` (or ``.reactant.``) with rate ``v * s(t)`` for that species
+  (``targets`` naming the reaction scale its companions too). The chemical Langevin noise takes
+  each companion as a reaction of its own (variance ``v s`` where one event of size ``s`` gives
+  ``v s^2``): exact for the mean, approximate for the noise of such a reaction.
 - **function definitions** (inlined), **assignment rules** (substituted wherever their variable
   appears; the assigned quantities are :attr:`observables`), **rate rules** (the variable becomes
   a state: ``d variable / dt = expression``), **initial assignments** (evaluated at import with the
@@ -447,7 +450,7 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
             raise ValueError(f"species {sid!r}: conversion factor {cf!r} must be a constant parameter")
         return float(params[cf])
 
-    reactions = []
+    reactions, companions = [], {}
     for i in range(model.getNumReactions()):
         r = model.getReaction(i)
         rate = finish(laws[r.getId()])
@@ -476,6 +479,7 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
             one = {sp: 1.0}
             name = f"{r.getId()}.{'reactant' if side == 0 else 'product'}.{sp}"
             reactions.append(Reaction(name, {} if side else one, one if side else {}, rate * coef))
+            companions.setdefault(r.getId(), []).append(name)
     for v, rule in rate_rules.items():
         if v not in states:
             raise ValueError(f"rate rule for {v!r}: only species, compartments, parameters and species "
@@ -492,6 +496,9 @@ def read_sbml(source: str | os.PathLike, *, bounds: Mapping[str, tuple[float, fl
                    **{k: e.xreplace(constants) for k, e in assigned.items()},
                    **{str(k): v for k, v in constants.items() if str(k) not in compartments and v.is_finite},
                    **{sid: names[sid].xreplace(subs).xreplace(constants) for sid in amount_states}}
+    if targets and companions:  # a perturbation of a reaction scales its companions too: the same events
+        targets = {name: [*hits, *(c for h in hits for c in companions.get(h, []))] if not isinstance(hits, str)
+                   else hits for name, hits in targets.items()}
     out = SymbolicModel(states, reactions, params, bounds=bounds, initial=initial, volumes=volumes, fixed=fixed,
                         targets=targets, observables=observables)
     out.volumes = {sid: sizes[c] for sid, c in compartment_of.items()
