@@ -15,7 +15,7 @@ from .distributed import on_cluster, uses_cluster
 from .models.base import Model
 from .rows import concat_rows
 from .solvers import AutoSwitch, SolverError, get_method, integrate_auto
-from .solvers.integrate import Solution, implicit_chunk, integrate_in_chunks, requires_grad, tree_index
+from .solvers.integrate import Solution, implicit_chunk, integrate_in_chunks, native_may_run, tree_index
 from .solvers.segments import MAX_PIECES, integrate_in_pieces, switching_times
 from .solvers.status import Status, describe_failures
 from .trajectory import Trajectory
@@ -193,18 +193,12 @@ class Run:
 
     def _native_for(self, term: Any, native: Any, y0: Tensor, t_save: Tensor) -> bool:
         """Whether the solve's pieces would run on a native kernel (else the loop, which follows each
-        row's switching times itself, is the better choice)."""
-        from . import native as native_mod
-
-        if native is None or y0.device.type != "cpu" or not native_mod.available(y0.dtype):
-            return False
-        if not (self.solver.adaptive and getattr(getattr(self.solver, "tableau", None), "fsal", False)):
+        row's switching times itself, is the better choice): the kernels' own test, then the spec."""
+        if native is None:
             return False
         args = term.segment(t_save[0].expand(y0.shape[0]), term.initial_args)
-        implicit = getattr(self.solver, "implicit", False) and not isinstance(self.solver, AutoSwitch)
-        if implicit and torch.is_grad_enabled() and requires_grad((y0, args)):
-            return False  # the Rosenbrock kernel has no adjoint: a differentiated solve takes the loop
-        return native(args) is not None
+        method = self.solver.explicit if isinstance(self.solver, AutoSwitch) else self.solver
+        return native_may_run(method, y0, args, self.rtol, self.atol) and native(args) is not None
 
     def trajectory(self, model: Model, batch: Any, sol: Any, y: Tensor, *, throw: bool) -> Trajectory:
         """Label a solution as a :class:`Trajectory`; raise :class:`SolverError` on failures if ``throw``."""

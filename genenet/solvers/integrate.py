@@ -461,6 +461,21 @@ def requires_grad(tree: Any) -> bool:
     return False
 
 
+def native_may_run(method: Any, y0: Tensor, args: dict, rtol: Any, atol: Any) -> bool:
+    """What a solve needs before its spec is asked for, to run in a native kernel: the CPU, a built
+    kernel, an adaptive FSAL method, and, when a gradient is being recorded, an explicit method
+    (the Rosenbrock kernel has no adjoint) and tolerances that are not differentiated."""
+    from .. import native as native_mod
+
+    tab = getattr(method, "tableau", None)
+    if y0.device.type != "cpu" or not method.adaptive or tab is None or not tab.fsal:
+        return False
+    if torch.is_grad_enabled() and requires_grad((y0, args, rtol, atol)) and (
+            getattr(method, "implicit", False) or requires_grad((rtol, atol))):
+        return False
+    return native_mod.available(y0.dtype)
+
+
 def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method: Any, rtol: Any, atol: Any,
                 first_step: float | None, max_steps: int, stops: Tensor | None, steady_tol: float | None,
                 window: int, controller: PIController, n_primal: int, t_start: Tensor | None, *,
@@ -471,19 +486,14 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
     tangents, from the first save time (the kernel refreshes ρ on the same attempts as the loop)."""
     from .. import native as native_mod
 
-    tab = getattr(method, "tableau", None)
     implicit = getattr(method, "implicit", False)
-    if (y0.device.type != "cpu" or not method.adaptive or not tab.fsal or type(controller) is not PIController):
+    if type(controller) is not PIController or not native_may_run(method, y0, args, rtol, atol):
         return None
     if stops is not None and bool(((stops > t_save[0]) & (stops < t_save[-1])).any()):
         return None  # switching times: the regime changes inside the run
     grad = torch.is_grad_enabled() and requires_grad((y0, args, rtol, atol))
     if stiff_after is not None and (implicit or grad or t_start is not None or check_every < 2
                                     or not getattr(method, "detects_stiffness", False)):
-        return None
-    if grad and (implicit or requires_grad((rtol, atol))):
-        return None  # gradients of the Rosenbrock kernel: the torch loop
-    if not native_mod.available(y0.dtype):
         return None
     spec = native(args)
     if spec is None or "laws" in spec or native_mod.spec_width(spec) != n_primal:
@@ -505,7 +515,7 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
     extra = {} if stiff_after is None else {"stiff_after": stiff_after, "check_every": check_every,
                                             "use_rho": use_rho}
     y, status, counters, t_last, y_last = kernel(
-        spec, y0, t_save, tableau=tab, rtol=torch.as_tensor(rtol, dtype=y0.dtype),
+        spec, y0, t_save, tableau=method.tableau, rtol=torch.as_tensor(rtol, dtype=y0.dtype),
         atol=torch.as_tensor(atol, dtype=y0.dtype), first_step=first_step, max_steps=max_steps,
         steady_tol=steady_tol, window=window, controller=controller, t_start=t_start, **extra)
     return Solution(y, status, *counters, t_last=t_last, y_last=y_last)
