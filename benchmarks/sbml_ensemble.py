@@ -6,8 +6,9 @@ simulated from the model's initial state over ``--t-end`` with ``--points`` save
 atol 1e-9, float64 on the CPU:
 
 - genenet native: one ``gn.simulate`` call of all rows (the model compiled to C, each row's whole
-  step loop in the kernel, OpenMP over rows), dopri5, rodas5 and auto (dopri5 switching to rodas5
-  where a row turns stiff); failed rows (max_steps) are counted, their NaNs left out of the errors;
+  step loop in the kernel, OpenMP over rows), bdf (variable-order BDF, CVODE's family), dopri5,
+  rodas5 and auto (dopri5 switching to rodas5 where a row turns stiff); failed rows (max_steps) are
+  counted, their NaNs left out of the errors;
 - libroadrunner: its usual use, a loop of ``reset`` + set the parameters + ``simulate`` per set
   (CVODE, same rtol/atol);
 - genenet's torch loop (``genenet.native.torch_path()``) and torchdiffeq (dopri5 over the rows as
@@ -19,10 +20,10 @@ Errors: max over the first 10 sets, times and species of |x - x_ref| / max_t |x_
 the reference libroadrunner at rtol 1e-12, atol 1e-14. Single-run latency: one set, median of 20
 calls (``gn.simulate`` of one row vs roadrunner's reset + simulate).
 
-Work-precision: the same tolerance is not the same accuracy (CVODE's BDF at rtol 1e-6 lands farther
-from the reference than a Rosenbrock or Runge-Kutta method does), so the first ``--wp-rows`` sets are
-also run by libroadrunner and genenet native rodas5/dopri5 at rtol 1e-4, 1e-6, 1e-8 (atol = rtol / 1000),
-time and error side by side.
+Work-precision: the same tolerance is not the same accuracy (a BDF method, CVODE's or genenet's,
+at rtol 1e-6 lands farther from the reference than a Rosenbrock or Runge-Kutta method does), so the
+first ``--wp-rows`` sets are also run by libroadrunner and genenet native bdf/rodas5/dopri5 at rtol
+1e-4, 1e-6, 1e-8 (atol = rtol / 1000), time and error side by side.
 
     python benchmarks/sbml_ensemble.py [--model BIOMD0000000012] [--t-end 1000] [--points 1001]
 """
@@ -148,7 +149,7 @@ def main() -> None:
     _, ref, _ = roadrunner_loop(path, sets, 10, t, species, 1e-12, 1e-14)
     wall, y, failed = roadrunner_loop(path, sets, ROWS, t, species, RTOL, ATOL)
     results["libroadrunner loop (CVODE)"] = (wall, rel_error(y[:10], ref), failed, ROWS)
-    for method in ("dopri5", "rodas5", "auto"):
+    for method in ("bdf", "dopri5", "rodas5", "auto"):
         wall, y, failed = genenet_run(model, sets, ROWS, t, method)
         results[f"genenet native {method}"] = (wall, rel_error(y[:10], ref), failed, ROWS)
     n = args.slow_rows
@@ -170,6 +171,7 @@ def main() -> None:
         rr.simulate(float(t[0]), float(t[-1]), len(t))
 
     single = {"libroadrunner reset + simulate": latency(rr_one),
+              "genenet simulate, native bdf": latency(lambda: genenet_run(model, vals, 1, t, "bdf")),
               "genenet simulate, native dopri5": latency(lambda: genenet_run(model, vals, 1, t, "dopri5")),
               "genenet simulate, native rodas5": latency(lambda: genenet_run(model, vals, 1, t, "rodas5"))}
     wp = []
@@ -177,7 +179,7 @@ def main() -> None:
         row = [f"{rtol:g}"]
         wall, y, failed = roadrunner_loop(path, sets, args.wp_rows, t, species, rtol, rtol * 1e-3)
         row += [f"{wall:.2f}", f"{rel_error(y[:10], ref):.1e}" + (f" ({failed} failed)" if failed else "")]
-        for method in ("rodas5", "dopri5"):
+        for method in ("bdf", "rodas5", "dopri5"):
             wall, y, failed = genenet_run(model, sets, args.wp_rows, t, method, rtol, rtol * 1e-3)
             row += [f"{wall:.2f}", f"{rel_error(y[:10], ref):.1e}" + (f" ({failed} failed)" if failed else "")]
         wp.append("| " + " | ".join(row) + " |")
@@ -201,8 +203,9 @@ def main() -> None:
         lines.append(f"| {name} | {sec * 1e3:.2f} ms | {single['libroadrunner reset + simulate'] / sec:.2f}x |")
     lines += ["", f"Work-precision ({args.wp_rows} sets, atol = rtol / 1000; time in s, max rel. error of the "
               "first 10 sets):", "",
-              "| rtol | roadrunner time | roadrunner error | rodas5 time | rodas5 error | dopri5 time | dopri5 error |",
-              "|---|---|---|---|---|---|---|", *wp]
+              "| rtol | roadrunner time | roadrunner error | bdf time | bdf error | rodas5 time | rodas5 error "
+              "| dopri5 time | dopri5 error |",
+              "|---|---|---|---|---|---|---|---|---|", *wp]
     print("\n".join(lines))
     out = args.out or HERE / "results" / f"sbml_{args.model}_cpu_{dt.date.today()}.md"
     write_results(out, lines)

@@ -38,6 +38,7 @@ from ..data import ExpressionData
 from ..models.base import Model
 from ..perturb import Condition, Knockdown, Knockout, as_conditions
 from ..simulate import simulate
+from ..solvers import get_method
 from ..validation import resolve_device, resolve_dtype
 
 __all__ = ["FitProblem"]
@@ -104,6 +105,9 @@ class FitProblem:
         self.model, self.data = model, data
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if getattr(get_method(method), "multistep", False):
+            raise ValueError(f"method={method!r} gives no gradients (the native BDF kernel has no adjoint); fit with "
+                             "'dopri5', 'tsit5', 'rodas5' or 'rodas4'")
         self.method, self.rtol, self.atol = method, rtol, atol
         self.noise, self.l2, self.l1, self.log_floor = noise, float(l2), float(l1), float(log_floor)
         genes = list(model.genes)

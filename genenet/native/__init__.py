@@ -61,7 +61,8 @@ from . import build
 
 __all__ = ["available", "reason", "NativeKernelWarning", "torch_path", "release_memory", "tape_memory", "hill_vjp",
            "integrate_hill_erk", "integrate_hill_rodas", "integrate_hill_erk_grad", "roots_hill", "adjoint_sweep",
-           "integrate_erk", "integrate_rodas", "roots", "spec_width", "spec_keys", "second_order"]
+           "integrate_erk", "integrate_rodas", "integrate_bdf", "integrate_hill_bdf", "roots", "spec_width",
+           "spec_keys", "second_order"]
 
 _LIBS: dict[torch.dtype, Any] = {}
 _FAILED: dict[torch.dtype, str] = {}
@@ -73,8 +74,8 @@ class NativeKernelWarning(UserWarning):
 
 
 _BUILD_LOCK = threading.Lock()
-_ENTRY_POINTS = ("genenet_erk_hill", "genenet_rodas_hill", "genenet_erk_hill_adjoint", "genenet_erk_hill_hvp",
-                 "genenet_roots_hill", "genenet_hill_adjoint_sweep")
+_ENTRY_POINTS = ("genenet_erk_hill", "genenet_rodas_hill", "genenet_bdf_hill", "genenet_erk_hill_adjoint",
+                 "genenet_erk_hill_hvp", "genenet_roots_hill", "genenet_hill_adjoint_sweep")
 
 
 def _open(path: Path) -> Any:
@@ -364,6 +365,25 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
     return tuple(o.to(x0.device) for o in outs)
 
 
+def integrate_hill_bdf(spec: dict, x0: Tensor, t_save: Tensor, *, rtol: Tensor, atol: Tensor,
+                       first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
+                       controller: Any, t_start: Tensor | None = None, tableau: Any = None) -> tuple[Tensor, ...]:
+    """Run the variable-order BDF kernel (:mod:`genenet.solvers.bdf`) on every row of the Hill model:
+    arguments and results as :func:`integrate_hill_rodas` (no tangents; ``controller`` and ``window``
+    are not used, the method has its own step and order control; ``tableau`` is ignored)."""
+    dtype = x0.dtype
+    lib = _require_lib(dtype)
+    if "tangents" in spec:
+        raise ValueError("the native BDF kernel carries no tangents")
+    B, W = x0.shape
+    prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
+    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
+    rc = lib.genenet_bdf_hill(*prob, *loop)
+    if rc != 0:
+        raise RuntimeError(f"native BDF kernel refused the call (code {rc})")
+    return tuple(o.to(x0.device) for o in outs)
+
+
 def spec_width(spec: dict) -> int:
     """The state width (genes or species) of a native spec: the Hill model's or a compiled model's."""
     return len(spec["model"].genes) if "model" in spec else int(spec["production"].shape[-1])
@@ -404,6 +424,15 @@ def integrate_rodas(spec: dict, x0: Tensor, t_save: Tensor, **kw: Any) -> tuple[
 
         return compiled.integrate_rodas(spec, x0, t_save, **kw)
     return integrate_hill_rodas(spec, x0, t_save, **kw)
+
+
+def integrate_bdf(spec: dict, x0: Tensor, t_save: Tensor, **kw: Any) -> tuple[Tensor, ...]:
+    """The BDF kernel for whichever model the spec is of (see :func:`integrate_erk`)."""
+    if "model" in spec:
+        from . import compiled
+
+        return compiled.integrate_bdf(spec, x0, t_save, **kw)
+    return integrate_hill_bdf(spec, x0, t_save, **kw)
 
 
 def roots(spec: dict, x: Tensor, **kw: Any) -> tuple[Tensor, Tensor, Tensor]:

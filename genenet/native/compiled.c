@@ -6,6 +6,7 @@
 
 #define GENENET_MODEL_H "compiled.h"
 #include "steppers.h"
+#include "bdf.h"
 #include "roots.h"
 #include "adjoint.h"
 
@@ -37,6 +38,11 @@ int genenet_model_rodas(MODEL_ARGS, SOLVE_ARGS, int64_t S, double gamma, const d
     Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, 0, NULL, NULL, NULL, NULL};
     return rodas_solve(&p, T, t_save, t_start, x0, rtol, atol, S, gamma, A, Cm, Bv, E, M, H, error_order, Cv, Dv,
                        LOOP_PASS);
+}
+
+int genenet_model_bdf(MODEL_ARGS, SOLVE_ARGS, LOOP_ARGS) {
+    Problem p = {B, G, 0, m, MODEL_PASS, NULL, NULL, 0, NULL, NULL, NULL, NULL};
+    return bdf_solve(&p, T, t_save, t_start, x0, rtol, atol, LOOP_PASS);
 }
 
 int genenet_model_roots(MODEL_ARGS, int64_t nlaw, const real *L, const int32_t *law_pivot, const real *totals,

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from . import build
 
-__all__ = ["library", "SPEC_KEYS", "integrate_erk", "integrate_erk_grad", "integrate_rodas", "roots", "rhs"]
+__all__ = ["library", "SPEC_KEYS", "integrate_erk", "integrate_erk_grad", "integrate_rodas", "integrate_bdf", "roots",
+           "rhs"]
 
 SPEC_KEYS = ("params", "reaction_scale")  # the differentiable arrays of a compiled model's spec
 _REAL = {torch.float32: "float", torch.float64: "double"}
@@ -47,8 +48,8 @@ _RATES: dict[str, Any] = {}
 _FAILED: dict[str, str] = {}
 _LOCK = threading.Lock()
 _i64, _dbl = ctypes.c_int64, ctypes.c_double
-_ENTRY_POINTS = ("genenet_model_erk", "genenet_model_rodas", "genenet_model_roots", "genenet_model_rhs",
-                 "genenet_model_erk_adjoint")
+_ENTRY_POINTS = ("genenet_model_erk", "genenet_model_rodas", "genenet_model_bdf", "genenet_model_roots",
+                 "genenet_model_rhs", "genenet_model_erk_adjoint")
 
 
 class Compiled:
@@ -277,6 +278,27 @@ def integrate_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rto
     rc = lib.genenet_model_rodas(*margs, *sargs, _i64(tableau.stages), _dbl(tableau.gamma),
                                  *map(_ptr, arrays[:4]), _i64(tableau.H.shape[0]), _ptr(arrays[4]),
                                  _i64(tableau.error_order), _ptr(arrays[5]), _ptr(arrays[6]), *loop)
+    if rc != 0:
+        raise RuntimeError(f"native model kernel refused the call (code {rc})")
+    return tuple(o.to(x0.device) for o in outs)
+
+
+def integrate_bdf(spec: dict, x0: Tensor, t_save: Tensor, *, rtol: Tensor, atol: Tensor, first_step: float | None,
+                  max_steps: int, steady_tol: float | None, window: int, controller: Any,
+                  t_start: Tensor | None = None, tableau: Any = None) -> tuple[Tensor, ...]:
+    """The variable-order BDF kernel (:mod:`genenet.solvers.bdf`) on every row of a compiled model (no
+    tangents); arguments and results as :func:`integrate_rodas` (``tableau`` is ignored)."""
+    from . import _loop
+
+    dtype = x0.dtype
+    lib = _require(spec, dtype)
+    if "tangents" in spec:
+        raise ValueError("the native BDF kernel carries no tangents")
+    B, W = x0.shape
+    margs, mkeep = _model_args(spec, B, dtype)
+    sargs, skeep = _solve_args(x0, t_save, t_start, rtol, atol, W)
+    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
+    rc = lib.genenet_model_bdf(*margs, *sargs, *loop)
     if rc != 0:
         raise RuntimeError(f"native model kernel refused the call (code {rc})")
     return tuple(o.to(x0.device) for o in outs)

@@ -220,6 +220,55 @@ typedef struct {
     real t_last;
 } RowResult;
 
+/* Hairer's starting step, as genenet.solvers.integrate.initial_step, for a method whose error
+   estimate is of order `order`, from (t, y) with f0 = f(t, y) towards t_end; one RHS evaluation.
+   Work: yi, tmp (E each) and scale (E). */
+static real initial_step(const Row *r, real t, real t_end, const real *y, const real *f0, int64_t order,
+                         const real *rtol, const real *atol, int64_t E, real *yi, real *tmp, real *scale) {
+    for (int64_t i = 0; i < E; ++i) scale[i] = atol[i] + rtol[i] * fabs(y[i]);
+    real d0 = rms(y, scale, E), d1 = rms(f0, scale, E);
+    real span = t_end - t;
+    real h0 = (d0 < (real)1e-5 || d1 < (real)1e-5) ? (real)1e-6
+              : (real)0.01 * d0 / (d1 > (real)1e-300 ? d1 : (real)1e-300);
+    h0 = h0 < span ? h0 : span;
+    for (int64_t i = 0; i < E; ++i) yi[i] = y[i] + h0 * f0[i];
+    set_time(r, t + h0);
+    rhs_steer(r, yi, tmp); /* the tangents do not steer the step */
+    for (int64_t i = 0; i < E; ++i) tmp[i] = tmp[i] - f0[i];
+    real d2 = rms(tmp, scale, E) / h0;
+    real dmax = d1 > d2 ? d1 : d2;
+    real h1 = dmax <= (real)1e-15 ? ((real)1e-6 > h0 * (real)1e-3 ? (real)1e-6 : h0 * (real)1e-3)
+              : (real)pow((real)0.01 / (dmax > (real)1e-300 ? dmax : (real)1e-300), (real)1 / (real)(order + 1));
+    real h = 100 * h0 < h1 ? 100 * h0 : h1;
+    if (!(isfinite(h) && h > 0)) h = (real)1e-6;
+    return h < span ? h : span;
+}
+
+/* the steady-state early stop's test: max|f| <= tol (1 + max|y|) over the G state columns */
+static int is_steady(const real *f, const real *y, int64_t G, double tol) {
+    real fmax = 0, ymax = 0;
+    for (int64_t i = 0; i < G; ++i) {
+        real af = fabs(f[i]), ay = fabs(y[i]);
+        fmax = af > fmax ? af : fmax;
+        ymax = ay > ymax ? ay : ymax;
+    }
+    return fmax <= (real)tol * (1 + ymax);
+}
+
+/* the step size below which a failing row gives up: 16 eps max(|t0|, |t_end|, 1) */
+static real step_floor(real t0, real t_end) {
+    const real eps = sizeof(real) == 4 ? (real)1.1920929e-07 : (real)2.220446049250313e-16;
+    const real span_abs = fabs(t0) > fabs(t_end) ? fabs(t0) : fabs(t_end);
+    return 16 * eps * (span_abs > 1 ? span_abs : (real)1);
+}
+
+/* the first save index after t_begin, at least 1 (searchsorted, right) */
+static int64_t first_save_after(const real *t_save, int64_t T, real t_begin) {
+    int64_t k = 1;
+    while (k < T && t_save[k] <= t_begin) k++;
+    return k;
+}
+
 /* Integrate one row from (t_begin, y0) to t_save[T-1]; writes out (T, W) at the save times after
    t_begin (earlier ones stay as they are), y_last (W). The first E = steer_width(r) columns steer
    the step (rtol, atol: E each). Work: 4 W + 2 E reals. */
@@ -229,14 +278,11 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     const real *t_save = c->t_save, *rtol = c->rtol, *atol = c->atol;
     const real t0 = t_save[0], t_end = t_save[T - 1];
     const int64_t Kw = c->window < T - 1 ? (c->window > 1 ? c->window : 1) : (T - 1 > 1 ? T - 1 : 1);
-    const real eps = sizeof(real) == 4 ? (real)1.1920929e-07 : (real)2.220446049250313e-16;
-    const real span_abs = fabs(t0) > fabs(t_end) ? fabs(t0) : fabs(t_end);
-    const real tiny = 16 * eps * (span_abs > 1 ? span_abs : (real)1);
+    const real tiny = step_floor(t0, t_end);
     const real alpha = (real)(1.0 / (m->error_order + 1) - 0.75 * c->beta);
     real *y = work, *y1 = y + W, *f0 = y1 + W, *f1 = f0 + W, *err = f1 + W, *scale = err + E;
     RowResult res = {RUNNING, 0, 0, 0, t_begin};
-    int64_t save_ptr = 1;
-    while (save_ptr < T && t_save[save_ptr] <= t_begin) save_ptr++; /* searchsorted(right), at least 1 */
+    int64_t save_ptr = first_save_after(t_save, T, t_begin);
     real t = t_begin, h, prev_err = 1;
     int rejected_before = 0, last_nonfinite = 0, last_singular = 0;
     int64_t stiff_count = 0, calm_count = 0;
@@ -250,26 +296,8 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     res.rhs++;
     if (c->first_step > 0) {
         h = (real)c->first_step;
-    } else { /* Hairer's starting step, as genenet.solvers.integrate.initial_step */
-        real *yi = y1, *tmp = f1;
-        for (int64_t i = 0; i < E; ++i) scale[i] = atol[i] + rtol[i] * fabs(y[i]);
-        real d0 = rms(y, scale, E), d1 = rms(f0, scale, E);
-        real span = t_end - t;
-        real h0 = (d0 < (real)1e-5 || d1 < (real)1e-5) ? (real)1e-6
-                  : (real)0.01 * d0 / (d1 > (real)1e-300 ? d1 : (real)1e-300);
-        h0 = h0 < span ? h0 : span;
-        for (int64_t i = 0; i < E; ++i) yi[i] = y[i] + h0 * f0[i];
-        set_time(r, t + h0);
-        rhs_steer(r, yi, tmp); /* the tangents do not steer the step */
-        for (int64_t i = 0; i < E; ++i) tmp[i] = tmp[i] - f0[i];
-        real d2 = rms(tmp, scale, E) / h0;
-        real dmax = d1 > d2 ? d1 : d2;
-        real h1 = dmax <= (real)1e-15 ? ((real)1e-6 > h0 * (real)1e-3 ? (real)1e-6 : h0 * (real)1e-3)
-                  : (real)pow((real)0.01 / (dmax > (real)1e-300 ? dmax : (real)1e-300),
-                              (real)1 / (real)(m->error_order + 1));
-        h = 100 * h0 < h1 ? 100 * h0 : h1;
-        if (!(isfinite(h) && h > 0)) h = (real)1e-6;
-        h = h < span ? h : span;
+    } else {
+        h = initial_step(r, t, t_end, y, f0, m->error_order, rtol, atol, E, y1, f1, scale);
         res.rhs++;
     }
     while (res.status == RUNNING) {
@@ -340,13 +368,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
             if (res.status == RUNNING && stiff_count >= c->stiff_after && t < t_end) res.status = STIFF;
         }
         if (c->steady_tol >= 0 && accept && t < t_end) {
-            real fmax = 0, ymax = 0;
-            for (int64_t i = 0; i < G; ++i) {
-                real af = fabs(f0[i]), ay = fabs(y[i]);
-                fmax = af > fmax ? af : fmax;
-                ymax = ay > ymax ? ay : ymax;
-            }
-            if (fmax <= (real)c->steady_tol * (1 + ymax)) {
+            if (is_steady(f0, y, G, c->steady_tol)) {
                 for (int64_t si = save_ptr; si < T; ++si) memcpy(out + si * W, y, sizeof(real) * W);
                 if (tape) tape->steady_from = save_ptr;
                 save_ptr = T;

@@ -15,6 +15,7 @@
    or double, GENENET_SOURCE_HASH the sources' hash and GENENET_ISA the instruction-set level. */
 
 #include "steppers.h"
+#include "bdf.h"
 #include "roots.h"
 
 #ifndef GENENET_SOURCE_HASH
@@ -55,6 +56,13 @@ int genenet_rodas_hill(PROBLEM_ARGS, int64_t S, double gamma, const double *A, c
                  NULL, NULL, NULL, NULL, NULL, NULL};
     return rodas_solve(&p, T, t_save, t_start, x0, rtol, atol, S, gamma, A, Cm, Bv, E, M, H, error_order,
                        NULL, NULL, LOOP_PASS);
+}
+
+/* the variable-order BDF kernel (bdf.h) */
+int genenet_bdf_hill(PROBLEM_ARGS, LOOP_ARGS) {
+    Problem p = {B, G, K, 0, slot_src, c0, c1, inv_thr, hill, prod, deg, mult, add, clamp,
+                 NULL, NULL, NULL, NULL, NULL, NULL};
+    return bdf_solve(&p, T, t_save, t_start, x0, rtol, atol, LOOP_PASS);
 }
 
 /* ------------------------------------------------------------------ discrete adjoint of the explicit kernel */

@@ -4,8 +4,8 @@
    - an FSAL explicit Runge-Kutta pair (Dopri5, Tsit5) with its dense output, optionally carrying
      Q forward-sensitivity tangents beside the state (erk_solve);
    - a stiffly accurate Rosenbrock method (Rodas4, Rodas5P) in Hairer & Wanner's transformed form,
-     W = I/(h gamma) - J from the model's analytic Jacobian, one LU with partial pivoting per step
-     (a zero pivot or a non-finite W rejects the step: SINGULAR) (rodas_solve).
+     W = I/(h gamma) - J from the model's analytic Jacobian, one LU with partial pivoting per step,
+     its solves over the factors' nonzeros (a zero pivot or a non-finite W rejects the step: SINGULAR) (rodas_solve).
 
    Rows are spread over threads with OpenMP, one row per task. */
 
@@ -93,7 +93,7 @@ typedef struct {
     real gamma;
     const real *a, *C, *b, *e, *H, *c, *d; /* (S, S), (S, S), (S,), (S,), (M, S), stage times, f_t weights */
     real *ks, *U, *rhs, *Wm, *Dn, *ft;     /* (S, G), (G), (G), (G, G), (M, G), (G) */
-    int64_t *piv;                          /* (G) */
+    Lu lu;                                 /* W's factors (in Wm) */
 } RodasWork;
 
 /* acc = base + sum_j c_j k_j over the nonzero c_j, added in order as the torch step does */
@@ -120,7 +120,7 @@ static int rodas_step(Stepper *m, const Row *r, const real *y, const real *f0, r
     real total = 0;
     for (int64_t i = 0; i < G * G; ++i) { Wm[i] = -Wm[i]; total += Wm[i]; }
     for (int64_t i = 0; i < G; ++i) Wm[i * G + i] += diag;
-    if (!isfinite(total + diag) || lu_factor(Wm, G, w->piv)) return 1;
+    if (!isfinite(total + diag) || lu_factor_sparse(&w->lu)) return 1;
     for (int64_t s = 0; s < S; ++s) {
         const real *fi = f0;
         if (s > 0) {
@@ -142,7 +142,7 @@ static int rodas_step(Stepper *m, const Row *r, const real *y, const real *f0, r
             const real q = w->d[s] * h;
             for (int64_t i = 0; i < G; ++i) k[i] = k[i] + q * w->ft[i];
         }
-        lu_solve(Wm, G, w->piv, k);
+        lu_solve_sparse(&w->lu, k);
     }
     add_weighted(y, w->b, S, ks, G, y1);
     add_weighted(NULL, w->e, S, ks, G, err);
@@ -202,18 +202,21 @@ typedef struct {
 static void make_rodas(Stepper *m, const void *method, int64_t G, int64_t W, real *work) {
     (void)W;
     const RodasMethod *d = (const RodasMethod *)method;
-    RodasWork *w = (RodasWork *)malloc(sizeof(RodasWork) + sizeof(int64_t) * (size_t)G);
+    RodasWork *w = (RodasWork *)malloc(sizeof(RodasWork) + lu_bytes(G));
     real *ks = work, *U = ks + d->S * G, *rh = U + G, *Wm = rh + G, *Dn = Wm + G * G, *ft = Dn + d->M * G;
     *w = (RodasWork){d->S, d->M, G, d->gamma, d->a, d->C, d->b, d->e, d->H, d->c, d->d, ks, U, rh, Wm, Dn, ft,
-                     (int64_t *)(w + 1)};
+                     lu_place(G, Wm, w + 1)};
     m->ws = w;
 }
 
 /* every row: the model's row (model_row), the method's work (make_stepper), then drive_row */
 typedef void (*MakeStepper)(Stepper *m, const void *method, int64_t G, int64_t W, real *work);
+/* what runs one row: drive_row for the one-step methods, bdf_row (bdf.h) for the multistep one */
+typedef RowResult (*RowDriver)(Stepper *m, const Row *r, int64_t W, const LoopSettings *c, real t_begin,
+                               const real *y0, real *out, real *y_last, real *work, Tape *tape);
 
 static void run_rows(const Problem *p, const LoopSettings *c, const real *t_start, const real *x0,
-                     MakeStepper make, const void *method, int64_t method_work, Stepper proto,
+                     RowDriver drive, MakeStepper make, const void *method, int64_t method_work, Stepper proto,
                      real *out, int64_t *status_out, int64_t *counters, real *t_last, real *y_last, int64_t nthreads,
                      Tape *tapes) {
     const int64_t B = p->B, G = p->G, W = (1 + p->Q) * G, T = c->T, MW = model_work(p);
@@ -230,7 +233,7 @@ static void run_rows(const Problem *p, const LoopSettings *c, const real *t_star
         for (int64_t b = 0; b < B; ++b) {
             Row r = model_row(p, b, rw, iw);
             real tb = t_start ? t_start[b] : c->t_save[0];
-            RowResult res = drive_row(&m, &r, W, c, tb, x0 + b * W, out + b * T * W, y_last + b * W, loop_work,
+            RowResult res = drive(&m, &r, W, c, tb, x0 + b * W, out + b * T * W, y_last + b * W, loop_work,
                                       tapes ? tapes + b : NULL);
             status_out[b] = res.status;
             counters[b] = res.steps;
@@ -265,8 +268,8 @@ static int erk_solve(const Problem *p, SOLVE_ARGS, int64_t S, const double *A, c
                       factor_max, max_steps, stiff_after, check_every, use_rho};
     Stepper proto = {erk_step, erk_dense, S - 1, error_order, NULL, NULL, erk_stiffness, NULL};
     const int64_t W = (1 + p->Q) * p->G;
-    run_rows(p, &c, t_start, x0, make_erk, &e, (2 * S + 1) * W, proto, out, status_out, counters, t_last, y_last,
-             nthreads, tapes);
+    run_rows(p, &c, t_start, x0, drive_row, make_erk, &e, (2 * S + 1) * W, proto, out, status_out, counters, t_last,
+             y_last, nthreads, tapes);
     return 0;
 }
 
@@ -290,7 +293,7 @@ static int rodas_solve(const Problem *p, SOLVE_ARGS, int64_t S, double gamma, co
                       factor_max, max_steps, 0, check_every, use_rho};
     Stepper proto = {rodas_step, rodas_dense, S, error_order, NULL, NULL, NULL, NULL};
     const int64_t G = p->G;
-    run_rows(p, &c, t_start, x0, make_rodas, &d, (S + 3 + M) * G + G * G, proto, out, status_out, counters,
+    run_rows(p, &c, t_start, x0, drive_row, make_rodas, &d, (S + 3 + M) * G + G * G, proto, out, status_out, counters,
              t_last, y_last, nthreads, NULL);
     return 0;
 }

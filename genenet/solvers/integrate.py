@@ -229,14 +229,15 @@ def integrate(
         return Solution(x0[:, None, :].clone(), status_all, *counters_all, t_last=t_save[:1].expand(B), y_last=x0)
 
     adaptive = method.adaptive
-    if getattr(method, "implicit", False):
+    multistep = getattr(method, "multistep", False)
+    if getattr(method, "implicit", False) and not multistep:
         from .jacobian import autodiff_jacobian, autodiff_time_derivative
 
         step_fn = partial(method.step, jac=jac or partial(autodiff_jacobian, f),
                           tgrad=tgrad if jac is not None else partial(autodiff_time_derivative, f))
     else:
-        step_fn = method.step
-    if steady_tol is not None and not (adaptive and method.tableau.fsal):
+        step_fn = getattr(method, "step", None)  # None: the multistep BDF, native kernel only
+    if steady_tol is not None and not (adaptive and (multistep or method.tableau.fsal)):
         raise ValueError(f"steady_tol needs an adaptive FSAL method (dopri5, tsit5), not {method.name!r}")
     if not adaptive and (dt is None or not dt > 0):
         raise ValueError(f"method={method.name!r} is fixed-step and needs dt > 0, got dt={dt!r}")
@@ -264,6 +265,9 @@ def integrate(
             if progress is not None:
                 progress(float(t_end))
             return sol
+    if multistep:
+        raise ValueError(_multistep_refusal(method, native, args, y, t_save, rtol, atol, stops, controller,
+                                            n_primal, G, stiff_after))
     out = torch.full((B, T + 1, G), float("nan"), device=dev, dtype=dtype)  # slot T: sink for masked writes
     out[:, 0] = x0
     if t_start is None:
@@ -463,13 +467,16 @@ def requires_grad(tree: Any) -> bool:
 
 def native_may_run(method: Any, y0: Tensor, args: dict, rtol: Any, atol: Any) -> bool:
     """What a solve needs before its spec is asked for, to run in a native kernel: the CPU, a built
-    kernel, an adaptive FSAL method, and, when a gradient is being recorded, an explicit method
+    kernel, an adaptive FSAL method or the multistep BDF, and, when a gradient is being recorded, an explicit method
     (the Rosenbrock kernel has no adjoint) and tolerances that are not differentiated."""
     from .. import native as native_mod
 
     tab = getattr(method, "tableau", None)
-    if y0.device.type != "cpu" or not method.adaptive or tab is None or not tab.fsal:
+    one_step_fsal = tab is not None and tab.fsal
+    if y0.device.type != "cpu" or not method.adaptive or not (one_step_fsal or getattr(method, "multistep", False)):
         return False
+    if getattr(method, "multistep", False):  # its results carry no gradient (see genenet.solvers.bdf)
+        return native_mod.available(y0.dtype)
     if torch.is_grad_enabled() and requires_grad((y0, args, rtol, atol)) and (
             getattr(method, "implicit", False) or requires_grad((rtol, atol))):
         return False
@@ -491,7 +498,8 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None
     if stops is not None and bool(((stops > t_save[0]) & (stops < t_save[-1])).any()):
         return None  # switching times: the regime changes inside the run
-    grad = torch.is_grad_enabled() and requires_grad((y0, args, rtol, atol))
+    multistep = getattr(method, "multistep", False)
+    grad = torch.is_grad_enabled() and requires_grad((y0, args, rtol, atol)) and not multistep
     if stiff_after is not None and (implicit or grad or t_start is not None or check_every < 2
                                     or not getattr(method, "detects_stiffness", False)):
         return None
@@ -510,6 +518,8 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         return None  # the compiled adjoint is first order: a solve differentiated twice takes the torch loop
     if grad:
         kernel = native_mod.integrate_erk_grad
+    elif getattr(method, "multistep", False):
+        kernel = native_mod.integrate_bdf
     else:
         kernel = native_mod.integrate_rodas if implicit else native_mod.integrate_erk
     extra = {} if stiff_after is None else {"stiff_after": stiff_after, "check_every": check_every,
@@ -519,6 +529,34 @@ def _try_native(native: Callable, args: dict, y0: Tensor, t_save: Tensor, method
         atol=torch.as_tensor(atol, dtype=y0.dtype), first_step=first_step, max_steps=max_steps,
         steady_tol=steady_tol, window=window, controller=controller, t_start=t_start, **extra)
     return Solution(y, status, *counters, t_last=t_last, y_last=y_last)
+
+
+def _multistep_refusal(method: Any, native: Callable | None, args: dict, y0: Tensor, t_save: Tensor, rtol: Any,
+                       atol: Any, stops: Tensor | None, controller: Any, n_primal: int, G: int,
+                       stiff_after: int | None) -> str:
+    """Why a solve with a native-only multistep method (``bdf``) could not run in the native kernel."""
+    from .. import native as native_mod
+
+    head = (f"method={method.name!r} runs only in genenet's native CPU kernel (no torch-loop version) and this "
+            "solve does not qualify: ")
+    tail = "; use method='rodas5' (stiff) or 'dopri5' here"
+    if y0.device.type != "cpu":
+        why = f"the state is on {y0.device}, the kernel runs on the CPU"
+    elif not native_mod.available(y0.dtype):
+        why = f"no native kernel here ({native_mod.reason(y0.dtype)})"
+    elif native is None or native(args) is None:
+        why = "the model has no native form (only gn.Hill and compiled symbolic/SBML models do)"
+    elif n_primal < G:
+        why = "forward sensitivities (tangent columns) are not carried by the BDF kernel"
+    elif stiff_after is not None:
+        why = "stiffness detection is for the explicit methods"
+    elif type(controller) is not PIController:
+        why = f"a {type(controller).__name__} step controller (the BDF kernel has its own step and order control)"
+    elif stops is not None:
+        why = "switching times inside the run (genenet.simulate cuts such a run into pieces)"
+    else:
+        why = "the native kernel refused this spec"
+    return head + why + tail
 
 
 def integrate_in_chunks(f: Callable, x0: Tensor, t_save: Tensor, *, chunk: int | None, args: dict | None = None,
