@@ -267,7 +267,8 @@ def _loop(B: int, T: int, W: int, dtype: torch.dtype, first_step: float | None, 
           steady_tol: float | None, window: int, controller: Any, stiff_after: int = 0, check_every: int = 8,
           use_rho: bool = False) -> tuple[list, tuple[Tensor, ...]]:
     """The step-loop arguments and the output arrays (y, status, counters, t_last, y_last)."""
-    outs = (torch.full((B, T, W), float("nan"), dtype=dtype), torch.empty(B, dtype=torch.int64),
+    # y: the kernels write every entry (NaN where a row saved nothing), so no prefill of a large array
+    outs = (torch.empty((B, T, W), dtype=dtype), torch.empty(B, dtype=torch.int64),
             torch.zeros(4, B, dtype=torch.int64), torch.empty(B, dtype=dtype), torch.empty(B, W, dtype=dtype))
     args = [_dbl(first_step if first_step is not None else -1.0), _i64(max_steps),
             _dbl(steady_tol if steady_tol is not None else -1.0), _i64(window),

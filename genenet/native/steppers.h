@@ -233,8 +233,12 @@ static void run_rows(const Problem *p, const LoopSettings *c, const real *t_star
         for (int64_t b = 0; b < B; ++b) {
             Row r = model_row(p, b, rw, iw);
             real tb = t_start ? t_start[b] : c->t_save[0];
-            RowResult res = drive(&m, &r, W, c, tb, x0 + b * W, out + b * T * W, y_last + b * W, loop_work,
-                                      tapes ? tapes + b : NULL);
+            real *yb = out + b * T * W;
+            RowResult res = drive(&m, &r, W, c, tb, x0 + b * W, yb, y_last + b * W, loop_work, tapes ? tapes + b : NULL);
+            /* NaN where the row wrote nothing (out arrives uninitialized): before its start, after a failure */
+            const int64_t from = tb <= c->t_save[0] ? 1 : 0, to = first_save_after(c->t_save, T, tb);
+            for (int64_t q = from * W; q < to * W; ++q) yb[q] = (real)NAN;
+            for (int64_t q = res.saved_to * W; q < T * W; ++q) yb[q] = (real)NAN;
             status_out[b] = res.status;
             counters[b] = res.steps;
             counters[B + b] = res.accepted;

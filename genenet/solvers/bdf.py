@@ -9,7 +9,8 @@ backward differences ``D`` rescaled on a step change): a step of order ``k`` pre
 
 by simplified Newton with the LU of ``I - (h / α_k) J``; the error estimate is
 ``C_k (y - y_pred)``. The Jacobian is evaluated only at the start and when Newton fails with a
-stale one, the LU only when ``h`` or the order changes: on a stiff model a step costs about one
+stale one, the LU when ``h / α_k`` has moved by more than 30 % since it was formed or after 20 steps
+(CVODE's rule; scipy refactors at every change of ``h``): on a stiff model a step costs about one
 RHS and one triangular solve per Newton iteration, where a Rosenbrock step (rodas5) costs a
 Jacobian, an LU and one RHS and solve per stage. The order (1-5) and step follow the local error
 estimates of orders ``k - 1, k, k + 1``; save times are read from the interpolating polynomial.
