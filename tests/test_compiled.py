@@ -323,3 +323,21 @@ def test_time_derivative_of_the_rates_matches_autodiff():
     ft = term.time_derivative(t, x, args).detach()
     torch.testing.assert_close(ft, autodiff_time_derivative(term.vf, t, x, args).detach(), rtol=1e-13, atol=1e-14)
     assert bool((ft[:, 0] != 0).all()) and float(ft[2, 2].abs()) == 0.0  # the drive acts; the clamp holds
+
+
+def test_powers_with_parameter_exponents_fast_path_and_edge_cases():
+    # b^n with a fitted (non-integer) exponent: e^(n log b) in vectorized loops where b is a positive
+    # normal number and |n log b| <= 700, libm's pow elsewhere (0, subnormal, negative, inf and NaN
+    # bases, overflow) and the integer power for integer exponents: every entry as torch.pow gives it
+    m = gn.ReactionNetwork([("-> A", "k * A^n"), ("-> B", "k * B^e")], params={"k": 1.5, "n": 2.37, "e": 0.8},
+                           initial={"A": 0.3, "B": 0.1})
+    rng = np.random.default_rng(0)
+    vals = np.concatenate([np.exp(rng.uniform(-40, 40, 200)), np.exp(rng.uniform(-700, 700, 50)),
+                           [0.0, 1e-310, -0.5, np.inf, np.nan, 1e300, 1e-300]])
+    x = torch.tensor(np.stack([vals, vals[::-1]], axis=1), dtype=torch.float64)
+    B = x.shape[0]
+    for n in (2.37, 3.0, 0.5, 1.3e-3, 11.2):
+        p = m.row_params(None, B, device="cpu", dtype=torch.float64, overrides={"n": torch.tensor(n)})
+        f, _ = compiled.rhs(m.native_spec(p), x)
+        ref = 1.5 * torch.stack([x[:, 0] ** n, x[:, 1] ** 0.8], dim=1)
+        torch.testing.assert_close(f, ref, rtol=5e-14, atol=0, equal_nan=True)

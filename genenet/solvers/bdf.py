@@ -2,15 +2,17 @@ r"""``method="bdf"``: the variable-order BDF method (orders 1-5, NDF form) for s
 in genenet's native CPU kernel (:file:`genenet/native/bdf.h`).
 
 The algorithm is scipy.integrate.BDF's (Shampine & Reichelt 1997; quasi-constant step size,
-backward differences ``D`` rescaled on a step change): a step of order ``k`` predicts
+backward differences ``D`` rescaled on a step change) with two of CVODE's economies (the LU kept
+while ``h / α_k`` moves by less than 30 %, a Newton tolerance of 3 % of the error tolerance at every
+rtol; see the kernel's header for the measurements): a step of order ``k`` predicts
 ``y_pred = Σ_{j<=k} D_j`` and solves
 
     y - (h / α_k) f(t + h, y) = y_pred - ψ,      ψ = Σ_{j=1..k} γ_j D_j / α_k,
 
 by simplified Newton with the LU of ``I - (h / α_k) J``; the error estimate is
 ``C_k (y - y_pred)``. The Jacobian is evaluated only at the start and when Newton fails with a
-stale one, the LU when ``h / α_k`` has moved by more than 30 % since it was formed or after 20 steps
-(CVODE's rule; scipy refactors at every change of ``h``): on a stiff model a step costs about one
+stale one, the LU when ``h / α_k`` has moved by more than 30 % since it was formed or after 20 steps:
+on a stiff model a step costs about one
 RHS and one triangular solve per Newton iteration, where a Rosenbrock step (rodas5) costs a
 Jacobian, an LU and one RHS and solve per stage. The order (1-5) and step follow the local error
 estimates of orders ``k - 1, k, k + 1``; save times are read from the interpolating polynomial.
