@@ -114,9 +114,9 @@ static void bdf_dense(const BdfWork *w, int order, real t, real h, real ts, real
 
 /* y_pred = sum_{j<=k} D_j, its error scale, psi = sum_{j=1..k} gamma_j D_j / alpha_k (row by row of
    D, in scipy's order of the sums) */
-static void bdf_predict(BdfWork *w, int order, const real *rtol, const real *atol) {
+static void bdf_predict(BdfWork *w, int order, const real *restrict rtol, const real *restrict atol) {
     const int64_t G = w->G;
-    real *restrict yp = w->yp, *restrict psi = w->psi;
+    real *restrict yp = w->yp, *restrict psi = w->psi, *restrict is = w->iscale;
     const real *restrict D = w->D;
     for (int64_t i = 0; i < G; ++i) { yp[i] = D[i] + D[G + i]; psi[i] = D[G + i] * w->gamma[1]; }
     for (int j = 2; j <= order; ++j) {
@@ -126,7 +126,7 @@ static void bdf_predict(BdfWork *w, int order, const real *rtol, const real *ato
     const real ia = w->alpha[order];
     for (int64_t i = 0; i < G; ++i) {
         psi[i] = psi[i] / ia;
-        w->iscale[i] = 1 / (atol[i] + rtol[i] * fabs(yp[i]));
+        is[i] = 1 / (atol[i] + rtol[i] * fabs(yp[i]));
     }
 }
 
@@ -138,6 +138,17 @@ static real wrms(const real *restrict v, const real *restrict w, int64_t G) {
         for (int l = 0; l < 4; ++l) { const real q = v[i + l] * w[i + l]; a[l] += q * q; }
     for (; i < G; ++i) { const real q = v[i] * w[i]; a[0] += q * q; }
     return sqrt(((a[0] + a[1]) + (a[2] + a[3])) / (real)G);
+}
+
+/* the error test's weights 1 / (atol + rtol |y_new|) and the estimate C_k d (into tmp) */
+static void bdf_error_scale(BdfWork *w, int order, const real *restrict rtol, const real *restrict atol) {
+    const int64_t G = w->G;
+    real *restrict is = w->iscale, *restrict e = w->tmp;
+    const real *restrict yn = w->yn, *restrict d = w->d, ck = w->err_const[order];
+    for (int64_t i = 0; i < G; ++i) {
+        is[i] = 1 / (atol[i] + rtol[i] * fabs(yn[i]));
+        e[i] = ck * d[i];
+    }
 }
 
 typedef struct {
@@ -278,10 +289,7 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
                 continue;
             }
             safety = (real)0.9 * (2 * BDF_NEWTON_MAXITER + 1) / (real)(2 * BDF_NEWTON_MAXITER + nt.iters);
-            for (int64_t i = 0; i < G; ++i) {
-                w->iscale[i] = 1 / (atol[i] + rtol[i] * fabs(w->yn[i]));
-                w->tmp[i] = w->err_const[order] * w->d[i];
-            }
+            bdf_error_scale(w, order, rtol, atol);
             err_norm = wrms(w->tmp, w->iscale, G);
             if (!(err_norm <= 1)) {
                 rejected = 1;
