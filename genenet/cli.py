@@ -254,6 +254,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .solvers import METHODS
+
     parser = argparse.ArgumentParser(prog="genenet", description="Gene regulatory network dynamics.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -266,8 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--t-start", type=float, default=0.0, help="initial time (default 0)")
     sim.add_argument("--t-end", type=float, default=50.0, help="final time (default 50)")
     sim.add_argument("--points", type=int, default=101, help="number of save times, evenly spaced (default 101)")
-    sim.add_argument("--method", default="dopri5", choices=["dopri5", "tsit5", "rk4", "euler"],
-                     help="solver (default dopri5)")
+    sim.add_argument("--method", default="dopri5", choices=sorted(METHODS),
+                     help="solver (default dopri5; stiff models: rodas5, auto or bdf)")
     sim.add_argument("--rtol", type=float, default=1e-6, help="relative tolerance (default 1e-6)")
     sim.add_argument("--atol", type=float, default=1e-8, help="absolute tolerance (default 1e-8)")
     sim.add_argument("--dt", type=float, default=None, help="step of the fixed-step methods rk4/euler")

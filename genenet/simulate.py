@@ -75,8 +75,10 @@ def simulate(
         dense output), ``"rodas5"`` / ``"rodas4"`` (stiff: adaptive L-stable Rosenbrock
         methods, Rodas5P and Rodas4, with the model's analytic Jacobian where it has one),
         ``"auto"`` (every row starts with dopri5; a row detected stiff continues with rodas5;
-        ``traj.stats["switched"]`` says which), ``"rk4"`` or ``"euler"`` (fixed step ``dt``,
-        landing on save times).
+        ``traj.stats["switched"]`` says which), ``"bdf"`` (stiff: variable-order BDF, orders
+        1-5, in the native CPU kernel only, its results without gradients; see
+        :mod:`genenet.solvers.bdf`), ``"rk4"`` or ``"euler"`` (fixed step ``dt``, landing on
+        save times).
     rtol, atol : scalar or per gene (G,)
         Error control per row: a step is accepted when
         ``rms(err / (atol + rtol * max(|x|, |x_new|))) <= 1``.

@@ -16,6 +16,15 @@ def _close_figures():
     plt.close("all")
 
 
+@pytest.fixture
+def native_kernel():
+    """Skip, saying why, where the native kernel cannot run (the tests of its own paths use it)."""
+    from genenet import native
+
+    if not native.available(torch.float64):
+        pytest.skip(f"no native kernel here: {native.reason(torch.float64)}")
+
+
 def pytest_collection_modifyitems(config, items):
     # `heavy` tests take over 15 s each on the torch loop (minutes for the fits): where the native kernel
     # cannot run (no C compiler and no kernel built at install) they are skipped and say why, as the

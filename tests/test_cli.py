@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -233,3 +234,23 @@ def test_simulate_and_screen_an_sbml_model(tmp_path):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
     assert main(["screen", str(xml), "--order", "1", "--out", str(tmp_path / "s.csv"), "-q"]) == 0
     assert main(["simulate", str(xml), "--ensemble", "3", "-q"]) == 1  # RACIPE ensembles are for networks
+
+
+def test_simulate_takes_every_method_stiff_ones_included(tmp_path):
+    # --method offers what gn.simulate does: the stiff methods, auto and the native bdf too
+    from genenet import native
+    from genenet.solvers import METHODS
+
+    pytest.importorskip("libsbml")
+    xml = Path(__file__).parent / "data" / "BIOMD0000000012.xml"
+    frames = {}
+    for method in sorted(METHODS):
+        if method == "bdf" and not native.available(torch.float64):
+            continue  # bdf runs in the native kernel only; its refusal is tested in test_bdf.py
+        out = tmp_path / f"{method}.csv"
+        assert main(["simulate", str(xml), "--t-end", "20", "--points", "5", "--method", method, "--out", str(out),
+                     "-q"]) == 0, method
+        frames[method] = pd.read_csv(out)
+    assert {"rodas5", "auto", "dopri5"} <= set(frames)
+    for method, frame in frames.items():
+        assert len(frame) == len(frames["dopri5"]), method

@@ -13,15 +13,9 @@ from genenet import native
 from genenet.fit import FitProblem
 from genenet.native import compiled
 
-pytestmark = pytest.mark.native
+pytestmark = [pytest.mark.native, pytest.mark.usefixtures("native_kernel")]
 
 DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture(autouse=True)
-def _needs_kernel():
-    if not native.available(torch.float64):
-        pytest.skip(f"no native kernel here: {native.reason(torch.float64)}")
 
 
 def _network(**kw):
