@@ -344,20 +344,29 @@ def integrate_hill_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, 
     return tuple(o.to(x0.device) for o in outs)
 
 
-def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
-                         first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
-                         controller: Any, t_start: Tensor | None = None) -> tuple[Tensor, ...]:
-    """Run the Rosenbrock kernel on every row: as :func:`integrate_hill_erk` (no tangents) with a
-    :class:`~genenet.solvers.rosenbrock.RosenbrockTableau`; an autonomous model (``∂f/∂t = 0``)."""
+def _hill_without_tangents(spec: dict, x0: Tensor, t_save: Tensor, t_start: Tensor | None, rtol: Tensor,
+                           atol: Tensor, loop_kw: dict, what: str) -> tuple[Any, list, list, tuple, dict]:
+    """What the Hill kernels that carry no tangents (Rosenbrock, BDF) take: the library, the problem's
+    arguments, the loop's, its outputs, and the arrays that must stay alive for the call."""
     dtype = x0.dtype
     lib = _require_lib(dtype)
     if "tangents" in spec:
-        raise ValueError("the native Rosenbrock kernel carries no tangents")
+        raise ValueError(f"the native {what} kernel carries no tangents")
     B, W = x0.shape
     prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
+    loop, outs = _loop(B, t_save.numel(), W, dtype, **loop_kw)
+    return lib, prob, loop, outs, keep
+
+
+def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
+                         t_start: Tensor | None = None, **loop_kw: Any) -> tuple[Tensor, ...]:
+    """Run the Rosenbrock kernel on every row: as :func:`integrate_hill_erk` (no tangents) with a
+    :class:`~genenet.solvers.rosenbrock.RosenbrockTableau`; an autonomous model (``∂f/∂t = 0``).
+    ``loop_kw``: ``first_step``, ``max_steps``, ``steady_tol``, ``window``, ``controller``."""
+    lib, prob, loop, outs, _keep = _hill_without_tangents(spec, x0, t_save, t_start, rtol, atol, loop_kw,
+                                                          "Rosenbrock")
     arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (tableau.a, tableau.C, tableau.b, tableau.e,
                                                                   tableau.H)]
-    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
     S, M = tableau.stages, tableau.H.shape[0]
     rc = lib.genenet_rodas_hill(*prob, _i64(S), _dbl(tableau.gamma), *map(_ptr, arrays[:4]), _i64(M),
                                 _ptr(arrays[4]), _i64(tableau.error_order), *loop)
@@ -367,18 +376,11 @@ def integrate_hill_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any
 
 
 def integrate_hill_bdf(spec: dict, x0: Tensor, t_save: Tensor, *, rtol: Tensor, atol: Tensor,
-                       first_step: float | None, max_steps: int, steady_tol: float | None, window: int,
-                       controller: Any, t_start: Tensor | None = None, tableau: Any = None) -> tuple[Tensor, ...]:
+                       t_start: Tensor | None = None, tableau: Any = None, **loop_kw: Any) -> tuple[Tensor, ...]:
     """Run the variable-order BDF kernel (:mod:`genenet.solvers.bdf`) on every row of the Hill model:
     arguments and results as :func:`integrate_hill_rodas` (no tangents; ``controller`` and ``window``
     are not used, the method has its own step and order control; ``tableau`` is ignored)."""
-    dtype = x0.dtype
-    lib = _require_lib(dtype)
-    if "tangents" in spec:
-        raise ValueError("the native BDF kernel carries no tangents")
-    B, W = x0.shape
-    prob, keep = _problem(dtype, spec, x0, t_save, t_start, rtol, atol)
-    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
+    lib, prob, loop, outs, _keep = _hill_without_tangents(spec, x0, t_save, t_start, rtol, atol, loop_kw, "BDF")
     rc = lib.genenet_bdf_hill(*prob, *loop)
     if rc != 0:
         raise RuntimeError(f"native BDF kernel refused the call (code {rc})")

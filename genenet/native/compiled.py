@@ -259,49 +259,48 @@ def integrate_erk(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol:
     return tuple(o.to(x0.device) for o in outs)
 
 
-def integrate_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
-                    first_step: float | None, max_steps: int, steady_tol: float | None, window: int, controller: Any,
-                    t_start: Tensor | None = None) -> tuple[Tensor, ...]:
-    """The Rosenbrock kernel on every row of a compiled model (no tangents); as :func:`integrate_erk`."""
+def _without_tangents(spec: dict, x0: Tensor, t_save: Tensor, t_start: Tensor | None, rtol: Tensor, atol: Tensor,
+                      loop_kw: dict, what: str) -> tuple[Any, list, list, tuple, list]:
+    """What the kernels that carry no tangents (Rosenbrock, BDF) take: the library, the model and solve
+    arguments, the loop's arguments, its outputs, and the arrays that must stay alive for the call."""
     from . import _loop
 
     dtype = x0.dtype
     lib = _require(spec, dtype)
     if "tangents" in spec:
-        raise ValueError("the native Rosenbrock kernel carries no tangents")
+        raise ValueError(f"the native {what} kernel carries no tangents")
     B, W = x0.shape
     margs, mkeep = _model_args(spec, B, dtype)
     sargs, skeep = _solve_args(x0, t_save, t_start, rtol, atol, W)
+    loop, outs = _loop(B, t_save.numel(), W, dtype, **loop_kw)
+    return lib, margs + sargs, loop, outs, mkeep + skeep
+
+
+def _outputs(rc: int, outs: tuple, x0: Tensor) -> tuple[Tensor, ...]:
+    if rc != 0:
+        raise RuntimeError(f"native model kernel refused the call (code {rc})")
+    return tuple(o.to(x0.device) for o in outs)
+
+
+def integrate_rodas(spec: dict, x0: Tensor, t_save: Tensor, *, tableau: Any, rtol: Tensor, atol: Tensor,
+                    t_start: Tensor | None = None, **loop_kw: Any) -> tuple[Tensor, ...]:
+    """The Rosenbrock kernel on every row of a compiled model (no tangents); as :func:`integrate_erk`
+    (``loop_kw``: its ``first_step``, ``max_steps``, ``steady_tol``, ``window``, ``controller``)."""
+    lib, args, loop, outs, _keep = _without_tangents(spec, x0, t_save, t_start, rtol, atol, loop_kw, "Rosenbrock")
     arrays = [np.ascontiguousarray(v, dtype=np.float64) for v in (tableau.a, tableau.C, tableau.b, tableau.e,
                                                                   tableau.H, tableau.c, tableau.d)]
-    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
-    rc = lib.genenet_model_rodas(*margs, *sargs, _i64(tableau.stages), _dbl(tableau.gamma),
-                                 *map(_ptr, arrays[:4]), _i64(tableau.H.shape[0]), _ptr(arrays[4]),
-                                 _i64(tableau.error_order), _ptr(arrays[5]), _ptr(arrays[6]), *loop)
-    if rc != 0:
-        raise RuntimeError(f"native model kernel refused the call (code {rc})")
-    return tuple(o.to(x0.device) for o in outs)
+    rc = lib.genenet_model_rodas(*args, _i64(tableau.stages), _dbl(tableau.gamma), *map(_ptr, arrays[:4]),
+                                 _i64(tableau.H.shape[0]), _ptr(arrays[4]), _i64(tableau.error_order),
+                                 _ptr(arrays[5]), _ptr(arrays[6]), *loop)
+    return _outputs(rc, outs, x0)
 
 
-def integrate_bdf(spec: dict, x0: Tensor, t_save: Tensor, *, rtol: Tensor, atol: Tensor, first_step: float | None,
-                  max_steps: int, steady_tol: float | None, window: int, controller: Any,
-                  t_start: Tensor | None = None, tableau: Any = None) -> tuple[Tensor, ...]:
+def integrate_bdf(spec: dict, x0: Tensor, t_save: Tensor, *, rtol: Tensor, atol: Tensor,
+                  t_start: Tensor | None = None, tableau: Any = None, **loop_kw: Any) -> tuple[Tensor, ...]:
     """The variable-order BDF kernel (:mod:`genenet.solvers.bdf`) on every row of a compiled model (no
     tangents); arguments and results as :func:`integrate_rodas` (``tableau`` is ignored)."""
-    from . import _loop
-
-    dtype = x0.dtype
-    lib = _require(spec, dtype)
-    if "tangents" in spec:
-        raise ValueError("the native BDF kernel carries no tangents")
-    B, W = x0.shape
-    margs, mkeep = _model_args(spec, B, dtype)
-    sargs, skeep = _solve_args(x0, t_save, t_start, rtol, atol, W)
-    loop, outs = _loop(B, t_save.numel(), W, dtype, first_step, max_steps, steady_tol, window, controller)
-    rc = lib.genenet_model_bdf(*margs, *sargs, *loop)
-    if rc != 0:
-        raise RuntimeError(f"native model kernel refused the call (code {rc})")
-    return tuple(o.to(x0.device) for o in outs)
+    lib, args, loop, outs, _keep = _without_tangents(spec, x0, t_save, t_start, rtol, atol, loop_kw, "BDF")
+    return _outputs(lib.genenet_model_bdf(*args, *loop), outs, x0)
 
 
 def _law_args(spec: dict, B: int, dtype: torch.dtype) -> tuple[list, list]:
