@@ -60,24 +60,26 @@ static void lu_solve(const real *restrict F, int64_t G, const int64_t *piv, real
 }
 
 /* An LU of a (G, G) matrix for repeated solves: lu_factor's factors F and pivots, and the nonzero
-   entries of the factors as flat lists: L's (i > j) in column order, U's (i < j) in descending column
-   order with U_ij already divided by U_jj, the reciprocal diagonal, and the row swaps that happened.
-   The Jacobians of reaction networks are sparse (BIOMD0000000201: 47 of 484 entries; its factors hold
-   71 off-diagonal nonzeros), so a solve that visits only those, in two flat loops, is several times
-   cheaper than the dense one. Its sums differ from lu_solve's by rounding only (U_ij / U_jj is
-   rounded once more). */
+   entries of the factors: L's (i > j) as one flat list in column order, U's (i < j) by column
+   (uptr), and the row swaps that happened. The Jacobians of reaction networks are sparse
+   (BIOMD0000000201: 47 of 484 entries; its factors hold 71 off-diagonal nonzeros), so a solve that
+   visits only those is several times cheaper than the dense one, and it does lu_solve's operations
+   in lu_solve's order (a skipped term is an exact zero): the same bits, so a clamped species' zero
+   row stays exactly zero. */
 typedef struct {
     int64_t G;
     real *F, *val;          /* (G, G) each */
     int64_t *piv;           /* (G) */
-    int32_t *row, *col;     /* (G G) each: entry e updates x[row[e]] from x[col[e]] */
-    int32_t nl, nu, nswap;  /* L's entries first, then U's; swaps */
+    int32_t *row, *col;     /* (G G) each: entry e updates x[row[e]] from x[col[e]] (col: L's only) */
+    int32_t *uptr;          /* (G + 1): U's entries of column j at [nl + uptr[j], nl + uptr[j + 1]) */
+    int32_t nl, nswap;
     int32_t *swap;          /* (G) the k with piv[k] != k, in order */
 } Lu;
 
 /* bytes of an Lu's arrays besides F, for lu_place */
 static size_t lu_bytes(int64_t G) {
-    return sizeof(int64_t) * (size_t)G + sizeof(real) * (size_t)(G * G) + sizeof(int32_t) * (size_t)(2 * G * G + G);
+    return sizeof(int64_t) * (size_t)G + sizeof(real) * (size_t)(G * G)
+           + sizeof(int32_t) * (size_t)(2 * G * G + 2 * G + 1);
 }
 
 /* an Lu over F and `mem` (lu_bytes(G), 8-byte aligned) */
@@ -89,8 +91,9 @@ static Lu lu_place(int64_t G, real *F, void *mem) {
     lu.val = (real *)(lu.piv + G);
     lu.row = (int32_t *)(lu.val + G * G);
     lu.col = lu.row + G * G;
-    lu.swap = lu.col + G * G;
-    lu.nl = lu.nu = lu.nswap = 0;
+    lu.uptr = lu.col + G * G;
+    lu.swap = lu.uptr + G + 1;
+    lu.nl = lu.nswap = 0;
     return lu;
 }
 
@@ -105,20 +108,20 @@ static int lu_factor_sparse(Lu *lu) {
             if (c[i] != 0) { lu->row[n] = (int32_t)i; lu->col[n] = (int32_t)j; lu->val[n++] = c[i]; }
     }
     lu->nl = n;
-    for (int64_t j = G - 1; j >= 0; --j) {
+    for (int64_t j = 0; j < G; ++j) {
+        lu->uptr[j] = n - lu->nl;
         const real *c = lu->F + j * G;
         for (int64_t i = 0; i < j; ++i)
-            if (c[i] != 0) { lu->row[n] = (int32_t)i; lu->col[n] = (int32_t)j; lu->val[n++] = c[i] * c[j]; }
+            if (c[i] != 0) { lu->row[n] = (int32_t)i; lu->val[n++] = c[i]; }
     }
-    lu->nu = n - lu->nl;
+    lu->uptr[G] = n - lu->nl;
     lu->nswap = 0;
     for (int64_t k = 0; k < G; ++k)
         if (lu->piv[k] != k) lu->swap[lu->nswap++] = (int32_t)k;
     return 0;
 }
 
-/* x <- A^-1 x over the listed nonzeros: P, then L y = P x, then U x = y as x_i -= (U_ij / U_jj) y_j in
-   descending j (y_j is final once the columns after j are done) and x_j = y_j / U_jj at the end */
+/* x <- A^-1 x over the listed nonzeros (lu_solve's substitutions) */
 static void lu_solve_sparse(const Lu *lu, real *restrict x) {
     const int64_t G = lu->G;
     const int32_t *restrict row = lu->row, *restrict col = lu->col;
@@ -129,9 +132,14 @@ static void lu_solve_sparse(const Lu *lu, real *restrict x) {
         x[k] = x[q];
         x[q] = t;
     }
-    const int32_t n = lu->nl + lu->nu;
-    for (int32_t e = 0; e < n; ++e) x[row[e]] -= val[e] * x[col[e]];
-    for (int64_t j = 0; j < G; ++j) x[j] *= lu->F[j * G + j];
+    for (int32_t e = 0; e < lu->nl; ++e) x[row[e]] -= val[e] * x[col[e]]; /* L y = P b, by column */
+    const int32_t *restrict urow = row + lu->nl, *restrict uptr = lu->uptr;
+    const real *restrict uval = val + lu->nl;
+    for (int64_t j = G - 1; j >= 0; --j) { /* U x = y */
+        const real xj = x[j] * lu->F[j * G + j];
+        x[j] = xj;
+        for (int32_t e = uptr[j]; e < uptr[j + 1]; ++e) x[urow[e]] -= uval[e] * xj;
+    }
 }
 
 #endif
