@@ -72,10 +72,10 @@ def test_same_work_and_accuracy_as_scipy_bdf():
 
 def test_stiff_hill_network_against_radau_and_rodas5():
     rng = np.random.default_rng(1)
-    model = gn.Hill.random_stiff(gn.Network.random(30, 3, seed=1), seed=1, rng=rng)
+    model = gn.Hill.random_stiff(gn.Network.random(15, 3, seed=1), seed=1, rng=rng)  # rates over 5 decades
     levels = (model.params["production"] / model.params["degradation"]).detach()[0].numpy()
-    x0 = levels * rng.uniform(0.2, 1.5, 30)
-    t = np.linspace(0, 20, 11)
+    x0 = levels * rng.uniform(0.2, 1.5, 15)
+    t = np.linspace(0, 10, 11)
     p = model.row_params(None, 1, device=torch.device("cpu"), dtype=torch.float64)
 
     def f(_, x):
@@ -87,7 +87,7 @@ def test_stiff_hill_network_against_radau_and_rodas5():
         with torch.no_grad():
             return (model.production_jacobian(None, xt, p) - model.degradation_jacobian(None, xt, p))[0].numpy()
 
-    ref = solve_ivp(f, (0, 20), x0, method="Radau", t_eval=t, rtol=1e-11, atol=1e-12, jac=jac).y.T
+    ref = solve_ivp(f, (0, 10), x0, method="Radau", t_eval=t, rtol=1e-9, atol=1e-11, jac=jac).y.T
     got = gn.simulate(model, t, x0=x0, method="bdf", rtol=1e-8, atol=1e-10)
     scale = np.abs(ref).max()
     assert np.abs(got.y[0].numpy() - ref).max() / scale < 1e-5
