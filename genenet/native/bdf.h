@@ -216,12 +216,7 @@ static RowResult bdf_row(Stepper *m, const Row *r, int64_t W, const LoopSettings
     set_time(r, t);
     rhs_state(r, y0, f0);
     res.rhs++;
-    if (c->first_step > 0) {
-        h = (real)c->first_step;
-    } else {
-        h = initial_step(r, t, t_end, y0, f0, 1, rtol, atol, G, s1, s2, scale);
-        res.rhs++;
-    }
+    h = initial_step(r, c, t, t_end, y0, f0, 1, G, s1, s2, scale, &res.rhs);
     real *D = w->D;
     memcpy(D, y0, sizeof(real) * (size_t)G);
     for (int64_t i = 0; i < G; ++i) D[G + i] = f0[i] * h;

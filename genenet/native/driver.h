@@ -221,11 +221,14 @@ typedef struct {
     int64_t saved_to; /* the save times before this index were written (from the first after t_begin) */
 } RowResult;
 
-/* Hairer's starting step, as genenet.solvers.integrate.initial_step, for a method whose error
-   estimate is of order `order`, from (t, y) with f0 = f(t, y) towards t_end; one RHS evaluation.
-   Work: yi, tmp (E each) and scale (E). */
-static real initial_step(const Row *r, real t, real t_end, const real *y, const real *f0, int64_t order,
-                         const real *rtol, const real *atol, int64_t E, real *yi, real *tmp, real *scale) {
+/* The first step from (t, y) with f0 = f(t, y) towards t_end: c->first_step where given, else Hairer's
+   starting step (as genenet.solvers.integrate.initial_step) for a method whose error estimate is of
+   order `order`, one RHS evaluation (counted in *nrhs). Work: yi, tmp and scale (E each). */
+static real initial_step(const Row *r, const LoopSettings *c, real t, real t_end, const real *y, const real *f0,
+                         int64_t order, int64_t E, real *yi, real *tmp, real *scale, int64_t *nrhs) {
+    if (c->first_step > 0) return (real)c->first_step;
+    const real *rtol = c->rtol, *atol = c->atol;
+    (*nrhs)++;
     for (int64_t i = 0; i < E; ++i) scale[i] = atol[i] + rtol[i] * fabs(y[i]);
     real d0 = rms(y, scale, E), d1 = rms(f0, scale, E);
     real span = t_end - t;
@@ -295,12 +298,7 @@ static RowResult drive_row(Stepper *m, const Row *r, int64_t W, const LoopSettin
     set_time(r, t);
     rhs(r, y, f0);
     res.rhs++;
-    if (c->first_step > 0) {
-        h = (real)c->first_step;
-    } else {
-        h = initial_step(r, t, t_end, y, f0, m->error_order, rtol, atol, E, y1, f1, scale);
-        res.rhs++;
-    }
+    h = initial_step(r, c, t, t_end, y, f0, m->error_order, E, y1, f1, scale, &res.rhs);
     while (res.status == RUNNING) {
         int64_t wi = save_ptr + Kw - 1;
         real window_end = t_save[wi < T - 1 ? wi : T - 1];
